@@ -1,0 +1,48 @@
+"""Split a composed Hydra config into the validated experiment and campaign parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from llem.config import CampaignConfig, ConfigError, ExperimentConfig, validate_or_raise
+
+NON_EXPERIMENT_KEYS = ("campaign", "hydra")
+
+
+@dataclass(frozen=True)
+class ComposedConfig:
+    """What one Hydra job resolved to, after schema validation."""
+
+    experiment: ExperimentConfig
+    campaign: CampaignConfig | None
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """Resolve interpolations into a plain dict; a `???` left unset is a user error naming the key."""
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as error:
+        key = getattr(error, "full_key", None) or "?"
+        raise ConfigError(f"Invalid experiment (1 problem):\n  - {key}: required value is not set (give {key}=...)") from None
+    assert isinstance(data, dict)
+    return data
+
+
+def split_experiment(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The experiment keys and the campaign section (if any) of a composed config."""
+    experiment = {k: v for k, v in data.items() if k not in NON_EXPERIMENT_KEYS}
+    return experiment, data.get("campaign")
+
+
+def validate_composed(cfg: DictConfig, *, context: str = "experiment") -> ComposedConfig:
+    """Validate a composed config; raise ConfigError naming every bad field."""
+    experiment_data, campaign_data = split_experiment(to_plain(cfg))
+    experiment = validate_or_raise(ExperimentConfig, experiment_data, context=context)
+    campaign = None
+    if campaign_data is not None:
+        campaign = validate_or_raise(CampaignConfig, campaign_data, context="campaign")
+    return ComposedConfig(experiment=experiment, campaign=campaign)
