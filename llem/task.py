@@ -1,16 +1,27 @@
-"""The task function every llem job runs: validate, then measure."""
+"""The task function every llem job runs: validate, then measure with the process's warm session."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from llem.backends.errors import HardwareUnsupported
+from llem.backends.registry import BackendUnavailable
 from llem.composed import validate_composed
 from llem.config import ConfigError
+from llem.measure.harness import MeasurementError, run_experiment
+from llem.measure.result import ExperimentResult
+from llem.measure.session import BackendSession
+
+# One per process: a worker that runs several jobs keeps its model loaded between them.
+SESSION = BackendSession()
+
+USER_ERRORS = (ConfigError, MeasurementError, HardwareUnsupported, BackendUnavailable)
 
 
 def _is_single_run() -> bool:
@@ -20,22 +31,68 @@ def _is_single_run() -> bool:
         return False
 
 
+def _output_dir() -> Path:
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        return Path.cwd()
+
+
+def summarise(result: ExperimentResult, result_path: Path) -> dict[str, Any]:
+    """The small dict a launcher returns for a job (the full record is result.json)."""
+    return {
+        "result_path": str(result_path),
+        "config_hash": result.config_hash,
+        "backend": result.backend,
+        "output_tokens": result.output_tokens,
+        "duration_s": result.duration_s,
+        "throughput_tokens_per_s": result.throughput_tokens_per_s,
+        "energy_source": result.energy.source,
+        "energy_adjusted_j": result.energy.adjusted_j,
+        "energy_per_output_token_j": result.energy.per_output_token_j,
+        "ttft_ms_p50": result.latency.ttft_ms.p50,
+        "itl_ms_p50": result.latency.itl_ms.p50,
+        "model_reused": result.model_reused,
+        "warnings": len(result.warnings),
+    }
+
+
+def _report(result: ExperimentResult, path: Path) -> None:
+    e = result.energy
+    energy = (
+        f"{e.adjusted_j:.3f} J above idle ({e.per_output_token_j:.5f} J/token, {e.source})"
+        if e.adjusted_j is not None and e.per_output_token_j is not None
+        else f"energy not measured ({e.unavailable_reason})"
+    )
+    print(
+        f"llem: {result.backend} {result.model} {result.fp_precision}: {result.output_tokens} tokens in "
+        f"{result.duration_s:.3f} s = {result.throughput_tokens_per_s:.1f} tok/s; "
+        f"TTFT p50 {result.latency.ttft_ms.p50:.1f} ms; {energy}\nllem: result written to {path}",
+        file=sys.stderr,
+    )
+    for warning in result.warnings:
+        print(f"llem: warning: {warning}", file=sys.stderr)
+
+
 def run_task(cfg: DictConfig) -> Any:
     """Validate the composed config and measure it.
 
-    A configuration mistake in a single run ends the process with exit code 2 and a
-    message naming the field, never a traceback; in a multirun it fails that job only.
+    A user mistake (bad config, unavailable engine or hardware) in a single run ends the
+    process with a message and no traceback (exit 2 for config, 1 otherwise); in a
+    multirun it fails that job only, so the campaign goes on.
     """
+    single = _is_single_run()
     try:
         composed = validate_composed(cfg)
-    except ConfigError as error:
-        if _is_single_run():
+        cold = composed.campaign is not None and composed.campaign.cold_start.force_cold_start
+        output_dir = _output_dir()
+        result = run_experiment(composed.experiment, output_dir, SESSION, force_cold_start=cold)
+    except USER_ERRORS as error:
+        if single:
             print(f"llem: {error}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(2 if isinstance(error, ConfigError) else 1)
         raise
-    print(
-        f"llem: configuration valid ({composed.experiment.backend.name}, {composed.experiment.model.name}, "
-        f"{composed.experiment.fp_precision}); measurement is not available in this build, nothing was measured.",
-        file=sys.stderr,
-    )
-    return None
+    path = output_dir / "result.json"
+    if single:
+        _report(result, path)
+    return summarise(result, path)

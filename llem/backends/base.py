@@ -1,0 +1,97 @@
+"""The backend interface every engine implements, and the timing records it returns.
+
+Backends report raw per-token timestamps (time.perf_counter, after the token is on
+the host); the harness turns them into TTFT/ITL, so every engine is measured alike.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from llem.config import ExperimentConfig
+from llem.prompts.load import Prompt
+
+
+@dataclass
+class SequenceTiming:
+    """One prompt's generation: when its batch started and when each new token arrived."""
+
+    prompt_index: int
+    input_tokens: int
+    batch_start_s: float
+    token_times_s: list[float] = field(default_factory=list)
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.token_times_s)
+
+
+@dataclass
+class GenerationOutput:
+    """All sequences of one `generate` call, in prompt order."""
+
+    sequences: list[SequenceTiming]
+    texts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoadInfo:
+    """What loading the model cost and what it produced."""
+
+    load_s: float
+    model_bytes: int | None
+    parameters: int | None
+    device: str
+    settings: dict[str, Any]
+
+
+class Backend(abc.ABC):
+    """One inference engine. A worker keeps an instance loaded across compatible experiments."""
+
+    name: str = ""
+
+    @staticmethod
+    @abc.abstractmethod
+    def load_key(experiment: ExperimentConfig) -> str:
+        """The settings that require a reload when they change (model, precision, load-time options)."""
+
+    @abc.abstractmethod
+    def load(self, experiment: ExperimentConfig) -> LoadInfo:
+        """Load the model for `experiment`; raise a clear error if the hardware cannot run it."""
+
+    @property
+    @abc.abstractmethod
+    def tokenizer(self) -> Any:
+        """The tokenizer that defines token counts for prompts and outputs."""
+
+    @abc.abstractmethod
+    def generate(self, prompts: list[Prompt], experiment: ExperimentConfig) -> GenerationOutput:
+        """Generate for all prompts with the experiment's batching and decoder settings."""
+
+    @abc.abstractmethod
+    def unload(self) -> None:
+        """Free the model and its device memory for real (gc, allocator caches)."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work, so window edges are real."""
+
+    def reset_peak_memory(self) -> None:
+        """Start a fresh peak-memory measurement."""
+
+    def memory_stats(self) -> dict[str, Any]:
+        """Peak memory since `reset_peak_memory` and how it was measured."""
+        return {"peak_bytes": None, "method": None, "unavailable_reason": "backend does not report memory"}
+
+    def effective_settings(self) -> dict[str, Any]:
+        """The engine settings actually in force (after engine defaults), for the result."""
+        return {}
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the libraries this engine runs on."""
+        return {}
+
+    def devices(self) -> list[int] | None:
+        """CUDA device indices in use (None on CPU)."""
+        return None

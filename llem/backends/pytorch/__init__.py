@@ -1,0 +1,1 @@
+"""PyTorch/transformers backend."""

@@ -1,0 +1,278 @@
+"""Hugging Face transformers `generate` on PyTorch, with a timestamp per generated token."""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import resource
+import time
+from typing import Any
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.generation.streamers import BaseStreamer
+
+from llem.backends.base import Backend, GenerationOutput, LoadInfo, SequenceTiming
+from llem.backends.errors import HardwareUnsupported
+from llem.config import ExperimentConfig, PyTorchConfig
+from llem.models.resolve import resolve_model_path
+from llem.prompts.load import Prompt
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class _StepClock(BaseStreamer):
+    """Records when each decoding step's tokens reach the host.
+
+    `generate` first hands the prompt to the streamer, then one batch of new tokens per
+    step after copying them to the CPU (a device sync), so each timestamp is the moment
+    that step's token exists on the host.
+    """
+
+    def __init__(self) -> None:
+        self.step_times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        now = time.perf_counter()
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.step_times.append(now)
+
+    def end(self) -> None:
+        pass
+
+
+def _architecture(model: Any) -> dict[str, int] | None:
+    """Sizes the analytic FLOPs count needs; None for models that do not expose them."""
+    config = model.config
+    layers = getattr(config, "num_hidden_layers", None)
+    hidden = getattr(config, "hidden_size", None)
+    embeddings = model.get_input_embeddings()
+    if layers is None or hidden is None or embeddings is None:
+        return None
+    return {"num_layers": int(layers), "hidden_size": int(hidden), "embedding_parameters": embeddings.weight.numel()}
+
+
+def _pytorch_settings(experiment: ExperimentConfig) -> PyTorchConfig:
+    backend = experiment.backend
+    assert isinstance(backend, PyTorchConfig)
+    return backend
+
+
+class PyTorchBackend(Backend):
+    """transformers `AutoModelForCausalLM` + `generate`, batched by `backend.batch_size`."""
+
+    name = "pytorch"
+
+    def __init__(self) -> None:
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._device = torch.device("cpu")
+        self._settings: dict[str, Any] = {}
+
+    @staticmethod
+    def load_key(experiment: ExperimentConfig) -> str:
+        b = _pytorch_settings(experiment)
+        parts = (
+            experiment.model.name,
+            experiment.model.revision,
+            experiment.model.trust_remote_code,
+            experiment.fp_precision,
+            b.attn_implementation,
+            b.torch_compile,
+            b.torch_compile_mode,
+            b.load_in_4bit,
+            b.load_in_8bit,
+            b.bnb_4bit_quant_type,
+            b.device,
+            b.low_cpu_mem_usage,
+        )
+        return "pytorch|" + "|".join(str(p) for p in parts)
+
+    def _pick_device(self, b: PyTorchConfig) -> torch.device:
+        has_cuda = torch.cuda.is_available()
+        if b.device == "cuda" and not has_cuda:
+            raise HardwareUnsupported("backend.device=cuda but no CUDA device is available on this machine")
+        if (b.load_in_4bit or b.load_in_8bit) and not has_cuda:
+            raise HardwareUnsupported("4/8-bit loading (bitsandbytes) needs a CUDA device; none is available")
+        if (b.load_in_4bit or b.load_in_8bit) and importlib.util.find_spec("bitsandbytes") is None:
+            raise HardwareUnsupported("4/8-bit loading needs the bitsandbytes package: pip install bitsandbytes")
+        if b.attn_implementation == "flash_attention_2" and not has_cuda:
+            raise HardwareUnsupported("attn_implementation=flash_attention_2 needs a CUDA device")
+        return torch.device("cuda" if has_cuda and b.device != "cpu" else "cpu")
+
+    def load(self, experiment: ExperimentConfig) -> LoadInfo:
+        b = _pytorch_settings(experiment)
+        self._device = self._pick_device(b)
+        path = resolve_model_path(experiment.model)
+        kwargs: dict[str, Any] = {
+            "revision": experiment.model.revision,
+            "trust_remote_code": experiment.model.trust_remote_code,
+        }
+        transformers.utils.logging.disable_progress_bar()
+        start = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model_kwargs: dict[str, Any] = dict(
+            kwargs,
+            dtype=_DTYPES[experiment.fp_precision],
+            attn_implementation=b.attn_implementation,
+            low_cpu_mem_usage=b.low_cpu_mem_usage,
+        )
+        if b.load_in_4bit or b.load_in_8bit:
+            model_kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+                load_in_4bit=b.load_in_4bit,
+                load_in_8bit=b.load_in_8bit,
+                bnb_4bit_quant_type=b.bnb_4bit_quant_type,
+                bnb_4bit_compute_dtype=_DTYPES[experiment.fp_precision],
+            )
+            model_kwargs["device_map"] = {"": self._device.index or 0}
+        model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
+        if not (b.load_in_4bit or b.load_in_8bit):
+            model = model.to(self._device)
+        model.eval()
+        if b.torch_compile:
+            model.forward = torch.compile(model.forward, mode=b.torch_compile_mode)
+        self._model, self._tokenizer = model, tokenizer
+        self.synchronize()
+        load_s = time.perf_counter() - start
+        params = sum(p.numel() for p in model.parameters())
+        model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        self._settings = {
+            "model_path": str(path),
+            "device": str(self._device),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "attn_implementation": getattr(model.config, "_attn_implementation", b.attn_implementation),
+            "torch_compile": b.torch_compile,
+            "quantization": "4bit" if b.load_in_4bit else "8bit" if b.load_in_8bit else None,
+            "batch_size": b.batch_size,
+            "sort_by_length": b.sort_by_length,
+            "use_cache": b.use_cache,
+            "torch_threads": torch.get_num_threads(),
+            "architecture": _architecture(model),
+        }
+        return LoadInfo(
+            load_s=load_s, model_bytes=model_bytes, parameters=params, device=str(self._device), settings=self._settings
+        )
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            raise RuntimeError("model not loaded")
+        return self._tokenizer
+
+    def _batch_tensors(self, batch: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-pad the prompts' own token ids, so every backend sees the same tokens."""
+        width = max(len(p.token_ids) for p in batch)
+        pad = self._tokenizer.pad_token_id
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, prompt in enumerate(batch):
+            n = len(prompt.token_ids)
+            ids[row, width - n :] = torch.tensor(prompt.token_ids, dtype=torch.long)
+            mask[row, width - n :] = 1
+        return ids.to(self._device), mask.to(self._device)
+
+    def _generation_kwargs(self, experiment: ExperimentConfig) -> dict[str, Any]:
+        d = experiment.decoder
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": experiment.max_output_tokens,
+            "do_sample": d.do_sample,
+            "repetition_penalty": d.repetition_penalty,
+            "pad_token_id": self._tokenizer.pad_token_id,
+            "eos_token_id": self._tokenizer.eos_token_id,
+            "use_cache": _pytorch_settings(experiment).use_cache,
+        }
+        if experiment.force_output_length:
+            kwargs["min_new_tokens"] = experiment.max_output_tokens
+        if d.do_sample:
+            kwargs.update(temperature=d.temperature, top_p=d.top_p, top_k=d.top_k)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def _count_new_tokens(self, new_ids: torch.Tensor, forced: bool) -> list[int]:
+        """Tokens each sequence really generated: up to and including its first EOS unless forced."""
+        steps = new_ids.shape[1]
+        if forced:
+            return [steps] * new_ids.shape[0]
+        eos = self._tokenizer.eos_token_id
+        counts = []
+        for row in new_ids.tolist():
+            counts.append(row.index(eos) + 1 if eos in row else steps)
+        return counts
+
+    def generate(self, prompts: list[Prompt], experiment: ExperimentConfig) -> GenerationOutput:
+        if self._model is None:
+            raise RuntimeError("model not loaded")
+        b = _pytorch_settings(experiment)
+        order = list(range(len(prompts)))
+        if b.sort_by_length:
+            order.sort(key=lambda i: len(prompts[i].token_ids), reverse=True)
+        kwargs = self._generation_kwargs(experiment)
+        timings: dict[int, SequenceTiming] = {}
+        torch.manual_seed(experiment.random_seed)
+        for first in range(0, len(order), b.batch_size):
+            indices = order[first : first + b.batch_size]
+            batch = [prompts[i] for i in indices]
+            ids, mask = self._batch_tensors(batch)
+            clock = _StepClock()
+            start = time.perf_counter()
+            with torch.inference_mode():
+                out = self._model.generate(input_ids=ids, attention_mask=mask, streamer=clock, **kwargs)
+            new_ids = out[:, ids.shape[1] :]
+            counts = self._count_new_tokens(new_ids, experiment.force_output_length)
+            for row, index in enumerate(indices):
+                timings[index] = SequenceTiming(
+                    prompt_index=index,
+                    input_tokens=len(prompts[index].token_ids),
+                    batch_start_s=start,
+                    token_times_s=clock.step_times[: counts[row]],
+                )
+        return GenerationOutput(sequences=[timings[i] for i in range(len(prompts))])
+
+    def unload(self) -> None:
+        self._model = None
+        self._tokenizer = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def synchronize(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+
+    def reset_peak_memory(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self._device)
+
+    def memory_stats(self) -> dict[str, Any]:
+        if self._device.type == "cuda":
+            return {
+                "peak_bytes": int(torch.cuda.max_memory_allocated(self._device)),
+                "reserved_peak_bytes": int(torch.cuda.max_memory_reserved(self._device)),
+                "method": "torch.cuda.max_memory_allocated over the measured window",
+                "unavailable_reason": None,
+            }
+        return {
+            "peak_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+            "reserved_peak_bytes": None,
+            "method": "peak resident set size of the process (CPU; includes everything since process start)",
+            "unavailable_reason": None,
+        }
+
+    def effective_settings(self) -> dict[str, Any]:
+        return dict(self._settings)
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+    def devices(self) -> list[int] | None:
+        if self._device.type != "cuda":
+            return None
+        return [self._device.index if self._device.index is not None else torch.cuda.current_device()]

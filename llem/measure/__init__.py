@@ -1,0 +1,1 @@
+"""One experiment, measured: the harness, its metrics and the result.json schema."""
