@@ -1,0 +1,139 @@
+"""The harness end to end on CPU with the real tiny model: result.json, reuse, and energy wiring."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from llem.config import ExperimentConfig
+from llem.measure.harness import MeasurementError, run_experiment
+from llem.measure.result import ExperimentResult, read_result
+from llem.measure.session import BackendSession
+from tests.fakes.fake_pynvml import FakeGpu, FakeNvml
+
+pytestmark = pytest.mark.slow
+
+
+def _experiment(**overrides: Any) -> ExperimentConfig:
+    data: dict[str, Any] = {
+        "model": {"name": "builtin:tiny"},
+        "num_input_prompts": 4,
+        "max_input_tokens": 32,
+        "max_output_tokens": 6,
+        "warmup": {"num_prompts": 1},
+        "baseline": {"duration_seconds": 0.3},
+        "backend": {"name": "pytorch", "batch_size": 2},
+    }
+    data.update(overrides)
+    return ExperimentConfig.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def session() -> BackendSession:
+    s = BackendSession()
+    yield s
+    s.release()
+
+
+def test_cpu_run_writes_a_valid_result(tmp_path: Path, session: BackendSession) -> None:
+    result = run_experiment(_experiment(), tmp_path, session)
+    on_disk = read_result(tmp_path / "result.json")
+    assert on_disk == result
+    assert result.output_tokens == 4 * 6 and result.num_prompts == 4
+    assert 0 < result.input_tokens <= 4 * 32
+    assert result.duration_s > 0 and result.throughput_tokens_per_s and result.throughput_tokens_per_s > 0
+    for dist in (result.latency.ttft_ms, result.latency.itl_ms, result.latency.e2e_ms):
+        assert dist.count > 0 and dist.p50 is not None and dist.p50 > 0
+    assert result.latency.itl_ms.count == 4 * 5
+    assert result.latency.e2e_ms.p50 >= result.latency.ttft_ms.p50  # type: ignore[operator]
+    # this machine has no GPU and no RAPL: every energy figure is null, with a reason
+    e = result.energy
+    assert e.source == "none" and e.total_j is None and e.adjusted_j is None and e.per_output_token_j is None
+    assert e.unavailable_reason and "no energy source available" in e.unavailable_reason
+    assert e.baseline_power_w is None and e.baseline_unavailable_reason
+    assert result.flops.total and result.flops.total > 0 and result.flops.per_output_token
+    assert result.memory.model_bytes and result.memory.peak_bytes
+    assert result.engine_settings["device"] == "cpu" and result.engine_settings["batch_size"] == 2
+    assert result.environment["versions"]["torch"] and result.environment["gpus"] == []
+    assert result.config["backend"]["batch_size"] == 2 and len(result.config_hash) == 16
+
+
+def test_warm_session_reuses_the_model_only_for_same_loading_settings(tmp_path: Path, session: BackendSession) -> None:
+    session.release()
+    loads = session.loads
+    first = run_experiment(_experiment(), tmp_path / "a", session)
+    second = run_experiment(_experiment(backend={"name": "pytorch", "batch_size": 4}), tmp_path / "b", session)
+    assert not first.model_reused and first.model_load_s is not None
+    assert second.model_reused and second.model_load_s is None
+    assert session.loads == loads + 1
+    third = run_experiment(_experiment(fp_precision="bfloat16"), tmp_path / "c", session)
+    assert not third.model_reused and session.loads == loads + 2
+    cold = run_experiment(_experiment(fp_precision="bfloat16"), tmp_path / "d", session, force_cold_start=True)
+    assert not cold.model_reused and session.loads == loads + 3
+
+
+def test_unforced_length_counts_real_tokens(tmp_path: Path, session: BackendSession) -> None:
+    result = run_experiment(_experiment(force_output_length=False), tmp_path, session)
+    assert 4 <= result.output_tokens <= 24
+    assert not any("forced output length" in w for w in result.warnings)
+
+
+def test_explicit_unavailable_energy_source_fails_clearly(tmp_path: Path, session: BackendSession) -> None:
+    with pytest.raises(MeasurementError, match="energy.source=nvml is not available here: .*NVML"):
+        run_experiment(_experiment(energy={"source": "nvml"}), tmp_path, session)
+    assert not (tmp_path / "result.json").exists()
+
+
+class _PhasedPower:
+    """A GPU drawing 50 W while idle and 200 W otherwise; energy is integrated exactly."""
+
+    def __init__(self) -> None:
+        self.idle = False
+        self._lock = threading.Lock()
+        self._t: float | None = None
+        self._mj = 1_000_000.0
+
+    def power_mw(self) -> float:
+        return 50_000.0 if self.idle else 200_000.0
+
+    def energy(self, t: float) -> int:
+        with self._lock:
+            if self._t is not None:
+                self._mj += self.power_mw() * (t - self._t)
+            self._t = t
+            return int(self._mj)
+
+
+def test_energy_with_scripted_nvml_subtracts_baseline(tmp_path: Path, session: BackendSession) -> None:
+    power = _PhasedPower()
+    gpu = FakeGpu(energy_mj=power.energy, power_mw=lambda t: power.power_mw())
+    fake = FakeNvml([gpu], clock=time.monotonic)
+
+    def idle_sleep(seconds: float) -> None:
+        power.energy(time.monotonic())
+        power.idle = True
+        time.sleep(seconds)
+        power.energy(time.monotonic())
+        power.idle = False
+
+    session.release()
+    exp = _experiment(energy={"source": "auto", "sample_interval_ms": 20})
+    result = run_experiment(exp, tmp_path, session, sleep=idle_sleep, nvml_module=fake)
+    e = result.energy
+    assert e.source == "nvml" and e.unavailable_reason is None
+    assert e.baseline_power_w == pytest.approx(50.0, rel=0.02)
+    assert e.total_j == pytest.approx(200.0 * result.duration_s, rel=0.05)
+    assert e.adjusted_j == pytest.approx(e.total_j - 50.0 * result.duration_s, rel=0.05)  # type: ignore[operator]
+    assert e.per_output_token_j == pytest.approx(e.adjusted_j / result.output_tokens)  # type: ignore[operator]
+    assert set(e.per_device) == {"gpu0"} and e.per_device["gpu0"]["baseline_power_w"] == pytest.approx(50.0, rel=0.02)
+    assert e.polled_total_j == pytest.approx(e.total_j, rel=0.25)
+    assert result.environment["gpus"][0]["name"] == gpu.name
+    assert result.timeseries_file == "timeseries.parquet"
+    frame = pd.read_parquet(tmp_path / "timeseries.parquet")
+    assert len(frame) >= 1 and set(frame["device"]) == {"gpu0"} and (frame["power_w"] > 0).all()
+    assert isinstance(read_result(tmp_path / "result.json"), ExperimentResult)
