@@ -1,0 +1,1 @@
+"""Scripted stand-ins for hardware libraries, so device code runs in tests without a GPU."""

@@ -1,0 +1,367 @@
+"""A scripted stand-in for the `pynvml` module (nvidia-ml-py).
+
+It mimics the slice of the real API that llem uses: function names and
+signatures, the NVMLError class hierarchy (a subclass per error code, and
+`NVMLError(code)` returning the matching subclass), opaque handles, and the
+memory / utilisation structs. Every reading is scripted per GPU as a constant,
+a list of successive values (the last one repeats), or a function of a fake
+clock, and any function can be told to raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# --------------------------------------------------------------------- constants
+NVML_SUCCESS = 0
+NVML_ERROR_UNINITIALIZED = 1
+NVML_ERROR_INVALID_ARGUMENT = 2
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NO_PERMISSION = 4
+NVML_ERROR_NOT_FOUND = 6
+NVML_ERROR_DRIVER_NOT_LOADED = 9
+NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_UNKNOWN = 999
+
+NVML_TEMPERATURE_GPU = 0
+NVML_CLOCK_GRAPHICS = 0
+NVML_CLOCK_SM = 1
+NVML_CLOCK_MEM = 2
+NVML_FEATURE_DISABLED = 0
+NVML_FEATURE_ENABLED = 1
+
+nvmlClocksEventReasonGpuIdle = 0x01
+nvmlClocksEventReasonApplicationsClocksSetting = 0x02
+nvmlClocksEventReasonSwPowerCap = 0x04
+nvmlClocksEventReasonHwSlowdown = 0x08
+nvmlClocksEventReasonSyncBoost = 0x10
+nvmlClocksEventReasonSwThermalSlowdown = 0x20
+nvmlClocksEventReasonHwThermalSlowdown = 0x40
+nvmlClocksEventReasonHwPowerBrakeSlowdown = 0x80
+nvmlClocksEventReasonNone = 0x00
+nvmlClocksThrottleReasonSwThermalSlowdown = 0x20
+nvmlClocksThrottleReasonHwThermalSlowdown = 0x40
+nvmlClocksThrottleReasonSwPowerCap = 0x04
+
+
+# --------------------------------------------------------------------- errors
+class NVMLError(Exception):
+    """Like the real one: NVMLError(code) builds the subclass registered for that code."""
+
+    _valClassMapping: dict[int, type[NVMLError]] = {}
+    _strings = {
+        NVML_ERROR_UNINITIALIZED: "Uninitialized",
+        NVML_ERROR_INVALID_ARGUMENT: "Invalid Argument",
+        NVML_ERROR_NOT_SUPPORTED: "Not Supported",
+        NVML_ERROR_NO_PERMISSION: "Insufficient Permissions",
+        NVML_ERROR_NOT_FOUND: "Not Found",
+        NVML_ERROR_DRIVER_NOT_LOADED: "Driver Not Loaded",
+        NVML_ERROR_LIBRARY_NOT_FOUND: "NVML Shared Library Not Found",
+        NVML_ERROR_FUNCTION_NOT_FOUND: "Function Not Found",
+        NVML_ERROR_GPU_IS_LOST: "GPU is lost",
+        NVML_ERROR_UNKNOWN: "Unknown Error",
+    }
+    value: int
+
+    def __new__(cls, value: int = NVML_ERROR_UNKNOWN) -> NVMLError:
+        if cls is NVMLError:
+            cls = NVMLError._valClassMapping.get(value, NVMLError)
+        obj = Exception.__new__(cls)
+        obj.value = value
+        return obj
+
+    def __init__(self, value: int = NVML_ERROR_UNKNOWN) -> None:
+        super().__init__(value)
+
+    def __str__(self) -> str:
+        return self._strings.get(self.value, f"NVML Error with code {self.value}")
+
+
+def _error_class(name: str, code: int) -> type[NVMLError]:
+    def __new__(cls: type[NVMLError], *args: Any) -> NVMLError:
+        return NVMLError.__new__(cls, code)
+
+    def __init__(self: NVMLError, *args: Any) -> None:
+        Exception.__init__(self, code)
+
+    klass = type(name, (NVMLError,), {"__new__": __new__, "__init__": __init__})
+    NVMLError._valClassMapping[code] = klass
+    return klass
+
+
+NVMLError_Uninitialized = _error_class("NVMLError_Uninitialized", NVML_ERROR_UNINITIALIZED)
+NVMLError_InvalidArgument = _error_class("NVMLError_InvalidArgument", NVML_ERROR_INVALID_ARGUMENT)
+NVMLError_NotSupported = _error_class("NVMLError_NotSupported", NVML_ERROR_NOT_SUPPORTED)
+NVMLError_NoPermission = _error_class("NVMLError_NoPermission", NVML_ERROR_NO_PERMISSION)
+NVMLError_NotFound = _error_class("NVMLError_NotFound", NVML_ERROR_NOT_FOUND)
+NVMLError_DriverNotLoaded = _error_class("NVMLError_DriverNotLoaded", NVML_ERROR_DRIVER_NOT_LOADED)
+NVMLError_LibraryNotFound = _error_class("NVMLError_LibraryNotFound", NVML_ERROR_LIBRARY_NOT_FOUND)
+NVMLError_FunctionNotFound = _error_class("NVMLError_FunctionNotFound", NVML_ERROR_FUNCTION_NOT_FOUND)
+NVMLError_GpuIsLost = _error_class("NVMLError_GpuIsLost", NVML_ERROR_GPU_IS_LOST)
+NVMLError_Unknown = _error_class("NVMLError_Unknown", NVML_ERROR_UNKNOWN)
+
+
+# --------------------------------------------------------------------- structs
+@dataclass
+class c_nvmlMemory_t:
+    total: int
+    free: int
+    used: int
+
+
+@dataclass
+class c_nvmlUtilization_t:
+    gpu: int
+    memory: int
+
+
+# --------------------------------------------------------------------- scripting
+class FakeClock:
+    """Manual monotonic clock; pass `clock` as a meter's clock and `clock.sleep` as its sleep."""
+
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = float(t)
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+    def sleep(self, dt: float) -> None:
+        self.advance(dt)
+
+
+Script = Any  # a constant, a sequence of successive values, or a callable of the clock time
+
+
+class _Scripted:
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.calls = 0
+
+    def next(self, t: float) -> Any:
+        s = self.script
+        self.calls += 1
+        if callable(s):
+            return s(t)
+        if isinstance(s, Sequence) and not isinstance(s, (str, bytes)):
+            if not s:
+                raise ValueError("empty script")
+            return s[min(self.calls - 1, len(s) - 1)]
+        return s
+
+
+@dataclass
+class FakeGpu:
+    """One scripted GPU. Each field is a constant, a list of successive values, or f(t).
+
+    A list advances only on calls that return a value: a call told to raise by
+    `errors` does not consume an entry.
+    """
+
+    name: str = "NVIDIA H100 80GB HBM3"
+    uuid: str = ""
+    energy_mj: Script = 0
+    power_mw: Script = 100_000
+    temperature_c: Script = 40
+    sm_clock_mhz: Script = 1980
+    mem_clock_mhz: Script = 2619
+    util_gpu: Script = 0
+    util_mem: Script = 0
+    memory_total: int = 80 * 2**30
+    memory_used: Script = 2**30
+    persistence: int = NVML_FEATURE_ENABLED
+    clock_reasons: Script = 0
+    power_limit_mw: int = 700_000
+    # function name -> exception (class or instance), or a list of successive exceptions/None.
+    errors: dict[str, Any] = field(default_factory=dict)
+    _scripts: dict[str, _Scripted] = field(default_factory=dict, repr=False)
+
+    def value(self, attr: str, t: float) -> Any:
+        if attr not in self._scripts:
+            self._scripts[attr] = _Scripted(getattr(self, attr))
+        return self._scripts[attr].next(t)
+
+
+class FakeHandle:
+    """Opaque like the real c_nvmlDevice_t pointer."""
+
+    def __init__(self, index: int, gpu: FakeGpu) -> None:
+        self.index = index
+        self.gpu = gpu
+
+    def __repr__(self) -> str:
+        return f"<FakeHandle {self.index}>"
+
+
+class FakeNvml:
+    """Use an instance in place of the `pynvml` module."""
+
+    # Error classes and constants, reachable as attributes like on the module.
+    NVMLError = NVMLError
+    NVMLError_Uninitialized = NVMLError_Uninitialized
+    NVMLError_InvalidArgument = NVMLError_InvalidArgument
+    NVMLError_NotSupported = NVMLError_NotSupported
+    NVMLError_NoPermission = NVMLError_NoPermission
+    NVMLError_NotFound = NVMLError_NotFound
+    NVMLError_DriverNotLoaded = NVMLError_DriverNotLoaded
+    NVMLError_LibraryNotFound = NVMLError_LibraryNotFound
+    NVMLError_FunctionNotFound = NVMLError_FunctionNotFound
+    NVMLError_GpuIsLost = NVMLError_GpuIsLost
+    NVMLError_Unknown = NVMLError_Unknown
+    NVML_TEMPERATURE_GPU = NVML_TEMPERATURE_GPU
+    NVML_CLOCK_SM = NVML_CLOCK_SM
+    NVML_CLOCK_MEM = NVML_CLOCK_MEM
+    NVML_FEATURE_DISABLED = NVML_FEATURE_DISABLED
+    NVML_FEATURE_ENABLED = NVML_FEATURE_ENABLED
+    nvmlClocksEventReasonSwPowerCap = nvmlClocksEventReasonSwPowerCap
+    nvmlClocksEventReasonSwThermalSlowdown = nvmlClocksEventReasonSwThermalSlowdown
+    nvmlClocksEventReasonHwThermalSlowdown = nvmlClocksEventReasonHwThermalSlowdown
+    nvmlClocksEventReasonHwPowerBrakeSlowdown = nvmlClocksEventReasonHwPowerBrakeSlowdown
+
+    def __init__(
+        self,
+        gpus: Sequence[FakeGpu] = (),
+        *,
+        clock: Callable[[], float] | None = None,
+        init_error: type[NVMLError] | NVMLError | None = None,
+        driver_version: str = "550.54.15",
+        cuda_driver_version: int = 12040,
+        has_event_reasons: bool = True,
+    ) -> None:
+        self.gpus = list(gpus)
+        for n, g in enumerate(self.gpus):
+            if not g.uuid:
+                g.uuid = f"GPU-{n:08d}-fake-0000-0000-000000000000"
+        self.clock = clock or FakeClock()
+        self.init_error = init_error
+        self.driver_version = driver_version
+        self.cuda_driver_version = cuda_driver_version
+        self.has_event_reasons = has_event_reasons
+        self.initialised = 0
+        self.init_calls = 0
+        self.shutdown_calls = 0
+        self.calls: list[tuple[str, int | None]] = []
+
+    # ----------------------------------------------------------------- helpers
+    def _check(self, fn: str, handle: FakeHandle | None = None) -> None:
+        self.calls.append((fn, None if handle is None else handle.index))
+        if not self.initialised:
+            raise NVMLError_Uninitialized()
+        if handle is None:
+            return
+        err = handle.gpu.errors.get(fn)
+        if isinstance(err, list):
+            k = sum(1 for name, idx in self.calls if name == fn and idx == handle.index) - 1
+            err = err[min(k, len(err) - 1)] if err else None
+        if err is None:
+            return
+        raise err() if isinstance(err, type) else err
+
+    def _v(self, handle: FakeHandle, attr: str) -> Any:
+        return handle.gpu.value(attr, self.clock())
+
+    # ----------------------------------------------------------------- lifecycle
+    def nvmlInit(self) -> None:
+        self.init_calls += 1
+        if self.init_error is not None:
+            err = self.init_error
+            raise err() if isinstance(err, type) else err
+        self.initialised += 1
+
+    def nvmlShutdown(self) -> None:
+        self.calls.append(("nvmlShutdown", None))
+        if not self.initialised:
+            raise NVMLError_Uninitialized()
+        self.initialised -= 1
+        self.shutdown_calls += 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._check("nvmlSystemGetDriverVersion")
+        return self.driver_version
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        self._check("nvmlSystemGetCudaDriverVersion")
+        return self.cuda_driver_version
+
+    def nvmlDeviceGetCount(self) -> int:
+        self._check("nvmlDeviceGetCount")
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeHandle:
+        self._check("nvmlDeviceGetHandleByIndex")
+        if not 0 <= index < len(self.gpus):
+            raise NVMLError_InvalidArgument()
+        return FakeHandle(index, self.gpus[index])
+
+    # ----------------------------------------------------------------- per device
+    def nvmlDeviceGetUUID(self, handle: FakeHandle) -> str:
+        self._check("nvmlDeviceGetUUID", handle)
+        return handle.gpu.uuid
+
+    def nvmlDeviceGetName(self, handle: FakeHandle) -> str:
+        self._check("nvmlDeviceGetName", handle)
+        return handle.gpu.name
+
+    def nvmlDeviceGetIndex(self, handle: FakeHandle) -> int:
+        self._check("nvmlDeviceGetIndex", handle)
+        return handle.index
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: FakeHandle) -> int:
+        self._check("nvmlDeviceGetTotalEnergyConsumption", handle)
+        return int(self._v(handle, "energy_mj"))
+
+    def nvmlDeviceGetPowerUsage(self, handle: FakeHandle) -> int:
+        self._check("nvmlDeviceGetPowerUsage", handle)
+        return int(self._v(handle, "power_mw"))
+
+    def nvmlDeviceGetTemperature(self, handle: FakeHandle, sensor: int) -> int:
+        self._check("nvmlDeviceGetTemperature", handle)
+        if sensor != NVML_TEMPERATURE_GPU:
+            raise NVMLError_InvalidArgument()
+        return int(self._v(handle, "temperature_c"))
+
+    def nvmlDeviceGetClockInfo(self, handle: FakeHandle, type: int) -> int:
+        self._check("nvmlDeviceGetClockInfo", handle)
+        if type == NVML_CLOCK_SM:
+            return int(self._v(handle, "sm_clock_mhz"))
+        if type == NVML_CLOCK_MEM:
+            return int(self._v(handle, "mem_clock_mhz"))
+        raise NVMLError_InvalidArgument()
+
+    def nvmlDeviceGetUtilizationRates(self, handle: FakeHandle) -> c_nvmlUtilization_t:
+        self._check("nvmlDeviceGetUtilizationRates", handle)
+        return c_nvmlUtilization_t(gpu=int(self._v(handle, "util_gpu")), memory=int(self._v(handle, "util_mem")))
+
+    def nvmlDeviceGetMemoryInfo(self, handle: FakeHandle, version: int | None = None) -> c_nvmlMemory_t:
+        self._check("nvmlDeviceGetMemoryInfo", handle)
+        used = int(self._v(handle, "memory_used"))
+        total = handle.gpu.memory_total
+        return c_nvmlMemory_t(total=total, free=total - used, used=used)
+
+    def nvmlDeviceGetPersistenceMode(self, handle: FakeHandle) -> int:
+        self._check("nvmlDeviceGetPersistenceMode", handle)
+        return handle.gpu.persistence
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: FakeHandle) -> int:
+        self._check("nvmlDeviceGetCurrentClocksEventReasons", handle)
+        if not self.has_event_reasons:
+            raise NVMLError_FunctionNotFound()
+        return int(self._v(handle, "clock_reasons"))
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: FakeHandle) -> int:
+        self._check("nvmlDeviceGetCurrentClocksThrottleReasons", handle)
+        return int(self._v(handle, "clock_reasons"))
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: FakeHandle) -> int:
+        self._check("nvmlDeviceGetEnforcedPowerLimit", handle)
+        return handle.gpu.power_limit_mw
+
+    def nvmlDeviceGetPowerManagementLimit(self, handle: FakeHandle) -> int:
+        self._check("nvmlDeviceGetPowerManagementLimit", handle)
+        return handle.gpu.power_limit_mw
