@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from llem.config import CampaignConfig, ConfigError, ExperimentConfig, validate_or_raise
+from llem.config import CampaignConfig, CampaignSettings, ConfigError, ExperimentConfig, validate_or_raise
 
 NON_EXPERIMENT_KEYS = ("campaign", "hydra")
 
@@ -18,7 +18,16 @@ class ComposedConfig:
     """What one Hydra job resolved to, after schema validation."""
 
     experiment: ExperimentConfig
-    campaign: CampaignConfig | None
+    campaign: CampaignSettings
+
+
+def validate_campaign(data: dict[str, Any] | None) -> CampaignSettings:
+    """Settings only, or a full CampaignConfig when the section says what to run."""
+    data = data or {}
+    settings = validate_or_raise(CampaignSettings, data, context="campaign")
+    if settings.defines_jobs:
+        return validate_or_raise(CampaignConfig, data, context="campaign")
+    return settings
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
@@ -42,7 +51,4 @@ def validate_composed(cfg: DictConfig, *, context: str = "experiment") -> Compos
     """Validate a composed config; raise ConfigError naming every bad field."""
     experiment_data, campaign_data = split_experiment(to_plain(cfg))
     experiment = validate_or_raise(ExperimentConfig, experiment_data, context=context)
-    campaign = None
-    if campaign_data is not None:
-        campaign = validate_or_raise(CampaignConfig, campaign_data, context="campaign")
-    return ComposedConfig(experiment=experiment, campaign=campaign)
+    return ComposedConfig(experiment=experiment, campaign=validate_campaign(campaign_data))

@@ -84,7 +84,7 @@ def run_task(cfg: DictConfig) -> Any:
     single = _is_single_run()
     try:
         composed = validate_composed(cfg)
-        cold = composed.campaign is not None and composed.campaign.cold_start.force_cold_start
+        cold = composed.campaign.cold_start.force_cold_start
         output_dir = _output_dir()
         result = run_experiment(composed.experiment, output_dir, SESSION, force_cold_start=cold)
     except USER_ERRORS as error:

@@ -11,6 +11,7 @@ from llem.config.campaign import (
     CampaignHealthCheckConfig,
     CampaignIOConfig,
     CampaignScheduleConfig,
+    CampaignSettings,
 )
 from llem.config.errors import ConfigError, validate_or_raise
 from llem.config.experiment import (
@@ -40,6 +41,7 @@ __all__ = [
     "CampaignHealthCheckConfig",
     "CampaignIOConfig",
     "CampaignScheduleConfig",
+    "CampaignSettings",
     "ConfigError",
     "DecoderConfig",
     "EnergyConfig",

@@ -25,6 +25,7 @@ __all__ = [
     "CampaignHealthCheckConfig",
     "CampaignIOConfig",
     "CampaignScheduleConfig",
+    "CampaignSettings",
     "parse_duration",
     "validate_hhmm",
 ]
@@ -199,10 +200,14 @@ class CampaignIOConfig(StrictModel):
         return Path(self.state_dir) / self.manifest_filename
 
 
-class CampaignConfig(StrictModel):
-    """A whole campaign: what to run (grid, experiments, configs) and how."""
+class CampaignSettings(StrictModel):
+    """How a multirun's jobs run (cycles, gaps, health checks, files), with or without a job definition.
 
-    campaign_name: str = Field(..., min_length=1, description="Name recorded in the manifest and results.")
+    Every multirun has these settings, so `campaign.execution.cycles=1` works on any
+    command line; a `CampaignConfig` adds what to run.
+    """
+
+    campaign_name: str | None = Field(None, description="Name recorded in the manifest and results.")
     configs: list[str] = Field(default_factory=list, description="Experiment YAML files, each one job.")
     grid: CampaignGridConfig | None = Field(None, description="Cartesian grid of experiments.")
     experiments: list[CampaignExplicitExperiment] = Field(
@@ -223,6 +228,11 @@ class CampaignConfig(StrictModel):
     daemon: CampaignDaemonConfig | None = Field(None, description="Repeat on a schedule.")
     io: CampaignIOConfig = Field(default_factory=CampaignIOConfig, description="Where files go.")
 
+    @property
+    def defines_jobs(self) -> bool:
+        """Whether this campaign says what to run (configs, grid or experiments)."""
+        return bool(self.configs or self.grid is not None or self.experiments)
+
     @field_validator("configs")
     @classmethod
     def _configs_exist(cls, value: list[str]) -> list[str]:
@@ -231,8 +241,14 @@ class CampaignConfig(StrictModel):
             raise ValueError(f"experiment config file(s) not found: {missing}")
         return value
 
+
+class CampaignConfig(CampaignSettings):
+    """A whole campaign: what to run (grid, experiments, configs) and how."""
+
+    campaign_name: str = Field(..., min_length=1, description="Name recorded in the manifest and results.")
+
     @model_validator(mode="after")
     def _something_to_run(self) -> "CampaignConfig":
-        if not self.configs and self.grid is None and not self.experiments:
+        if not self.defines_jobs:
             raise ValueError("a campaign needs at least one of: configs, grid, experiments")
         return self

@@ -54,7 +54,7 @@ SECTIONS: list[tuple[str, str, type[BaseModel]]] = [
     ("Warmup", "warmup", WarmupConfig),
     ("Baseline", "baseline", BaselineConfig),
     ("Energy", "energy", EnergyConfig),
-    ("Campaign", "campaign", CampaignConfig),
+    ("Campaign", "campaign (campaign=<name>)", CampaignConfig),
     ("Campaign grid", "campaign.grid", CampaignGridConfig),
     ("Campaign explicit experiment", "campaign.experiments[]", CampaignExplicitExperiment),
     ("Campaign execution", "campaign.execution", CampaignExecutionConfig),

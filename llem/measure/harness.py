@@ -178,6 +178,7 @@ def run_experiment(
     try:
         devices = meter.nvml_devices
         gpus = list(devices.describe_all().values()) if devices is not None else []
+        persistence = devices.persistence_modes() if devices is not None else None
         will_reuse = session.can_reuse(experiment) and not force_cold_start
         if will_reuse:
             baseline, baseline_reason = None, "model already loaded in this worker; idle baseline not re-measured"
@@ -218,7 +219,7 @@ def run_experiment(
         tolerance_pct=experiment.energy.cross_check_tolerance_pct,
         samples=window.samples if devices is not None else None,
         throttled=window.throttled,
-        persistence_mode=devices.persistence_modes() if devices is not None else None,
+        persistence_mode=persistence,
     )
     if experiment.force_output_length and output_tokens != experiment.max_output_tokens * len(seqs):
         warnings.append(

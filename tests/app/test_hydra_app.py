@@ -26,7 +26,8 @@ def test_cfg_job_prints_composed_config(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["backend"]["name"] == "pytorch" and cfg["model"]["name"] == "builtin:tiny"
-    assert cfg["fp_precision"] == "float32" and "campaign" not in cfg
+    assert cfg["fp_precision"] == "float32" and cfg["campaign"]["campaign_name"] is None
+    assert cfg["campaign"]["execution"]["cycles"] == 3
 
 
 def test_cfg_job_shows_vllm_section(tmp_path: Path) -> None:
@@ -77,7 +78,7 @@ def test_every_shipped_group_option_composes_and_validates(backend: str, dataset
     composed = validate_composed(cfg)
     assert composed.experiment.backend.name == backend
     assert composed.experiment.dataset.source == dataset
-    assert composed.campaign is None
+    assert not composed.campaign.defines_jobs and not isinstance(composed.campaign, CampaignConfig)
 
 
 @pytest.mark.parametrize("model", _conf_choices("model"))
@@ -87,7 +88,7 @@ def test_every_shipped_model_validates(model: str) -> None:
     assert validate_composed(cfg).experiment.model.name
 
 
-@pytest.mark.parametrize("campaign", _conf_choices("campaign"))
+@pytest.mark.parametrize("campaign", [c for c in _conf_choices("campaign") if c != "default"])
 def test_every_shipped_campaign_validates(campaign: str) -> None:
     with initialize_config_module(config_module="llem.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"campaign={campaign}"])
@@ -111,6 +112,20 @@ def test_invalid_campaign_is_reported_as_campaign() -> None:
         validate_composed(cfg)
     assert str(info.value).startswith("Invalid campaign (1 problem):")
     assert info.value.problems == ["execution.cycles: Input should be greater than or equal to 1 (got 0)"]
+
+
+def test_campaign_settings_settable_without_a_campaign_file() -> None:
+    with initialize_config_module(config_module="llem.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["campaign.execution.cycles=1"])
+    settings = validate_composed(cfg).campaign
+    assert settings.execution.cycles == 1 and settings.campaign_name is None
+
+
+def test_default_campaign_yaml_matches_schema_defaults() -> None:
+    from llem.config import CampaignSettings
+
+    shipped = yaml.safe_load((CONF / "campaign" / "default.yaml").read_text())
+    assert shipped == CampaignSettings().model_dump()
 
 
 def test_conf_yaml_keys_match_schema_defaults() -> None:
