@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from llem.config.backends import BACKEND_CLASSES, backends_with_field
+from llem.config.introspect import submodel as _submodel
 
 
 class ConfigError(Exception):
@@ -21,23 +22,6 @@ class ConfigError(Exception):
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
-
-
-def _submodel(annotation: Any, tag: Any = None) -> type[BaseModel] | None:
-    """The BaseModel class behind a field annotation (unwrapping Optional, Annotated, unions)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _submodel(arg, tag)
-        if found is None:
-            continue
-        if tag is None:
-            return found
-        discriminator_fields = [f for f in ("name", "source") if f in found.model_fields]
-        for field in discriminator_fields:
-            if typing.get_args(found.model_fields[field].annotation) == (tag,):
-                return found
-    return None
 
 
 def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, list[str]]:

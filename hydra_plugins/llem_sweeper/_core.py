@@ -1,0 +1,213 @@
+"""The llem sweep: plan (expand, compose, validate, order), write the manifest, launch in batches."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, OmegaConf
+
+from llem.composed import validate_campaign
+from llem.config import CampaignSettings, ConfigError
+from llem.plan.compose import FastComposer
+from llem.plan.expand import Axis, PlanError
+from llem.plan.manifest import CampaignManifest, update_jobs, utc_now, write_manifest
+from llem.plan.planner import Plan, build_manifest, make_plan
+from llem.plan.table import print_plan
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SUBDIR = "${hydra.job.num}"
+
+
+class SweepError(CompactHydraException):
+    """A user mistake in the campaign or the command line: Hydra prints the message, no traceback."""
+
+
+def parse_axes(arguments: Sequence[str], config_loader: Any) -> list[Axis]:
+    """Command-line overrides as axes (Hydra's grammar: a,b / choice() / range() / glob())."""
+    parser = OverridesParser.create(config_loader=config_loader)
+    axes: list[Axis] = []
+    for override in parser.parse_overrides(list(arguments)):
+        key_element = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                raise SweepError(f"{override.input_line}: interval sweeps are not supported; list the values")
+            choices = [f"{key_element}={v}" for v in override.sweep_string_iterator()]
+        else:
+            choices = [override.input_line]
+        key = override.key_or_group
+        axes = [a for a in axes if a.key != key] + [Axis(key=key, choices=choices)]
+    return axes
+
+
+def _is_llem_app(config: DictConfig) -> bool:
+    return OmegaConf.select(config, "backend.name") is not None and "model" in config
+
+
+def _campaign_axes(axes: list[Axis]) -> tuple[list[Axis], list[Axis]]:
+    campaign = [a for a in axes if a.key == "campaign" or a.key.startswith("campaign.")]
+    rest = [a for a in axes if a not in campaign]
+    swept = [a.key for a in campaign if len(a.choices) > 1]
+    if swept:
+        raise SweepError(f"campaign settings cannot be swept ({', '.join(swept)}): give one value")
+    return campaign, rest
+
+
+def _manifest_path(sweep_dir: Path, settings: CampaignSettings) -> Path:
+    state = Path(settings.io.state_dir)
+    return (state if state.is_absolute() else sweep_dir / state) / settings.io.manifest_filename
+
+
+def _invalid_report(plan: Plan) -> str:
+    lines = [f"llem: {len(plan.invalid)} of {len(plan.jobs)} planned configuration(s) are invalid; nothing was launched."]
+    for job in plan.invalid:
+        lines.append(f"- {job.error}")
+    lines.append("Fix them, or run the valid ones with hydra.sweeper.skip_invalid=true.")
+    return "\n".join(lines)
+
+
+def _batches(items: list[Any], size: int | None) -> list[list[Any]]:
+    if not size or size < 1:
+        return [items] if items else []
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _result_path(ret: JobReturn) -> str | None:
+    try:
+        return str(Path(ret.hydra_cfg.hydra.runtime.output_dir) / "result.json")  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - a foreign launcher may not fill hydra_cfg
+        return None
+
+
+def _job_outcome(ret: JobReturn) -> dict[str, Any]:
+    done = {"completed_at": utc_now(), "result_path": _result_path(ret)}
+    if ret.status == JobStatus.COMPLETED:
+        return {**done, "status": "completed", "error": None}
+    error = ret._return_value  # the exception a FAILED job carries
+    return {**done, "status": "failed", "error": f"{type(error).__name__}: {error}"}
+
+
+def _generic_sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
+    """Plain cartesian product for non-llem apps (keeps the sweeper usable with any Hydra app)."""
+    axes = parse_axes(arguments, sweeper.hydra_context.config_loader)
+    jobs = [list(c) for c in itertools.product(*(a.choices for a in axes))]
+    returns: list[Sequence[JobReturn]] = []
+    index = 0
+    for batch in _batches(jobs, sweeper.max_batch_size):
+        results = sweeper.launcher.launch(batch, initial_job_idx=index)
+        for r in results:
+            _ = r.return_value  # re-raise a failed job, as Hydra's basic sweeper does
+        index += len(batch)
+        returns.append(results)
+    return returns
+
+
+def _plan(sweeper: Any, arguments: list[str]) -> tuple[Plan, CampaignSettings, FastComposer]:
+    config: DictConfig = sweeper.config
+    loader = sweeper.hydra_context.config_loader
+    axes = parse_axes(arguments, loader)
+    _, experiment_axes = _campaign_axes(axes)
+    try:
+        settings = validate_campaign(OmegaConf.to_container(config.campaign, resolve=True) if "campaign" in config else None)
+    except ConfigError as error:
+        raise SweepError(str(error)) from None
+    composer = FastComposer(loader, config.hydra.job.config_name, list(config.hydra.overrides.hydra))
+    try:
+        model_options = set(loader.get_group_options("model"))
+    except Exception:  # noqa: BLE001 - an app without a model group
+        model_options = set()
+    try:
+        plan = make_plan(
+            experiment_axes,
+            settings,
+            composer.compose,
+            default_backend=str(OmegaConf.select(config, "backend.name")),
+            model_options=model_options,
+        )
+    except PlanError as error:
+        raise SweepError(f"llem: {error}") from None
+    return plan, settings, composer
+
+
+def run_sweep(sweeper: Any, arguments: list[str]) -> Any:
+    config: DictConfig = sweeper.config
+    arguments = [f"{k}={v}" for k, v in sweeper.params.items()] + list(arguments)
+    sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, sweep_dir / "multirun.yaml")
+    if not _is_llem_app(config):
+        return _generic_sweep(sweeper, arguments)
+
+    plan, settings, composer = _plan(sweeper, arguments)
+    if plan.invalid and not sweeper.skip_invalid:
+        raise SweepError(_invalid_report(plan))
+    for job in plan.invalid:
+        job.status = "skipped"
+
+    manifest_path = _manifest_path(sweep_dir, settings)
+    if manifest_path.exists():
+        raise SweepError(
+            f"llem: {sweep_dir} already holds a campaign ({manifest_path}); choose a new hydra.sweep.dir"
+        )
+    name = settings.campaign_name or str(config.hydra.job.name)
+    manifest = build_manifest(plan, campaign_name=name, sweep_dir=sweep_dir)
+    if str(OmegaConf.select(config, "hydra.sweep.subdir", throw_on_resolution_failure=False) or "") != DEFAULT_SUBDIR:
+        for job in manifest.jobs:
+            job.result_path = None  # known once the launcher reports the job's output dir
+    write_manifest(manifest_path, manifest)
+    log.info("planned %d job(s) with %d composition(s); manifest %s", len(plan.runnable), composer.compositions, manifest_path)
+
+    if sweeper.dry_run:
+        print_plan(plan)
+        print(f"manifest written to {manifest_path}; dry run: nothing launched")
+        return []
+    if plan.invalid:
+        print(_invalid_report(plan).replace("nothing was launched", "they are skipped"), file=sys.stderr)
+    return _launch(sweeper, plan, settings, manifest, manifest_path)
+
+
+def _launch(sweeper: Any, plan: Plan, settings: CampaignSettings, manifest: CampaignManifest, path: Path) -> Any:
+    launcher = sweeper.launcher
+    managed = hasattr(launcher, "attach_campaign")
+    if managed:
+        launcher.attach_campaign(manifest_path=path, settings=settings)
+    returns: list[Sequence[JobReturn]] = []
+    for batch in _batches(plan.runnable, sweeper.max_batch_size):
+        first = batch[0].job_num
+        if not managed:
+            update_jobs(path, {j.job_num: {"status": "running", "started_at": utc_now()} for j in batch})
+        results = launcher.launch([list(j.config.overrides) for j in batch], initial_job_idx=first)
+        if not managed:
+            update_jobs(
+                path,
+                {j.job_num: {**_job_outcome(r), "attempts": 1} for j, r in zip(batch, results)},
+            )
+        returns.append(results)
+    _finish(path)
+    return returns
+
+
+def _finish(path: Path) -> None:
+    from llem.plan.manifest import read_manifest
+
+    manifest = read_manifest(path)
+    counts = manifest.counts()
+    try:
+        from llem.report.summary import write_summary
+
+        csv_path, _ = write_summary(Path(manifest.sweep_dir), path)
+        print(f"llem: summary written to {csv_path}", file=sys.stderr)
+    except ImportError:
+        pass
+    text = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    print(f"llem: campaign '{manifest.campaign_name}' finished: {text}; manifest {path}", file=sys.stderr)
+    failed = counts.get("failed", 0) + counts.get("interrupted", 0)
+    if failed:
+        raise SweepError(f"llem: {failed} job(s) failed; their errors are in {path}")

@@ -1,0 +1,39 @@
+"""The Sweeper class Hydra instantiates; the work (and heavy imports) live in `_core`."""
+
+
+from typing import Any, Dict, List, Optional
+
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class LlemSweeper(Sweeper):
+    def __init__(
+        self,
+        max_batch_size: Optional[int] = None,
+        params: Optional[Dict[str, str]] = None,
+        skip_invalid: bool = False,
+        dry_run: bool = False,
+    ) -> None:
+        self.max_batch_size = max_batch_size
+        self.params = dict(params or {})
+        self.skip_invalid = skip_invalid
+        self.dry_run = dry_run
+        self.hydra_context: Optional[HydraContext] = None
+        self.config: Optional[DictConfig] = None
+        self.launcher: Any = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context = hydra_context
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: List[str]) -> Any:
+        from hydra_plugins.llem_sweeper._core import run_sweep
+
+        return run_sweep(self, arguments)

@@ -1,0 +1,211 @@
+"""Expand a campaign grid, explicit experiments and CLI sweeps into distinct job configurations.
+
+Each configuration is a list of ordinary Hydra overrides. Keys under `backend.` are
+backend-scoped: they are applied only to backends whose schema has the field, which
+is what lets one multirun sweep `batch_size` for PyTorch and `max_num_seqs` for vLLM.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llem.config.backends import BACKEND_CLASSES, BACKEND_NAMES, backends_with_field
+from llem.config.campaign import CampaignSettings
+from llem.plan.experiment_file import experiment_file_overrides
+from llem.plan.values import render_override
+
+BACKEND_PREFIX = "backend."
+
+
+class PlanError(Exception):
+    """The campaign or command line cannot be expanded into jobs; the message says why."""
+
+
+@dataclass
+class Axis:
+    """One swept (or fixed) key: every choice is a complete override string."""
+
+    key: str
+    choices: list[str]
+
+    @property
+    def is_backend_scoped(self) -> bool:
+        return self.key.startswith(BACKEND_PREFIX) and self.key != "backend.name"
+
+    @property
+    def field(self) -> str:
+        return self.key[len(BACKEND_PREFIX) :].split(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class PlannedConfig:
+    """A distinct experiment, before cycles: its overrides, backend and where it came from."""
+
+    overrides: tuple[str, ...]
+    backend: str
+    origin: str
+    params: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+
+def strip_prefix(key: str) -> str:
+    return key.lstrip("+~").split("@", 1)[0]
+
+
+def override_key(override: str) -> str:
+    """The config key an override string sets (prefixes and package stripped)."""
+    return strip_prefix(override.split("=", 1)[0])
+
+
+def override_value(override: str) -> str:
+    return override.split("=", 1)[1] if "=" in override else ""
+
+
+def _backend_has(backend: str, key: str) -> bool:
+    return key.split(".", 1)[0] in BACKEND_CLASSES[backend].model_fields
+
+
+def _product(base: list[str], axes: Sequence[Axis], backend: str, origin: str) -> Iterable[PlannedConfig]:
+    for combo in itertools.product(*(a.choices for a in axes)):
+        overrides = tuple(base) + tuple(combo)
+        params = {override_key(o): override_value(o) for o in overrides if "=" in o}
+        yield PlannedConfig(overrides=overrides, backend=backend, origin=origin, params=params)
+
+
+def _merge_axes(base: list[Axis], top: list[Axis]) -> list[Axis]:
+    """`top` axes replace `base` axes with the same key (command line beats campaign file)."""
+    keys = {a.key for a in top}
+    return [a for a in base if a.key not in keys] + top
+
+
+def _scoped_for(backend: str, axes: list[Axis]) -> list[Axis]:
+    return [a for a in axes if _backend_has(backend, a.field)]
+
+
+def _check_scoped_keys(axes: list[Axis], backends: list[str]) -> None:
+    for axis in axes:
+        if not any(_backend_has(b, axis.field) for b in backends):
+            owners = backends_with_field(axis.field)
+            where = f"; it is a parameter of {', '.join(owners)}" if owners else ""
+            raise PlanError(
+                f"{axis.key}: no selected backend ({', '.join(backends)}) has the parameter '{axis.field}'{where}"
+            )
+
+
+def _grid_value_axis(key: str, values: list[Any]) -> Axis:
+    return Axis(key=key, choices=[render_override(key, v) for v in values])
+
+
+def _model_axis(models: list[str], model_options: set[str]) -> Axis:
+    choices = [f"model={m}" if m in model_options else render_override("model.name", m) for m in models]
+    return Axis(key="model", choices=choices)
+
+
+@dataclass
+class CliAxes:
+    """Command-line axes split by role."""
+
+    backend: Axis | None
+    scoped: list[Axis]
+    generic: list[Axis]
+
+    @classmethod
+    def split(cls, axes: list[Axis]) -> "CliAxes":
+        backend = next((a for a in axes if a.key == "backend"), None)
+        scoped = [a for a in axes if a.is_backend_scoped]
+        generic = [a for a in axes if a is not backend and not a.is_backend_scoped]
+        return cls(backend, scoped, generic)
+
+    def backend_values(self) -> list[str] | None:
+        if self.backend is None:
+            return None
+        values = [override_value(c) for c in self.backend.choices]
+        unknown = [v for v in values if v not in BACKEND_NAMES]
+        if unknown:
+            raise PlanError(f"backend: unknown choice(s) {unknown}; expected any of {list(BACKEND_NAMES)}")
+        return values
+
+
+def _grid_configs(campaign: CampaignSettings, cli: CliAxes, model_options: set[str]) -> list[PlannedConfig]:
+    grid = campaign.grid
+    assert grid is not None
+    backends = cli.backend_values() or list(grid.backends)
+    _check_scoped_keys(cli.scoped, backends)
+    out: list[PlannedConfig] = []
+    for backend in backends:
+        axes: list[Axis] = [Axis("backend", [f"backend={backend}"])]
+        if grid.models:
+            axes.append(_model_axis(grid.models, model_options))
+        for key, values in grid.shared.items():
+            if key.startswith(BACKEND_PREFIX) and not _backend_has(backend, key[len(BACKEND_PREFIX) :]):
+                continue
+            axes.append(_grid_value_axis(key, values))
+        for key, values in grid.backend_overrides.get(backend, {}).items():
+            full = key if key.startswith(BACKEND_PREFIX) else BACKEND_PREFIX + key
+            if not _backend_has(backend, full[len(BACKEND_PREFIX) :]):
+                raise PlanError(
+                    f"grid.backend_overrides.{backend}.{key}: '{backend}' has no parameter "
+                    f"'{full[len(BACKEND_PREFIX):]}'"
+                )
+            axes.append(_grid_value_axis(full, values if isinstance(values, list) else [values]))
+        axes = _merge_axes(axes, cli.generic + _scoped_for(backend, cli.scoped))
+        out.extend(_product([], axes, backend, "grid"))
+    return out
+
+
+def _explicit_configs(campaign: CampaignSettings, cli: CliAxes, default_backend: str) -> list[PlannedConfig]:
+    out: list[PlannedConfig] = []
+    sources: list[tuple[str, str, dict[str, Any]]] = [(p, f"configs[{i}]", {}) for i, p in enumerate(campaign.configs)]
+    sources += [(e.config, f"experiments[{i}]", e.overrides) for i, e in enumerate(campaign.experiments)]
+    for path, origin, inline in sources:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise PlanError(f"{origin}: cannot read experiment file {path}: {error}") from None
+        if not isinstance(data, dict):
+            raise PlanError(f"{origin}: {path} must hold a mapping of config keys")
+        base = experiment_file_overrides(data)
+        base += [render_override(k, v) for k, v in inline.items()]
+        backend = next((override_value(o) for o in reversed(base) if override_key(o) == "backend"), default_backend)
+        axes = _merge_axes(
+            [Axis(override_key(o), [o]) for o in base], cli.generic + _scoped_for(backend, cli.scoped)
+        )
+        out.extend(_product([], axes, backend, origin))
+    return out
+
+
+def _cli_configs(cli: CliAxes, default_backend: str) -> list[PlannedConfig]:
+    backends = cli.backend_values()
+    selected = backends or [default_backend]
+    _check_scoped_keys(cli.scoped, selected)
+    out: list[PlannedConfig] = []
+    for backend in selected:
+        axes = ([Axis("backend", [f"backend={backend}"])] if backends else []) + cli.generic
+        axes += _scoped_for(backend, cli.scoped)
+        out.extend(_product([], axes, backend, "command line"))
+    return out
+
+
+def expand(
+    cli_axes: list[Axis],
+    campaign: CampaignSettings,
+    *,
+    default_backend: str,
+    model_options: set[str],
+) -> list[PlannedConfig]:
+    """Every distinct configuration the campaign and command line ask for, in plan order."""
+    cli = CliAxes.split(cli_axes)
+    if not campaign.defines_jobs:
+        return _cli_configs(cli, default_backend)
+    configs: list[PlannedConfig] = []
+    if campaign.grid is not None:
+        configs += _grid_configs(campaign, cli, model_options)
+    if campaign.configs or campaign.experiments:
+        _check_scoped_keys(cli.scoped, list(BACKEND_NAMES))
+        configs += _explicit_configs(campaign, cli, default_backend)
+    return configs

@@ -1,0 +1,163 @@
+"""From command line and campaign to a validated, ordered job list (nothing runs here)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from llem.config import ConfigError, ExperimentConfig, validate_or_raise
+from llem.config.campaign import CampaignSettings
+from llem.config.hashing import canonical_json, config_hash
+from llem.plan.compose import ComposeError
+from llem.plan.expand import Axis, PlannedConfig, expand
+from llem.plan.manifest import CampaignManifest, Duplicate, ManifestJob, utc_now
+from llem.plan.order import run_order
+
+NON_EXPERIMENT_KEYS = ("campaign", "hydra")
+
+
+@dataclass
+class PlannedJob:
+    """One job of the plan: a configuration in one cycle, or an invalid configuration."""
+
+    job_num: int
+    config: PlannedConfig
+    cycle: int
+    config_hash: str | None
+    status: str = "pending"
+    error: str | None = None
+
+
+@dataclass
+class Plan:
+    jobs: list[PlannedJob]
+    settings: CampaignSettings
+    shuffle_seed: int | None
+    swept_keys: list[str]
+    duplicates: list[Duplicate] = field(default_factory=list)
+
+    @property
+    def runnable(self) -> list[PlannedJob]:
+        return [j for j in self.jobs if j.status == "pending"]
+
+    @property
+    def invalid(self) -> list[PlannedJob]:
+        return [j for j in self.jobs if j.status == "invalid"]
+
+    def counts_by_backend(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for job in self.jobs:
+            per = out.setdefault(job.config.backend, {})
+            per[job.status] = per.get(job.status, 0) + 1
+        return out
+
+    def plan_hash(self) -> str:
+        """Identity of the job set and its order: what a resume compares."""
+        items = [(j.config_hash, j.cycle, list(j.config.overrides)) for j in self.runnable]
+        return hashlib.sha256(canonical_json(items).encode()).hexdigest()[:16]
+
+
+def _validate(config: PlannedConfig, compose: Callable[[list[str]], dict[str, Any]], label: str) -> tuple[str | None, str | None]:
+    """(config hash, None) for a valid configuration, else (None, error message)."""
+    try:
+        data = compose(list(config.overrides))
+    except (ComposeError, HydraException, OmegaConfBaseException) as error:
+        return None, f"{label}: cannot compose: {error}".strip()
+    experiment = {k: v for k, v in data.items() if k not in NON_EXPERIMENT_KEYS}
+    try:
+        validated = validate_or_raise(ExperimentConfig, experiment, context=label)
+    except ConfigError as error:
+        return None, str(error)
+    return config_hash(validated), None
+
+
+def _swept_keys(configs: list[PlannedConfig]) -> list[str]:
+    keys: dict[str, set[str]] = {}
+    for c in configs:
+        for k in {*keys, *c.params}:
+            keys.setdefault(k, set()).add(c.params.get(k, "\0absent"))
+    return [k for k, values in keys.items() if len(values) > 1]
+
+
+def make_plan(
+    cli_axes: list[Axis],
+    settings: CampaignSettings,
+    compose: Callable[[list[str]], dict[str, Any]],
+    *,
+    default_backend: str,
+    model_options: set[str],
+) -> Plan:
+    """Expand, compose and validate every configuration, drop duplicates, and order the jobs."""
+    configs = expand(cli_axes, settings, default_backend=default_backend, model_options=model_options)
+    valid: list[tuple[PlannedConfig, str]] = []
+    invalid: list[tuple[PlannedConfig, str]] = []
+    first_by_hash: dict[str, PlannedConfig] = {}
+    duplicates: list[Duplicate] = []
+    for index, config in enumerate(configs, start=1):
+        label = f"configuration {index}/{len(configs)} [{' '.join(config.overrides) or 'defaults'}]"
+        digest, error = _validate(config, compose, label)
+        if digest is None:
+            invalid.append((config, error or "invalid"))
+            continue
+        if digest in first_by_hash:
+            duplicates.append(
+                Duplicate(overrides=list(config.overrides), same_as=list(first_by_hash[digest].overrides), config_hash=digest)
+            )
+            continue
+        first_by_hash[digest] = config
+        valid.append((config, digest))
+
+    execution = settings.execution
+    seed = execution.shuffle_seed
+    if execution.structure == "shuffled" and seed is None:
+        seed = secrets.randbelow(2**31)
+    order = run_order(len(valid), execution.cycles, execution.structure, seed)
+    jobs = [
+        PlannedJob(job_num=n, config=valid[i][0], cycle=cycle, config_hash=valid[i][1])
+        for n, (i, cycle) in enumerate(order)
+    ]
+    jobs += [
+        PlannedJob(job_num=len(jobs) + k, config=c, cycle=0, config_hash=None, status="invalid", error=e)
+        for k, (c, e) in enumerate(invalid)
+    ]
+    swept = _swept_keys([c for c, _ in valid] + [c for c, _ in invalid])
+    return Plan(jobs=jobs, settings=settings, shuffle_seed=seed, swept_keys=swept, duplicates=duplicates)
+
+
+def build_manifest(plan: Plan, *, campaign_name: str, sweep_dir: Path, result_name: str = "result.json") -> CampaignManifest:
+    """The manifest for a fresh plan: every job pending (or invalid/skipped), nothing run."""
+    now = utc_now()
+    jobs = [
+        ManifestJob(
+            job_num=j.job_num,
+            overrides=list(j.config.overrides),
+            backend=j.config.backend,
+            cycle=j.cycle,
+            config_hash=j.config_hash,
+            params=dict(j.config.params),
+            status=j.status,  # type: ignore[arg-type]
+            error=j.error,
+            result_path=str(Path(sweep_dir) / str(j.job_num) / result_name) if j.status == "pending" else None,
+        )
+        for j in plan.jobs
+    ]
+    return CampaignManifest(
+        campaign_name=campaign_name,
+        config_hash=plan.plan_hash(),
+        created_at=now,
+        updated_at=now,
+        sweep_dir=str(sweep_dir),
+        cycles=plan.settings.execution.cycles,
+        structure=plan.settings.execution.structure,
+        shuffle_seed=plan.shuffle_seed,
+        swept_keys=plan.swept_keys,
+        duplicates=plan.duplicates,
+        jobs=jobs,
+    )

@@ -1,0 +1,151 @@
+"""Statistics across cycles: how much a configuration's figures move between repeats.
+
+A campaign runs each configuration several times (cycles) so that a difference between
+configurations can be told from run-to-run noise. Per configuration this gives the mean,
+the sample standard deviation, the coefficient of variation and a seeded percentile
+bootstrap confidence interval of the mean, and flags groups too noisy to trust.
+
+Threshold: a group is `unstable` when a metric's CV exceeds 0.1 (10 %). Repeated runs
+of the same configuration on a quiet machine usually agree within a few percent; beyond
+10 % the spread is as large as many of the effects a sweep looks for (precision, batch
+size), so differences between such configurations should not be read without more
+cycles or a quieter machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from llem.report.summary import param_columns
+
+DEFAULT_METRICS: tuple[str, ...] = (
+    "energy_per_output_token_j",
+    "throughput_tokens_per_s",
+    "ttft_ms_p50",
+    "itl_ms_p50",
+)
+DEFAULT_CV_THRESHOLD = 0.1
+DEFAULT_RESAMPLES = 1000
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class MetricStats:
+    """Spread of one metric over one group's cycles; NaN where it cannot be computed."""
+
+    n: int
+    mean: float
+    std: float
+    cv: float
+    ci_low: float
+    ci_high: float
+
+
+def bootstrap_ci(
+    values: np.ndarray,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = DEFAULT_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean; the same seed always gives the same interval."""
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(values), size=(n_resamples, len(values)))
+    means = values[picks].mean(axis=1)
+    alpha = 1.0 - confidence
+    low, high = np.quantile(means, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(low), float(high)
+
+
+def describe(
+    values: Sequence[float] | np.ndarray | pd.Series,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = DEFAULT_SEED,
+) -> MetricStats:
+    """Mean, sample std (ddof=1), CV = std/|mean| and bootstrap CI of non-null values.
+
+    With fewer than two values there is no spread to speak of: std, CV and CI are NaN.
+    """
+    array = pd.to_numeric(pd.Series(values, dtype="object"), errors="coerce").to_numpy(dtype=float)
+    array = array[~np.isnan(array)]
+    nan = float("nan")
+    if array.size == 0:
+        return MetricStats(0, nan, nan, nan, nan, nan)
+    mean = float(array.mean())
+    if array.size < 2:
+        return MetricStats(1, mean, nan, nan, nan, nan)
+    std = float(array.std(ddof=1))
+    cv = std / abs(mean) if mean != 0 else nan
+    low, high = bootstrap_ci(array, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    return MetricStats(int(array.size), mean, std, cv, low, high)
+
+
+def group_keys(frame: pd.DataFrame, group_by: Sequence[str] = ()) -> list[str]:
+    """`config_hash` plus the requested columns; unknown columns are an error that names them."""
+    missing = [c for c in group_by if c not in frame.columns]
+    if missing:
+        raise KeyError(f"--group-by: no column {', '.join(missing)} (columns: {', '.join(frame.columns)})")
+    return list(dict.fromkeys(["config_hash", *group_by]))
+
+
+def group_stats(
+    frame: pd.DataFrame,
+    *,
+    group_by: Sequence[str] = (),
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    cv_threshold: float = DEFAULT_CV_THRESHOLD,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = DEFAULT_SEED,
+) -> pd.DataFrame:
+    """One row per group: keys, backend and swept values, `cycles`, then per metric
+    `<m>_n/_mean/_std/_cv/_ci_low/_ci_high/_unstable`, and `unstable` (any metric).
+
+    `<m>_unstable` is null when the CV is unknown (fewer than two values).
+    """
+    keys = group_keys(frame, group_by)
+    carried = [c for c in ["backend", *param_columns(frame)] if c not in keys]
+    records = []
+    if len(frame):
+        for _, group in frame.groupby(keys, sort=False, dropna=False):
+            first = group.iloc[0]
+            record: dict[str, object] = {k: first[k] for k in keys}
+            record.update({c: first[c] for c in carried})
+            record["cycles"] = len(group)
+            any_unstable = False
+            for metric in metrics:
+                s = describe(group[metric], n_resamples=n_resamples, confidence=confidence, seed=seed)
+                unstable = None if np.isnan(s.cv) else bool(s.cv > cv_threshold)
+                any_unstable = any_unstable or bool(unstable)
+                record.update(
+                    {
+                        f"{metric}_n": s.n,
+                        f"{metric}_mean": s.mean,
+                        f"{metric}_std": s.std,
+                        f"{metric}_cv": s.cv,
+                        f"{metric}_ci_low": s.ci_low,
+                        f"{metric}_ci_high": s.ci_high,
+                        f"{metric}_unstable": unstable,
+                    }
+                )
+            record["unstable"] = any_unstable
+            records.append(record)
+    columns = [*keys, *carried, "cycles"]
+    for metric in metrics:
+        columns += [f"{metric}_{s}" for s in ("n", "mean", "std", "cv", "ci_low", "ci_high", "unstable")]
+    columns.append("unstable")
+    out = pd.DataFrame.from_records(records, columns=columns)
+    for metric in metrics:
+        out[f"{metric}_unstable"] = out[f"{metric}_unstable"].astype("boolean")
+        for s in ("mean", "std", "cv", "ci_low", "ci_high"):
+            out[f"{metric}_{s}"] = out[f"{metric}_{s}"].astype("float64")
+    out["unstable"] = out["unstable"].astype(bool)
+    return out
