@@ -66,7 +66,9 @@ def _manifest_path(sweep_dir: Path, settings: CampaignSettings) -> Path:
 
 
 def _invalid_report(plan: Plan) -> str:
-    lines = [f"llem: {len(plan.invalid)} of {len(plan.jobs)} planned configuration(s) are invalid; nothing was launched."]
+    lines = [
+        f"llem: {len(plan.invalid)} of {plan.planned_configs} planned configuration(s) are invalid; nothing was launched."
+    ]
     for job in plan.invalid:
         lines.append(f"- {job.error}")
     lines.append("Fix them, or run the valid ones with hydra.sweeper.skip_invalid=true.")

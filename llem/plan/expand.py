@@ -172,9 +172,10 @@ def _explicit_configs(campaign: CampaignSettings, cli: CliAxes, default_backend:
         base = experiment_file_overrides(data)
         base += [render_override(k, v) for k, v in inline.items()]
         backend = next((override_value(o) for o in reversed(base) if override_key(o) == "backend"), default_backend)
-        axes = _merge_axes(
-            [Axis(override_key(o), [o]) for o in base], cli.generic + _scoped_for(backend, cli.scoped)
-        )
+        own: list[Axis] = []
+        for line in base:  # inline overrides come last and replace the file's value for their key
+            own = _merge_axes(own, [Axis(override_key(line), [line])])
+        axes = _merge_axes(own, cli.generic + _scoped_for(backend, cli.scoped))
         out.extend(_product([], axes, backend, origin))
     return out
 

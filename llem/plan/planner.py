@@ -42,6 +42,7 @@ class Plan:
     shuffle_seed: int | None
     swept_keys: list[str]
     duplicates: list[Duplicate] = field(default_factory=list)
+    planned_configs: int = 0
 
     @property
     def runnable(self) -> list[PlannedJob]:
@@ -79,11 +80,11 @@ def _validate(config: PlannedConfig, compose: Callable[[list[str]], dict[str, An
 
 
 def _swept_keys(configs: list[PlannedConfig]) -> list[str]:
-    keys: dict[str, set[str]] = {}
+    order: dict[str, None] = {}
     for c in configs:
-        for k in {*keys, *c.params}:
-            keys.setdefault(k, set()).add(c.params.get(k, "\0absent"))
-    return [k for k, values in keys.items() if len(values) > 1]
+        order.update(dict.fromkeys(c.params))
+    absent = "\0absent"
+    return [k for k in order if len({c.params.get(k, absent) for c in configs}) > 1]
 
 
 def make_plan(
@@ -128,7 +129,14 @@ def make_plan(
         for k, (c, e) in enumerate(invalid)
     ]
     swept = _swept_keys([c for c, _ in valid] + [c for c, _ in invalid])
-    return Plan(jobs=jobs, settings=settings, shuffle_seed=seed, swept_keys=swept, duplicates=duplicates)
+    return Plan(
+        jobs=jobs,
+        settings=settings,
+        shuffle_seed=seed,
+        swept_keys=swept,
+        duplicates=duplicates,
+        planned_configs=len(configs),
+    )
 
 
 def build_manifest(plan: Plan, *, campaign_name: str, sweep_dir: Path, result_name: str = "result.json") -> CampaignManifest:

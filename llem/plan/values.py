@@ -13,7 +13,9 @@ _FUNCTION_LIKE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\(")
 
 
 def _quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """Hydra escapes backslashes only before a quote or at the end of a quoted string."""
+    doubled = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
+    return "'" + doubled.replace("'", "\\'") + "'"
 
 
 def render_value(value: Any) -> str:

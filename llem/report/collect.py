@@ -117,18 +117,21 @@ def _load(path: Path, problems: list[str]) -> ExperimentResult | None:
     return None
 
 
-def _job_result_path(sweep_dir: Path, job: ManifestJob) -> Path:
-    """Where the job's result lives; falls back to `<sweep_dir>/<job_num>/` if the dir was moved."""
+def _job_result_path(sweep_dir: Path, recorded_root: Path, job: ManifestJob) -> Path:
+    """Where the job's result lives now. Paths recorded under the manifest's sweep dir are
+    re-rooted onto `sweep_dir`, so a moved or copied campaign reads its own files; with no
+    usable recorded path, `<sweep_dir>/<job_num>/result.json`."""
     fallback = sweep_dir / str(job.job_num) / RESULT_FILENAME
-    if job.result_path:
-        recorded = Path(job.result_path)
-        if not recorded.is_absolute():
-            recorded = sweep_dir / recorded
-        if recorded.is_dir():
-            recorded = recorded / RESULT_FILENAME
-        if recorded.is_file() or not fallback.is_file():
-            return recorded
-    return fallback
+    if not job.result_path:
+        return fallback
+    recorded = Path(job.result_path)
+    if not recorded.is_absolute():
+        recorded = sweep_dir / recorded
+    elif recorded.is_relative_to(recorded_root):
+        recorded = sweep_dir / recorded.relative_to(recorded_root)
+    if recorded.is_dir():
+        recorded = recorded / RESULT_FILENAME
+    return recorded if recorded.is_file() or not fallback.is_file() else fallback
 
 
 def _relative(path: Path, base: Path) -> str:
@@ -153,7 +156,7 @@ def _from_manifest(sweep_dir: Path, manifest: CampaignManifest) -> Campaign:
         if job.status != "completed":
             counts[job.status] += 1
             continue
-        path = _job_result_path(sweep_dir, job)
+        path = _job_result_path(sweep_dir, Path(manifest.sweep_dir), job)
         result = _load(path, problems)
         if result is not None and job.config_hash and result.config_hash != job.config_hash:
             message = (

@@ -146,7 +146,7 @@ def plot_latency(frame: pd.DataFrame, path: Path) -> Plot:
     params = param_columns(frame)
     configs = list(dict.fromkeys(frame["config_hash"]))
     names = [config_label(frame[frame["config_hash"] == h].iloc[0], params) for h in configs]
-    figure = _new_figure(10.0, 1.2 + 0.45 * len(configs))
+    figure = _new_figure(10.0, max(2.8, 1.2 + 0.45 * len(configs)))
     panels = figure.subplots(1, 2, sharey=True)
     y = np.arange(len(configs))
     for axes, metric, name in zip(panels, ("ttft", "itl"), ("Time to first token", "Inter-token latency")):
@@ -155,7 +155,8 @@ def plot_latency(frame: pd.DataFrame, path: Path) -> Plot:
             p50, p95, p99 = (float(group[f"{metric}_ms_{p}"].astype(float).mean()) for p in ("p50", "p95", "p99"))
             axes.hlines(j, p50, p99, color="0.6", linewidth=2, zorder=1)
             cycle_p50 = group[f"{metric}_ms_p50"].astype(float).dropna()
-            axes.scatter(cycle_p50, np.full(len(cycle_p50), j), s=10, color="0.3", zorder=2)
+            dots = "p50 of each cycle" if j == 0 else None
+            axes.scatter(cycle_p50, np.full(len(cycle_p50), j), s=10, color="0.3", zorder=2, label=dots)
         for p, marker in (("p50", "o"), ("p95", "s"), ("p99", "^")):
             means = [float(frame.loc[frame["config_hash"] == h, f"{metric}_ms_{p}"].astype(float).mean()) for h in configs]
             axes.scatter(means, y, marker=marker, s=40, zorder=3, label=p)

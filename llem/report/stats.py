@@ -34,6 +34,10 @@ DEFAULT_CONFIDENCE = 0.95
 DEFAULT_SEED = 0
 
 
+class UnknownColumn(ValueError):
+    """A `group_by` key that is not a summary column."""
+
+
 @dataclass(frozen=True)
 class MetricStats:
     """Spread of one metric over one group's cycles; NaN where it cannot be computed."""
@@ -92,7 +96,7 @@ def group_keys(frame: pd.DataFrame, group_by: Sequence[str] = ()) -> list[str]:
     """`config_hash` plus the requested columns; unknown columns are an error that names them."""
     missing = [c for c in group_by if c not in frame.columns]
     if missing:
-        raise KeyError(f"--group-by: no column {', '.join(missing)} (columns: {', '.join(frame.columns)})")
+        raise UnknownColumn(f"group_by: no column {', '.join(missing)} (columns: {', '.join(frame.columns)})")
     return list(dict.fromkeys(["config_hash", *group_by]))
 
 

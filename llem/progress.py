@@ -1,0 +1,191 @@
+"""Campaign progress: a live bar on a terminal, plain timestamped lines everywhere else.
+
+A campaign runs for hours, often under nohup, tmux or CI. On a terminal people want a
+bar with the current job and an ETA; in a log file they want one greppable line per
+event. `quiet` selects the plain lines even on a terminal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from types import TracebackType
+from typing import Callable, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, Task, TaskID, TextColumn
+from rich.text import Text
+
+DONE_STATUSES: frozenset[str] = frozenset({"completed", "skipped"})
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--:--"
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class _LiveText(ProgressColumn):
+    """A column whose text comes from the campaign, not from rich's own task timing."""
+
+    def __init__(self, text: Callable[[], str]) -> None:
+        super().__init__()
+        self._text = text
+
+    def render(self, task: Task) -> Text:
+        return Text(self._text())
+
+
+class CampaignProgress:
+    """Shows how far a campaign is: done/failed/total, the running job, elapsed time and ETA.
+
+    Use as a context manager; the launcher calls `job_started` and `job_finished` per job
+    (thread-safe, jobs may overlap). `already_done` counts jobs finished before a resume:
+    they count as done but not towards the ETA's time per job.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        *,
+        quiet: bool = False,
+        stream: TextIO | Console | None = None,
+        already_done: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.total = total
+        self.console = stream if isinstance(stream, Console) else Console(file=stream, stderr=stream is None)
+        self.live = self.console.is_terminal and not quiet
+        self.done = already_done
+        self.failed = 0
+        self._finished_here = 0
+        self._last_finish: float | None = None
+        self._running: dict[int, tuple[str, str, float]] = {}
+        self._clock = clock
+        self._start = clock()
+        self._lock = threading.RLock()
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    # -- figures ---------------------------------------------------------------------
+
+    @property
+    def elapsed_s(self) -> float:
+        return self._clock() - self._start
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.total - self.done - self.failed)
+
+    def eta_s(self) -> float | None:
+        """Time left at this session's pace: elapsed per finished job (which allows for jobs that
+        overlap) times jobs remaining, counting down from the last finish; None before any finish."""
+        if self.remaining == 0:
+            return 0.0
+        if self._finished_here == 0 or self._last_finish is None:
+            return None
+        per_job = (self._last_finish - self._start) / self._finished_here
+        return max(0.0, per_job * self.remaining - (self._clock() - self._last_finish))
+
+    def _counts(self) -> str:
+        return (
+            f"{self.done}/{self.total} done, {self.failed} failed, elapsed {_duration(self.elapsed_s)}, "
+            f"ETA {_duration(self.eta_s())}"
+        )
+
+    # -- context ---------------------------------------------------------------------
+
+    def __enter__(self) -> CampaignProgress:
+        self._start = self._clock()
+        if self.live:
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}", markup=False, style="bold"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                _LiveText(lambda: f"failed {self.failed}"),
+                _LiveText(lambda: f"elapsed {_duration(self.elapsed_s)}"),
+                _LiveText(lambda: f"ETA {_duration(self.eta_s())}"),
+                console=self.console,
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("starting", total=self.total, completed=self.done + self.failed)
+        else:
+            self._line(f"campaign started: {self.total} jobs ({self.done} already done)")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        ending = "interrupted" if exc_type is not None else "finished"
+        summary = f"campaign {ending}: {self.done} done, {self.failed} failed of {self.total} in {_duration(self.elapsed_s)}"
+        if self._progress is not None:
+            self._refresh("done" if exc_type is None else ending)
+            self._progress.stop()
+            self._progress = None
+            self.console.print(summary, markup=False, highlight=False)
+        else:
+            self._line(summary)
+
+    # -- events ----------------------------------------------------------------------
+
+    def job_started(self, job_num: int, backend: str, label: str) -> None:
+        with self._lock:
+            self._running[job_num] = (backend, label, self._clock())
+            if self._progress is None:
+                self._line(f"job {job_num} started ({backend}{': ' + label if label else ''}) — {self._counts()}")
+            else:
+                self._refresh()
+
+    def job_finished(self, job_num: int, status: str) -> None:
+        with self._lock:
+            started = self._running.pop(job_num, None)
+            if status in DONE_STATUSES:
+                self.done += 1
+            else:
+                self.failed += 1
+            self._finished_here += 1
+            self._last_finish = self._clock()
+            took = f" in {self._clock() - started[2]:.1f} s" if started else ""
+            if self._progress is None:
+                self._line(f"job {job_num} {status}{took} — {self._counts()}")
+            else:
+                if status not in DONE_STATUSES:
+                    self._progress.console.print(f"job {job_num} {status}{took}", markup=False, highlight=False)
+                self._refresh()
+
+    def log(self, message: str) -> None:
+        """A free-form line: above the bar on a terminal, timestamped otherwise."""
+        with self._lock:
+            if self._progress is None:
+                self._line(message)
+            else:
+                self._progress.console.print(message, markup=False, highlight=False)
+
+    # -- output ----------------------------------------------------------------------
+
+    def _line(self, message: str) -> None:
+        stamp = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        self.console.print(f"{stamp} llem: {message}", markup=False, highlight=False, soft_wrap=True)
+
+    def _describe_running(self) -> str:
+        if not self._running:
+            return "waiting"
+        job_num, (backend, label, _) = max(self._running.items(), key=lambda item: item[1][2])
+        more = f" (+{len(self._running) - 1} running)" if len(self._running) > 1 else ""
+        return f"job {job_num} {backend}{' ' + label if label else ''}{more}"
+
+    def _refresh(self, description: str | None = None) -> None:
+        if self._progress is None or self._task is None:
+            return
+        self._progress.update(
+            self._task,
+            description=description or self._describe_running(),
+            completed=self.done + self.failed,
+        )

@@ -1,0 +1,434 @@
+"""`report.md` and a self-contained `report.html` for one or several campaigns.
+
+Both are rendered from the same tables and plots. The HTML embeds every PNG as a
+base64 data URI so the file can be mailed or archived on its own; the Markdown links
+the PNGs written next to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from llem.atomic import atomic_write_text
+from llem.report.collect import Campaign, collect
+from llem.report.plots import Plot, config_label, make_plots
+from llem.report.stats import DEFAULT_CV_THRESHOLD, DEFAULT_METRICS, DEFAULT_SEED, group_stats
+from llem.report.summary import param_columns, summary_frame, write_frame
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+MAX_JOB_ROWS = 500
+
+STAT_LABELS: dict[str, str] = {
+    "energy_per_output_token_j": "Energy/token (J)",
+    "throughput_tokens_per_s": "Throughput (tok/s)",
+    "ttft_ms_p50": "TTFT p50 (ms)",
+    "itl_ms_p50": "ITL p50 (ms)",
+}
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    note: str | None = None
+
+
+@dataclass
+class CampaignReport:
+    """Everything shown for one sweep dir."""
+
+    campaign: Campaign
+    frame: pd.DataFrame
+    stats: pd.DataFrame
+    plots: list[Plot]
+    cv_threshold: float
+    group_by: list[str] = field(default_factory=list)
+    summary_paths: tuple[Path, Path] | None = None
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    markdown: Path
+    html: Path
+    plots: list[Path]
+    summaries: list[tuple[Path, Path]]
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """Numbers to 4 significant digits; missing values as an em dash, never 0."""
+    if value is None or value is pd.NA:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+        return _significant(value, digits) if isinstance(value, float) else str(value)
+    try:
+        if pd.isna(value):
+            return "—"
+    except (TypeError, ValueError):
+        pass
+    return str(value)
+
+
+def _significant(value: float, digits: int) -> str:
+    """Fixed notation for everyday magnitudes (1e-3 to 1e6), scientific outside them."""
+    if value == 0 or math.isinf(value):
+        return str(value)
+    magnitude = math.floor(math.log10(abs(value)))
+    if -3 <= magnitude < 6:
+        return f"{value:.{max(0, digits - 1 - magnitude)}f}"
+    return f"{value:.{digits - 1}e}"
+
+
+def _spread(row: pd.Series, metric: str) -> str:
+    mean, std, cv = row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_cv"]
+    if pd.isna(mean):
+        return "—"
+    if pd.isna(std):
+        return f"{fmt(mean)} (1 value)"
+    cv_text = f"{cv * 100:.1f}%" if not pd.isna(cv) else "—"
+    return (
+        f"{fmt(mean)} ± {fmt(std, 2)} (CV {cv_text}; CI {fmt(row[f'{metric}_ci_low'])}–{fmt(row[f'{metric}_ci_high'])})"
+    )
+
+
+def _unstable_cell(row: pd.Series, metrics: Sequence[str]) -> str:
+    flags = [row[f"{m}_unstable"] for m in metrics]
+    noisy = [STAT_LABELS.get(m, m) for m, flag in zip(metrics, flags) if not pd.isna(flag) and bool(flag)]
+    if noisy:
+        return "yes: " + ", ".join(noisy)
+    if all(pd.isna(flag) for flag in flags):
+        return "n/a (under 2 values)"
+    return "no"
+
+
+def status_table(campaign: Campaign) -> Table:
+    rows = [[status, str(n)] for status, n in sorted(campaign.counts.items())]
+    rows.append(["total", str(campaign.total)])
+    note = None
+    if campaign.manifest is None:
+        note = "No campaign manifest: every readable result.json is a completed job; cycles follow start times."
+    return Table("Jobs", ["status", "jobs"], rows, note)
+
+
+def stats_table(report: CampaignReport) -> Table:
+    stats, params = report.stats, param_columns(report.frame)
+    extra = [k for k in report.group_by if k != "config_hash"]
+    headers = ["Configuration", *extra, "Cycles", *(STAT_LABELS.get(m, m) for m in DEFAULT_METRICS), "Unstable"]
+    rows = []
+    for _, row in stats.iterrows():
+        rows.append(
+            [
+                config_label(row, params),
+                *(fmt(row[k]) for k in extra),
+                str(row["cycles"]),
+                *(_spread(row, m) for m in DEFAULT_METRICS),
+                _unstable_cell(row, DEFAULT_METRICS),
+            ]
+        )
+    note = (
+        "Mean ± sample standard deviation over cycles, coefficient of variation (CV) and 95% percentile "
+        f"bootstrap confidence interval of the mean. Unstable: CV above {report.cv_threshold:g}."
+    )
+    return Table("Statistics by configuration", headers, rows, note)
+
+
+def jobs_table(frame: pd.DataFrame) -> Table:
+    params = param_columns(frame)
+    headers = [
+        "Job", "Cycle", "Configuration", "Energy/token (J)", "Throughput (tok/s)", "TTFT p50 (ms)",
+        "TTFT p95 (ms)", "ITL p50 (ms)", "ITL p95 (ms)", "Peak memory (MiB)", "Reused", "Warnings",
+    ]  # fmt: skip
+    rows = []
+    for _, row in frame.head(MAX_JOB_ROWS).iterrows():
+        memory = row["memory_peak_bytes"]
+        rows.append(
+            [
+                fmt(row["job_num"]),
+                fmt(row["cycle"]),
+                config_label(row, params),
+                fmt(row["energy_per_output_token_j"]),
+                fmt(row["throughput_tokens_per_s"]),
+                fmt(row["ttft_ms_p50"]),
+                fmt(row["ttft_ms_p95"]),
+                fmt(row["itl_ms_p50"]),
+                fmt(row["itl_ms_p95"]),
+                "—" if pd.isna(memory) else fmt(float(memory) / 2**20),
+                fmt(row["model_reused"]),
+                fmt(row["warnings_count"]),
+            ]
+        )
+    note = f"First {MAX_JOB_ROWS} of {len(frame)} jobs; all are in summary.csv." if len(frame) > MAX_JOB_ROWS else None
+    return Table("Completed jobs", headers, rows, note)
+
+
+def _median_of_means(stats: pd.DataFrame, metric: str) -> str:
+    values = stats[f"{metric}_mean"].dropna() if len(stats) else pd.Series(dtype=float)
+    return fmt(float(values.median())) if len(values) else "—"
+
+
+def comparison_table(reports: Sequence[CampaignReport]) -> Table:
+    headers = [
+        "Campaign", "Sweep dir", "Completed / total", "Failed", "Configurations",
+        *(STAT_LABELS[m] for m in DEFAULT_METRICS), "Unstable groups",
+    ]  # fmt: skip
+    rows = []
+    for report in reports:
+        c = report.campaign
+        rows.append(
+            [
+                c.name,
+                str(c.sweep_dir),
+                f"{c.counts.get('completed', 0)} / {c.total}",
+                str(c.counts.get("failed", 0)),
+                str(report.frame["config_hash"].nunique()),
+                *(_median_of_means(report.stats, m) for m in DEFAULT_METRICS),
+                str(int(report.stats["unstable"].sum())) if len(report.stats) else "0",
+            ]
+        )
+    note = "Metric columns: median over configurations of each configuration's mean over cycles."
+    return Table("Campaigns compared", headers, rows, note)
+
+
+def shared_configs_table(reports: Sequence[CampaignReport]) -> Table | None:
+    """Configurations (same config hash) measured in more than one campaign, side by side."""
+    seen: dict[str, list[int]] = {}
+    for i, report in enumerate(reports):
+        for config_hash in report.stats["config_hash"].unique() if len(report.stats) else []:
+            seen.setdefault(str(config_hash), []).append(i)
+    shared = [h for h, where in seen.items() if len(set(where)) > 1]
+    if not shared:
+        return None
+    headers = ["Configuration"]
+    for i, report in enumerate(reports):
+        headers += [f"{report.campaign.name} [{i + 1}] tok/s", f"{report.campaign.name} [{i + 1}] J/token"]
+    rows = []
+    for config_hash in shared:
+        first = next(r for r in reports if config_hash in set(r.stats["config_hash"]))
+        label_row = first.stats[first.stats["config_hash"] == config_hash].iloc[0]
+        row = [config_label(label_row, param_columns(first.frame))]
+        for report in reports:
+            match = report.stats[report.stats["config_hash"] == config_hash] if len(report.stats) else report.stats
+            if len(match):
+                row += [fmt(match["throughput_tokens_per_s_mean"].mean()), fmt(match["energy_per_output_token_j_mean"].mean())]
+            else:
+                row += ["—", "—"]
+        rows.append(row)
+    return Table("Configurations measured in several campaigns", headers, rows, "Means over cycles.")
+
+
+def _facts(report: CampaignReport) -> list[str]:
+    c, frame = report.campaign, report.frame
+    facts = [f"Sweep dir: `{c.sweep_dir}`"]
+    if c.manifest is not None:
+        facts.append(f"Cycles planned: {c.manifest.cycles}; structure: {c.manifest.structure}")
+    if len(frame):
+        facts.append("Models: " + ", ".join(sorted(set(frame["model_name"].dropna()))))
+        facts.append("Energy sources: " + ", ".join(sorted(set(frame["energy_source"].dropna()))))
+        if frame["energy_per_output_token_j"].isna().all():
+            reasons = sorted(set(frame["energy_unavailable_reason"].dropna()))
+            facts.append("Energy: not measured" + (f" — {'; '.join(reasons)}" if reasons else ""))
+    params = param_columns(frame)
+    facts.append("Swept: " + (", ".join(params) if params else "nothing besides backend"))
+    if report.summary_paths:
+        facts.append(f"Summary: `{report.summary_paths[0]}`, `{report.summary_paths[1]}`")
+    return facts
+
+
+# --- Markdown ---------------------------------------------------------------------------
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table_markdown(table: Table) -> str:
+    lines = [f"### {table.title}", ""]
+    if table.rows:
+        lines.append("| " + " | ".join(_md_cell(h) for h in table.headers) + " |")
+        lines.append("|" + "---|" * len(table.headers))
+        lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    else:
+        lines.append("_No rows yet._")
+    if table.note:
+        lines += ["", f"_{table.note}_"]
+    return "\n".join(lines) + "\n"
+
+
+def _campaign_markdown(report: CampaignReport, out_dir: Path, heading: str) -> str:
+    parts = [f"## {heading}", "", *(f"- {fact}" for fact in _facts(report)), ""]
+    parts += [f"- Problem: {p}" for p in report.campaign.problems]
+    parts.append("")
+    for table in (status_table(report.campaign), stats_table(report), jobs_table(report.frame)):
+        parts.append(table_markdown(table))
+    parts.append("### Plots\n")
+    for plot in report.plots:
+        if plot.path is None:
+            parts.append(f"> {plot.note}\n")
+        else:
+            parts.append(f"![{plot.title}]({Path(os.path.relpath(plot.path, out_dir)).as_posix()})\n")
+    return "\n".join(parts)
+
+
+def render_markdown(reports: Sequence[CampaignReport], out_dir: Path, title: str) -> str:
+    parts = [f"# {title}", ""]
+    if len(reports) > 1:
+        parts.append(table_markdown(comparison_table(reports)))
+        shared = shared_configs_table(reports)
+        if shared:
+            parts.append(table_markdown(shared))
+    for i, report in enumerate(reports):
+        heading = f"Campaign {i + 1}: {report.campaign.name}" if len(reports) > 1 else report.campaign.name
+        parts.append(_campaign_markdown(report, out_dir, heading))
+    return "\n".join(parts)
+
+
+# --- HTML -------------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; }
+figure { margin: 1em 0; }
+img { max-width: 100%; border: 1px solid #ddd; }
+.note { color: #555; font-style: italic; }
+.problem { color: #a00; }
+section.campaign { border-top: 2px solid #888; margin-top: 2em; }
+"""
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def table_html(table: Table) -> str:
+    out = [f"<h3>{_e(table.title)}</h3>"]
+    if table.rows:
+        out.append('<table class="llem-table">')
+        out.append("<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in table.headers) + "</tr></thead>")
+        out.append("<tbody>")
+        out += ["<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in table.rows]
+        out.append("</tbody></table>")
+    else:
+        out.append('<p class="note">No rows yet.</p>')
+    if table.note:
+        out.append(f'<p class="note">{_e(table.note)}</p>')
+    return "\n".join(out)
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _campaign_html(report: CampaignReport, heading: str, anchor: str) -> str:
+    out = [f'<section class="campaign" id="{_e(anchor)}">', f"<h2>{_e(heading)}</h2>", "<ul>"]
+    out += [f"<li>{_e(fact.replace('`', ''))}</li>" for fact in _facts(report)]
+    out += [f'<li class="problem">Problem: {_e(p)}</li>' for p in report.campaign.problems]
+    out.append("</ul>")
+    for table in (status_table(report.campaign), stats_table(report), jobs_table(report.frame)):
+        out.append(table_html(table))
+    out.append("<h3>Plots</h3>")
+    for plot in report.plots:
+        if plot.path is None:
+            out.append(f'<p class="note plot-note">{_e(plot.note)}</p>')
+        else:
+            out.append(
+                f'<figure><img src="{_data_uri(plot.path)}" alt="{_e(plot.title)}">'
+                f"<figcaption>{_e(plot.title)}</figcaption></figure>"
+            )
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def render_html(reports: Sequence[CampaignReport], title: str) -> str:
+    body = [f"<h1>{_e(title)}</h1>"]
+    if len(reports) > 1:
+        body.append(table_html(comparison_table(reports)))
+        shared = shared_configs_table(reports)
+        if shared:
+            body.append(table_html(shared))
+    for i, report in enumerate(reports):
+        heading = f"Campaign {i + 1}: {report.campaign.name}" if len(reports) > 1 else report.campaign.name
+        body.append(_campaign_html(report, heading, f"campaign-{i + 1}"))
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+
+
+# --- Orchestration ----------------------------------------------------------------------
+
+
+def build_campaign_report(
+    sweep_dir: Path,
+    plots_dir: Path,
+    *,
+    group_by: Sequence[str] = (),
+    cv_threshold: float = DEFAULT_CV_THRESHOLD,
+    seed: int = DEFAULT_SEED,
+    write_summaries: bool = True,
+) -> CampaignReport:
+    """Read, summarise (refreshing `<sweep_dir>/summary.*`), compute statistics and draw plots."""
+    campaign = collect(Path(sweep_dir))
+    frame = summary_frame(campaign)
+    stats = group_stats(frame, group_by=group_by, cv_threshold=cv_threshold, seed=seed)
+    summary_paths = None
+    if write_summaries:
+        try:
+            summary_paths = write_frame(frame, campaign.sweep_dir)
+        except OSError as error:
+            campaign.problems.append(f"could not write summary files into {campaign.sweep_dir}: {error}")
+    plots = make_plots(frame, plots_dir)
+    return CampaignReport(campaign, frame, stats, plots, cv_threshold, list(group_by), summary_paths)
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text) or "campaign"
+
+
+def write_report(
+    sweep_dirs: Sequence[Path],
+    out_dir: Path | None = None,
+    *,
+    group_by: Sequence[str] = (),
+    cv_threshold: float = DEFAULT_CV_THRESHOLD,
+    seed: int = DEFAULT_SEED,
+) -> ReportFiles:
+    """Write report.md, report.html and the PNGs under `out_dir/plots/`.
+
+    Default `out_dir`: the sweep dir for one campaign, `./llem-report` for several.
+    """
+    dirs = [Path(d) for d in sweep_dirs]
+    if not dirs:
+        raise ValueError("no sweep dir given")
+    out = Path(out_dir) if out_dir is not None else (dirs[0] if len(dirs) == 1 else Path.cwd() / "llem-report")
+    out.mkdir(parents=True, exist_ok=True)
+    reports = []
+    for i, sweep_dir in enumerate(dirs):
+        plots_dir = out / "plots" if len(dirs) == 1 else out / "plots" / f"{i + 1}-{_slug(sweep_dir.name)}"
+        reports.append(
+            build_campaign_report(sweep_dir, plots_dir, group_by=group_by, cv_threshold=cv_threshold, seed=seed)
+        )
+    title = (
+        f"llem report: {reports[0].campaign.name}"
+        if len(reports) == 1
+        else f"llem report: {len(reports)} campaigns compared"
+    )
+    md = atomic_write_text(out / REPORT_MD, render_markdown(reports, out, title))
+    page = atomic_write_text(out / REPORT_HTML, render_html(reports, title))
+    pngs = [p.path for r in reports for p in r.plots if p.path is not None]
+    summaries = [r.summary_paths for r in reports if r.summary_paths is not None]
+    return ReportFiles(md, page, pngs, summaries)

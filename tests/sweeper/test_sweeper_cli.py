@@ -1,0 +1,123 @@
+"""`python -m llem -m ...` through the llem sweeper: plans, errors, dry runs, real launches."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llem.measure.result import read_result
+from llem.plan.manifest import read_manifest
+
+FAST = ["num_input_prompts=2", "max_output_tokens=3", "warmup.num_prompts=0", "max_input_tokens=16",
+        "campaign.execution.config_gap_seconds=0", "campaign.execution.cycle_gap_seconds=0"]
+
+
+def _multirun(tmp_path: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llem", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def _manifest(tmp_path: Path) -> Any:
+    return read_manifest(tmp_path / "sweep" / ".state" / "campaign_manifest.json")
+
+
+def test_dry_run_of_the_worked_example(tmp_path: Path) -> None:
+    proc = _multirun(tmp_path, "campaign=example", "hydra.sweeper.dry_run=true")
+    assert proc.returncode == 0, proc.stderr
+    assert "per backend: pytorch: 18 pending; vllm: 18 pending" in proc.stdout
+    assert "fp_precision=bfloat16 backend.batch_size=8" in proc.stdout and "dry run: nothing launched" in proc.stdout
+    m = _manifest(tmp_path)
+    assert m.campaign_name == "example" and m.cycles == 3 and len(m.jobs) == 36
+    assert [j.cycle for j in m.jobs[:12]] == [0] * 12 and m.jobs[12].cycle == 1  # interleaved
+    assert {j.status for j in m.jobs} == {"pending"}
+    assert not any((tmp_path / "sweep").glob("*/result.json"))
+    assert (tmp_path / "sweep" / "multirun.yaml").exists()
+
+
+def test_cli_scoped_sweep_and_execution_settings(tmp_path: Path) -> None:
+    proc = _multirun(tmp_path, "backend=pytorch,vllm", "backend.batch_size=1,4", "backend.max_num_seqs=8,16",
+                     "campaign.execution.cycles=1", "campaign.execution.structure=grouped", "hydra.sweeper.dry_run=true")
+    assert proc.returncode == 0, proc.stderr
+    m = _manifest(tmp_path)
+    assert [j.overrides for j in m.jobs] == [
+        ["backend=pytorch", "backend.batch_size=1"], ["backend=pytorch", "backend.batch_size=4"],
+        ["backend=vllm", "backend.max_num_seqs=8"], ["backend=vllm", "backend.max_num_seqs=16"],
+    ]
+    assert m.structure == "grouped" and m.cycles == 1
+
+
+def test_sweep_syntax_range_and_glob(tmp_path: Path) -> None:
+    proc = _multirun(tmp_path, "backend=glob(py*)", "backend.batch_size=range(1,4)", "campaign.execution.cycles=1",
+                     "hydra.sweeper.dry_run=true")
+    assert proc.returncode == 0, proc.stderr
+    assert [j.params["backend.batch_size"] for j in _manifest(tmp_path).jobs] == ["1", "2", "3"]
+
+
+def test_invalid_jobs_stop_everything_with_every_problem(tmp_path: Path) -> None:
+    proc = _multirun(tmp_path, "backend=pytorch,tensorrt", "fp_precision=float32,float16,float64")
+    assert proc.returncode != 0
+    assert "3 of 6 planned configuration(s) are invalid; nothing was launched" in proc.stderr
+    assert "[backend=tensorrt fp_precision=float32]" in proc.stderr
+    assert proc.stderr.count("fp_precision: Input should be 'float32', 'float16' or 'bfloat16' (got 'float64')") == 2
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "sweep" / ".state").exists() and not (tmp_path / "sweep" / "0").exists()
+
+
+def test_unknown_scoped_key_is_an_error(tmp_path: Path) -> None:
+    proc = _multirun(tmp_path, "backend=pytorch,vllm", "backend.beam_width=1,2")
+    assert proc.returncode != 0 and "backend.beam_width: no selected backend (pytorch, vllm)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_real_campaign_with_skip_invalid(tmp_path: Path) -> None:
+    proc = _multirun(tmp_path, *FAST, "backend.batch_size=1,2", "fp_precision=float32,float64",
+                     "campaign.execution.cycles=2", "hydra.sweeper.skip_invalid=true", "hydra/launcher=basic")
+    assert proc.returncode == 0, proc.stderr
+    m = _manifest(tmp_path)
+    assert m.counts() == {"completed": 4, "skipped": 2}
+    for job in m.jobs:
+        if job.status == "completed":
+            result = read_result(Path(job.result_path or ""))
+            assert result.config_hash == job.config_hash and job.attempts == 1 and job.completed_at
+            assert result.config["backend"]["batch_size"] == int(job.params["backend.batch_size"])
+        else:
+            assert "float64" in (job.error or "")
+    assert (tmp_path / "sweep" / "summary.csv").exists()
+
+
+@pytest.mark.slow
+def test_failed_job_is_recorded_and_campaign_continues(tmp_path: Path) -> None:
+    proc = _multirun(tmp_path, *FAST, "energy.source=nvml,none", "campaign.execution.cycles=1", "hydra/launcher=basic")
+    assert proc.returncode != 0 and "1 job(s) failed" in proc.stderr
+    m = _manifest(tmp_path)
+    failed = [j for j in m.jobs if j.status == "failed"]
+    assert len(failed) == 1 and "energy.source=nvml is not available here" in (failed[0].error or "")
+    assert [j.status for j in m.jobs if j.params["energy.source"] == "none"] == ["completed"]
+
+
+@pytest.mark.slow
+def test_max_batch_size_and_submitit_local(tmp_path: Path) -> None:
+    proc = _multirun(tmp_path, *FAST, "backend.batch_size=1,2,3", "campaign.execution.cycles=1",
+                     "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "hydra.sweeper.max_batch_size=2",
+                     timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    m = _manifest(tmp_path)
+    assert m.counts() == {"completed": 3}
+    for job in m.jobs:
+        assert Path(job.result_path or "").exists()
+    data = json.loads(Path(m.jobs[2].result_path or "").read_text())
+    assert data["config"]["backend"]["batch_size"] == 3
+
+
+def test_refuses_an_existing_campaign_dir(tmp_path: Path) -> None:
+    assert _multirun(tmp_path, "hydra.sweeper.dry_run=true").returncode == 0
+    proc = _multirun(tmp_path, "hydra.sweeper.dry_run=true")
+    assert proc.returncode != 0 and "already holds a campaign" in proc.stderr
