@@ -120,7 +120,10 @@ def _plan(sweeper: Any, arguments: list[str]) -> tuple[Plan, CampaignSettings, F
         settings = validate_campaign(OmegaConf.to_container(config.campaign, resolve=True) if "campaign" in config else None)
     except ConfigError as error:
         raise SweepError(str(error)) from None
-    composer = FastComposer(loader, config.hydra.job.config_name, list(config.hydra.overrides.hydra))
+    # jobs never carry campaign overrides, so the campaign section is not part of what is validated
+    composer = FastComposer(
+        loader, config.hydra.job.config_name, list(config.hydra.overrides.hydra), drop_keys=("campaign",)
+    )
     try:
         model_options = set(loader.get_group_options("model"))
     except Exception:  # noqa: BLE001 - an app without a model group

@@ -100,3 +100,13 @@ def campaign_copy(campaign_dir: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "copied-campaign"
     shutil.copytree(campaign_dir, copy, ignore=shutil.ignore_patterns("summary.*", "report.*", "plots"))
     return copy
+
+
+@pytest.fixture(scope="session")
+def report_dir(campaign_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`python -m llem.report` (in-process) on the real campaign, into its own dir."""
+    from llem.report.__main__ import main
+
+    out = tmp_path_factory.mktemp("report")
+    assert main([str(campaign_dir), "--out", str(out), "--seed", "5"]) == 0
+    return out

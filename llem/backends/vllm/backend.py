@@ -14,6 +14,7 @@ import difflib
 import gc
 import json
 import math
+import multiprocessing
 import os
 import statistics
 import struct
@@ -50,6 +51,7 @@ _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 _SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                       "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 _GIB = 1024**3
+_SHUTDOWN_TIMEOUT_S = 15.0  # vLLM's default 5 s often ends in a kill on a busy 2-core machine
 
 
 class EngineArgsError(ConfigError, ValueError):
@@ -399,11 +401,20 @@ class VLLMBackend(Backend):
             raise RuntimeError("model not loaded")
         return self._tokenizer
 
+    def _engine_inputs(self, prompts: list[Prompt]) -> list[Any]:
+        """The prompts' own token ids as engine inputs (rendered by vLLM's renderer where it has one)."""
+        from vllm.inputs import TokensPrompt
+
+        raw = [TokensPrompt(prompt_token_ids=list(p.token_ids)) for p in prompts]
+        renderer = getattr(self._engine, "renderer", None)
+        if renderer is None or not hasattr(renderer, "render_cmpl"):
+            return raw
+        return list(renderer.render_cmpl(raw))
+
     def generate(self, prompts: list[Prompt], experiment: ExperimentConfig) -> GenerationOutput:
         if self._engine is None:
             raise RuntimeError("model not loaded")
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
         engine = self._engine
@@ -417,8 +428,8 @@ class VLLMBackend(Backend):
         engine_ttft: list[float] = []
         start = time.perf_counter()
         try:
-            for request_id, i in ids.items():
-                engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(prompts[i].token_ids)), params)
+            for request_id, engine_input in zip(ids, self._engine_inputs(prompts)):
+                engine.add_request(request_id, engine_input, params)
             while engine.has_unfinished_requests():
                 outputs = engine.step()
                 now = time.perf_counter()
@@ -454,9 +465,10 @@ class VLLMBackend(Backend):
         engine, self._engine, self._tokenizer = self._engine, None, None
         if engine is not None:
             try:
-                engine.engine_core.shutdown()
+                engine.engine_core.shutdown(timeout=_SHUTDOWN_TIMEOUT_S)
             finally:
                 del engine
+            multiprocessing.active_children()  # reap the engine processes (no zombies left behind)
         try:
             from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
