@@ -16,7 +16,7 @@ def test_discovered_by_hydra() -> None:
 
 @pytest.mark.parametrize(
     ("launcher_name", "overrides"),
-    [("basic", ["hydra/sweeper=llem", "hydra.sweeper.max_batch_size=2"])],
+    [("basic", ["hydra/sweeper=llem", "hydra.sweeper.max_batch_size=2", "hydra.job.chdir=true"])],
 )
 class TestLlemSweeperBatched(BatchedSweeperTestSuite):
     """Batches of two through the basic launcher, on a non-llem app (plain cartesian product)."""
