@@ -62,7 +62,8 @@ def test_dom_has_tables_and_decoded_inline_images(report_dir: Path, tmp_path: Pa
     found = re.search(r'<pre id="llem-probe">(.*?)</pre>', run.stdout)
     assert found, "the probe did not run"
     probe = json.loads(found.group(1))
-    assert probe == {"images": 2, "decoded": 2, "data_uris": 2, "tables": 3, "rows": 3 + 2 + 6, "visible_tables": 3}
+    # rows: 4 job statuses (completed, failed, pending, total) + 2 configurations + 6 jobs
+    assert probe == {"images": 2, "decoded": 2, "data_uris": 2, "tables": 3, "rows": 4 + 2 + 6, "visible_tables": 3}
 
 
 def test_screenshot_is_not_blank(report_dir: Path, tmp_path: Path) -> None:
