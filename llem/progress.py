@@ -14,7 +14,16 @@ from types import TracebackType
 from typing import Callable, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, Task, TaskID, TextColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TaskID,
+    TextColumn,
+)
 from rich.text import Text
 
 DONE_STATUSES: frozenset[str] = frozenset({"completed", "skipped"})
@@ -124,7 +133,10 @@ class CampaignProgress:
         tb: TracebackType | None,
     ) -> None:
         ending = "interrupted" if exc_type is not None else "finished"
-        summary = f"campaign {ending}: {self.done} done, {self.failed} failed of {self.total} in {_duration(self.elapsed_s)}"
+        summary = (
+            f"campaign {ending}: {self.done} done, {self.failed} failed of {self.total} "
+            f"in {_duration(self.elapsed_s)}"
+        )
         if self._progress is not None:
             self._refresh("done" if exc_type is None else ending)
             self._progress.stop()

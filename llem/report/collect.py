@@ -274,7 +274,9 @@ def collect(sweep_dir: Path, manifest_path: Path | None = None) -> Campaign:
         try:
             manifest = read_manifest(path)
         except (ValidationError, ValueError) as error:
-            bad_manifest = f"{path} is not a valid campaign manifest ({type(error).__name__}); read result.json files only"
+            bad_manifest = (
+                f"{path} is not a valid campaign manifest ({type(error).__name__}); read result.json files only"
+            )
         else:
             return _from_manifest(sweep_dir, manifest)
     elif manifest_path is not None:

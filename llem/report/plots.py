@@ -158,7 +158,8 @@ def plot_latency(frame: pd.DataFrame, path: Path) -> Plot:
             dots = "p50 of each cycle" if j == 0 else None
             axes.scatter(cycle_p50, np.full(len(cycle_p50), j), s=10, color="0.3", zorder=2, label=dots)
         for p, marker in (("p50", "o"), ("p95", "s"), ("p99", "^")):
-            means = [float(frame.loc[frame["config_hash"] == h, f"{metric}_ms_{p}"].astype(float).mean()) for h in configs]
+            column = frame[f"{metric}_ms_{p}"].astype(float)
+            means = [float(column[frame["config_hash"] == h].mean()) for h in configs]
             axes.scatter(means, y, marker=marker, s=40, zorder=3, label=p)
         axes.set_title(name)
         axes.set_xlabel("milliseconds")

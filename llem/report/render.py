@@ -97,9 +97,8 @@ def _spread(row: pd.Series, metric: str) -> str:
     if pd.isna(std):
         return f"{fmt(mean)} (1 value)"
     cv_text = f"{cv * 100:.1f}%" if not pd.isna(cv) else "—"
-    return (
-        f"{fmt(mean)} ± {fmt(std, 2)} (CV {cv_text}; CI {fmt(row[f'{metric}_ci_low'])}–{fmt(row[f'{metric}_ci_high'])})"
-    )
+    ci = f"{fmt(row[f'{metric}_ci_low'])}–{fmt(row[f'{metric}_ci_high'])}"
+    return f"{fmt(mean)} ± {fmt(std, 2)} (CV {cv_text}; CI {ci})"
 
 
 def _unstable_cell(row: pd.Series, metrics: Sequence[str]) -> str:
@@ -220,7 +219,10 @@ def shared_configs_table(reports: Sequence[CampaignReport]) -> Table | None:
         for report in reports:
             match = report.stats[report.stats["config_hash"] == config_hash] if len(report.stats) else report.stats
             if len(match):
-                row += [fmt(match["throughput_tokens_per_s_mean"].mean()), fmt(match["energy_per_output_token_j_mean"].mean())]
+                row += [
+                    fmt(match["throughput_tokens_per_s_mean"].mean()),
+                    fmt(match["energy_per_output_token_j_mean"].mean()),
+                ]
             else:
                 row += ["—", "—"]
         rows.append(row)

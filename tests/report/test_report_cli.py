@@ -42,7 +42,8 @@ def test_report_files_exist_and_plots_are_pngs(report_dir: Path, campaign_dir: P
 
 def test_default_output_is_the_sweep_dir_and_cli_prints_paths(campaign_copy: Path) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "llem.report", str(campaign_copy), "--group-by", "model_reused", "--cv-threshold", "0.5"],
+        [sys.executable, "-m", "llem.report", str(campaign_copy), "--group-by", "model_reused",
+         "--cv-threshold", "0.5"],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
