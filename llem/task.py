@@ -20,6 +20,8 @@ from llem.measure.session import BackendSession
 
 # One per process: a worker that runs several jobs keeps its model loaded between them.
 SESSION = BackendSession()
+# Set by a campaign worker before its first job: extra warmup prompts, once per worker.
+CAMPAIGN_WARMUP: dict[str, Any] = {}
 
 USER_ERRORS = (ConfigError, MeasurementError, HardwareUnsupported, BackendUnavailable)
 
@@ -84,9 +86,10 @@ def run_task(cfg: DictConfig) -> Any:
     single = _is_single_run()
     try:
         composed = validate_composed(cfg)
-        cold = composed.campaign.cold_start.force_cold_start
         output_dir = _output_dir()
-        result = run_experiment(composed.experiment, output_dir, SESSION, force_cold_start=cold)
+        warmup = dict(CAMPAIGN_WARMUP)
+        CAMPAIGN_WARMUP.clear()
+        result = run_experiment(composed.experiment, output_dir, SESSION, campaign_warmup=warmup or None)
     except USER_ERRORS as error:
         if single:
             print(f"llem: {error}", file=sys.stderr)

@@ -182,21 +182,40 @@ def _launch(sweeper: Any, plan: Plan, settings: CampaignSettings, manifest: Camp
     launcher = sweeper.launcher
     managed = hasattr(launcher, "attach_campaign")
     if managed:
-        launcher.attach_campaign(manifest_path=path, settings=settings)
+        launcher.attach_campaign(manifest_path=path, settings=settings, total=len(plan.runnable))
     returns: list[Sequence[JobReturn]] = []
-    for batch in _batches(plan.runnable, sweeper.max_batch_size):
-        first = batch[0].job_num
-        if not managed:
-            update_jobs(path, {j.job_num: {"status": "running", "started_at": utc_now()} for j in batch})
-        results = launcher.launch([list(j.config.overrides) for j in batch], initial_job_idx=first)
-        if not managed:
-            update_jobs(
-                path,
-                {j.job_num: {**_job_outcome(r), "attempts": 1} for j, r in zip(batch, results)},
-            )
-        returns.append(results)
+    batch: list[Any] = []
+    try:
+        for batch in _batches(plan.runnable, sweeper.max_batch_size):
+            first = batch[0].job_num
+            if not managed:
+                update_jobs(path, {j.job_num: {"status": "running", "started_at": utc_now()} for j in batch})
+            results = launcher.launch([list(j.config.overrides) for j in batch], initial_job_idx=first)
+            if not managed:
+                update_jobs(
+                    path,
+                    {j.job_num: {**_job_outcome(r), "attempts": 1} for j, r in zip(batch, results)},
+                )
+            returns.append(results)
+    except KeyboardInterrupt:
+        _interrupted(path, managed, batch)
+        if hasattr(launcher, "finish"):
+            launcher.finish()
+        print(f"llem: campaign interrupted; finished jobs are kept, see {path}", file=sys.stderr)
+        sys.exit(130)
+    if hasattr(launcher, "finish"):
+        launcher.finish()
     _finish(path)
     return returns
+
+
+def _interrupted(path: Path, managed: bool, batch: list[Any]) -> None:
+    """Jobs left `running` by a Ctrl-C are marked interrupted (the llem launcher does this itself)."""
+    from llem.plan.manifest import read_manifest
+
+    running = [j.job_num for j in read_manifest(path).jobs if j.status == "running"]
+    if running:
+        update_jobs(path, {n: {"status": "interrupted", "error": "interrupted by the user"} for n in running})
 
 
 def _finish(path: Path) -> None:

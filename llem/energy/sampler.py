@@ -7,7 +7,6 @@ GPU, a cold start, clocks that never ramped). Unreadable values are None.
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -203,15 +202,7 @@ class TelemetrySampler:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        from llem.atomic import atomic_write
+
         table = pa.Table.from_pylist(self.rows, schema=_schema())
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        return atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))

@@ -91,6 +91,25 @@ def _baseline(experiment: ExperimentConfig, meter: EnergyMeter, sleep: Callable[
     return baseline, baseline.unavailable_reason
 
 
+def _campaign_warmup(
+    backend: Backend, experiment: ExperimentConfig, prompts: list[Prompt], spec: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """A campaign worker's once-per-worker warmup: full-length prompts one by one, within a time limit."""
+    if not spec or int(spec.get("prompts", 0)) <= 0:
+        return None
+    full_length = experiment.model_copy(update={"force_output_length": True})
+    limit = float(spec.get("timeout_s") or 0) or None
+    start = time.perf_counter()
+    done = 0
+    for i in range(int(spec["prompts"])):
+        if limit is not None and time.perf_counter() - start > limit:
+            break
+        backend.generate([prompts[i % len(prompts)]], full_length)
+        done += 1
+    backend.synchronize()
+    return {"prompts": done, "duration_s": time.perf_counter() - start, "timed_out": done < int(spec["prompts"])}
+
+
 def _warmup(backend: Backend, experiment: ExperimentConfig, prompts: list[Prompt]) -> dict[str, Any]:
     n = experiment.warmup.num_prompts
     info: dict[str, Any] = {"prompts": n, "duration_s": None, "thermal_floor_seconds": experiment.warmup.thermal_floor_seconds}
@@ -167,10 +186,12 @@ def run_experiment(
     force_cold_start: bool = False,
     sleep: Callable[[float], None] = time.sleep,
     nvml_module: Any = None,
+    campaign_warmup: dict[str, Any] | None = None,
 ) -> ExperimentResult:
     """Measure `experiment` and write result.json (and the telemetry Parquet) into `output_dir`.
 
-    `nvml_module` replaces `pynvml` (tests use a scripted fake); `sleep` paces the baseline.
+    `nvml_module` replaces `pynvml` (tests use a scripted fake); `sleep` paces the baseline;
+    `campaign_warmup` ({prompts, timeout_s}) is a campaign worker's once-per-worker warmup.
     """
     output_dir = Path(output_dir)
     started_at = _now()
@@ -198,7 +219,10 @@ def run_experiment(
             max_input_tokens=experiment.max_input_tokens,
             seed=experiment.random_seed,
         )
+        worker_warmup = _campaign_warmup(backend, experiment, prompts, campaign_warmup)
         warmup_info = _warmup(backend, experiment, prompts)
+        if worker_warmup is not None:
+            warmup_info["campaign_worker"] = worker_warmup
         window = _measure(backend, experiment, prompts, meter)
     finally:
         meter.close()

@@ -1,0 +1,149 @@
+"""A worker that is a long-lived container (docker or podman), driven through python-on-whales.
+
+The container's main process is the worker, so a crash or an OOM kill ends the
+container and shows in its state. The sweep dir and the socket dir are mounted at the
+same absolute paths, so job dirs and results need no translation. Environment values
+(secrets such as HF_TOKEN, and the worker's auth key) are passed by name: the engine
+reads them from this process's environment, so they never appear in a command line
+or in any file llem writes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llem.launch import protocol
+from llem.launch.handle import WorkerHandle
+
+LOG_TAIL_LINES = 30
+
+
+@dataclass
+class ContainerSpec:
+    """How to run one backend's worker container."""
+
+    engine: str
+    image: str
+    python: str = "python"
+    gpus: str | list[int] | None = None
+    network: str | None = None
+    mounts: list[tuple[str, str, str]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    env_passthrough: list[str] = field(default_factory=list)
+    shm_size: str | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+
+def gpu_args(engine: str, gpus: str | list[int] | None) -> list[str]:
+    """The engine's GPU option: docker's --gpus, podman's CDI devices."""
+    if gpus is None or gpus == [] or gpus == "none":
+        return []
+    if engine == "podman":
+        ids = ["all"] if gpus == "all" else [str(g) for g in gpus]  # type: ignore[union-attr]
+        return [arg for i in ids for arg in ("--device", f"nvidia.com/gpu={i}")]
+    if gpus == "all":
+        return ["--gpus", "all"]
+    return ["--gpus", "device=" + ",".join(str(g) for g in gpus)]  # type: ignore[union-attr]
+
+
+class ContainerWorker(WorkerHandle):
+    """One container per routing key; restarted in place, removed when the campaign ends."""
+
+    def __init__(self, key: str, socket_dir: Path, singleton_state: Any, spec: ContainerSpec) -> None:
+        super().__init__(key, socket_dir, singleton_state)
+        from python_on_whales import DockerClient
+
+        self.spec = spec
+        self.client = DockerClient(client_call=[spec.engine])
+        self.name = f"llem-{key}-{uuid.uuid4().hex[:8]}"
+        self.container_id: str | None = None
+
+    def run_command(self) -> list[str]:
+        """The engine command line, as an argument list (never a shell string)."""
+        s = self.spec
+        cmd = [*self.client.client_config.client_call, "run", "--detach", "--name", self.name]
+        if s.network:
+            cmd += ["--network", s.network]
+        if s.shm_size:
+            cmd += ["--shm-size", s.shm_size]
+        cmd += gpu_args(s.engine, s.gpus)
+        for source, target, mode in s.mounts:
+            cmd += ["--volume", f"{source}:{target}:{mode}"]
+        for key, value in s.env.items():
+            cmd += ["--env", f"{key}={value}"]
+        for name in [*s.env_passthrough, protocol.AUTHKEY_ENV]:
+            cmd += ["--env", name]  # name only: the value comes from our environment
+        cmd += s.extra_args
+        cmd += [s.image, s.python, "-m", "llem.launch.worker", "--socket", str(self.socket_path)]
+        return cmd
+
+    def _launch(self) -> None:
+        env = dict(os.environ)
+        env[protocol.AUTHKEY_ENV] = self.authkey.hex()
+        missing = [n for n in self.spec.env_passthrough if n not in env]
+        for name in missing:
+            env.pop(name, None)  # an unset secret is simply not passed
+        proc = subprocess.run(self.run_command(), env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"{self.spec.engine} could not start the '{self.key}' worker from image {self.spec.image}: "
+                f"{proc.stderr.strip() or proc.stdout.strip()}"
+            )
+        self.container_id = proc.stdout.strip().splitlines()[-1]
+
+    def _relaunch(self) -> None:
+        assert self.container_id is not None
+        self.client.container.start(self.container_id)
+
+    def _state(self) -> Any:
+        if self.container_id is None:
+            return None
+        try:
+            return self.client.container.inspect(self.container_id).state
+        except Exception:  # noqa: BLE001 - the container may be gone
+            return None
+
+    def _alive(self) -> bool:
+        state = self._state()
+        return bool(state is not None and state.running)
+
+    def _terminate(self) -> None:
+        if self.container_id is not None and self._alive():
+            try:
+                self.client.container.kill(self.container_id)
+            except Exception:  # noqa: BLE001 - it may have exited meanwhile
+                pass
+
+    def restart_container(self) -> None:
+        """Full container restart (fresh process, same container)."""
+        self.restart()
+
+    def exit_report(self) -> str:
+        state = self._state()
+        if state is None:
+            status = "container is gone"
+        elif state.running:
+            status = "container still running"
+        else:
+            status = f"container exited with code {state.exit_code}"
+            if state.oom_killed:
+                status += " (OOM-killed)"
+        try:
+            logs = self.client.container.logs(self.container_id, tail=LOG_TAIL_LINES) if self.container_id else ""
+        except Exception as error:  # noqa: BLE001
+            logs = f"(logs unavailable: {error})"
+        return f"{status}; last lines of its log:\n{str(logs).strip()}"
+
+    def stop(self) -> None:
+        super().stop()
+        if self.container_id is not None:
+            try:
+                self.client.container.remove(self.container_id, force=True)
+            except Exception:  # noqa: BLE001 - already removed
+                pass
+            self.container_id = None

@@ -1,0 +1,135 @@
+"""The host's side of one warm worker: start it, talk to it, notice when it dies, restart it.
+
+Subclasses say how the worker process is started (a local process or a container);
+the conversation — connect, init, run, health, unload, shutdown — is shared.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from multiprocessing.connection import Client, Connection
+from pathlib import Path
+from typing import Any
+
+from llem.launch import protocol
+
+CONNECT_TIMEOUT_S = 120.0
+
+
+class WorkerDied(RuntimeError):
+    """The worker's process or container ended; the message holds its exit status and log tail."""
+
+
+class WorkerTimeout(RuntimeError):
+    """The worker did not answer in time."""
+
+
+class WorkerHandle(abc.ABC):
+    """One long-lived worker for one routing key (e.g. one backend)."""
+
+    def __init__(self, key: str, socket_dir: Path, singleton_state: Any) -> None:
+        self.key = key
+        self.socket_path = Path(socket_dir) / f"{key}.sock"
+        self.authkey = protocol.new_authkey()
+        self.singleton_state = singleton_state
+        self._conn: Connection | None = None
+        self.starts = 0
+        self.jobs_run = 0
+
+    # -- lifecycle implemented by subclasses
+    @abc.abstractmethod
+    def _launch(self) -> None:
+        """Start the worker process (it listens on `socket_path`)."""
+
+    @abc.abstractmethod
+    def _alive(self) -> bool:
+        """Whether the worker process is still running."""
+
+    @abc.abstractmethod
+    def _terminate(self) -> None:
+        """Kill the worker process now (it may be stuck in a job)."""
+
+    @abc.abstractmethod
+    def exit_report(self) -> str:
+        """Exit status and the tail of the worker's log, for a failed job's error."""
+
+    @abc.abstractmethod
+    def _relaunch(self) -> None:
+        """Start the worker again after it ended or was killed."""
+
+    # -- shared conversation
+    @property
+    def running(self) -> bool:
+        return self._conn is not None and self._alive()
+
+    def start(self) -> None:
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        if self.starts == 0:
+            self._launch()
+        else:
+            self._relaunch()
+        self.starts += 1
+        self.jobs_run = 0
+        self._connect()
+        self.request({"op": protocol.OP_INIT, "singleton_state": protocol.pack(self.singleton_state)}, timeout=60)
+
+    def _connect(self) -> None:
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if not self._alive():
+                raise WorkerDied(f"worker '{self.key}' exited while starting: {self.exit_report()}")
+            if self.socket_path.exists():
+                try:
+                    self._conn = Client(str(self.socket_path), family="AF_UNIX", authkey=self.authkey)
+                    return
+                except (OSError, EOFError) as error:
+                    last_error = error
+            time.sleep(0.02)
+        self._terminate()
+        raise WorkerTimeout(f"worker '{self.key}' did not accept a connection in {CONNECT_TIMEOUT_S:.0f} s ({last_error})")
+
+    def request(self, message: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        """Send one request and wait for its reply; raise WorkerDied / WorkerTimeout."""
+        if self._conn is None:
+            raise WorkerDied(f"worker '{self.key}' is not running")
+        try:
+            self._conn.send(message)
+            if not self._conn.poll(timeout):
+                raise WorkerTimeout(f"worker '{self.key}' gave no answer within {timeout:.0f} s")
+            reply = self._conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            self._conn = None
+            self._wait_for_exit()
+            raise WorkerDied(f"worker '{self.key}' died: {self.exit_report()}") from None
+        if not reply.get("ok", False):
+            raise RuntimeError(f"worker '{self.key}': {reply.get('error')}")
+        return reply
+
+    def _wait_for_exit(self, seconds: float = 5.0) -> None:
+        deadline = time.monotonic() + seconds
+        while self._alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """Stop a stuck or unhealthy worker at once."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._terminate()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        """Ask the worker to exit; kill it if it does not."""
+        if self._conn is not None:
+            try:
+                self.request({"op": protocol.OP_SHUTDOWN}, timeout=10)
+            except (WorkerDied, WorkerTimeout, RuntimeError):
+                pass
+        self.kill()
+        self.socket_path.unlink(missing_ok=True)

@@ -1,0 +1,326 @@
+"""Run a batch of Hydra jobs through warm workers: routing, gaps, health checks, restarts, manifest.
+
+Shared by the local and the container launcher; only how a worker is created differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from llem.config import CampaignSettings
+from llem.launch import protocol
+from llem.launch.handle import WorkerDied, WorkerHandle, WorkerTimeout
+from llem.plan.manifest import read_manifest, record_event, update_jobs, utc_now
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT_S = 30.0
+
+
+class JobFailure(RuntimeError):
+    """Why the launcher itself failed a job (worker death, timeout, unhealthy worker)."""
+
+
+@dataclass
+class RunnerOptions:
+    route_by: str = "backend.name"
+    timeout_s: float | None = None
+
+
+@dataclass
+class _KeyState:
+    worker: WorkerHandle | None = None
+    experiments_since_check: int = 0
+    last_checked_cycle: int | None = None
+    warmed: bool = False
+    disabled_reason: str | None = None
+
+
+@dataclass
+class CampaignContext:
+    """What the llem sweeper tells the launcher (absent for other sweepers)."""
+
+    manifest_path: Path | None = None
+    settings: CampaignSettings | None = None
+    cycles: dict[int, int] = field(default_factory=dict)
+
+
+class CampaignRunner:
+    """Keeps the workers of one launcher and runs jobs on them."""
+
+    def __init__(
+        self,
+        make_worker: Callable[[str], WorkerHandle],
+        options: RunnerOptions,
+        sleep: Callable[[float], None] = time.sleep,
+        progress: Any = None,
+    ) -> None:
+        self.make_worker = make_worker
+        self.options = options
+        self.context = CampaignContext()
+        self.keys: dict[str, _KeyState] = {}
+        self.restarts = 0
+        self.sleep = sleep
+        self.progress = progress
+        self._previous_cycle: int | None = None
+        self._ran_any = False
+
+    # ---------------------------------------------------------------- campaign context
+    def attach(self, manifest_path: Path | None, settings: CampaignSettings | None) -> None:
+        self.context.manifest_path = manifest_path
+        self.context.settings = settings
+        if manifest_path is not None and Path(manifest_path).exists():
+            self.context.cycles = {j.job_num: j.cycle for j in read_manifest(manifest_path).jobs}
+
+    def _event(self, **event: Any) -> None:
+        log.info("llem: %s", " ".join(f"{k}={v}" for k, v in event.items()))
+        if self.context.manifest_path is not None:
+            record_event(self.context.manifest_path, event)
+
+    def _update(self, job_num: int, **fields: Any) -> None:
+        path = self.context.manifest_path
+        if path is None:
+            return
+        try:
+            update_jobs(path, {job_num: fields})
+        except KeyError:
+            pass  # a job the manifest does not list (another sweeper)
+
+    # ---------------------------------------------------------------- workers
+    def _state(self, key: str) -> _KeyState:
+        return self.keys.setdefault(key, _KeyState())
+
+    def _ensure_worker(self, key: str) -> WorkerHandle:
+        state = self._state(key)
+        if state.worker is None:
+            state.worker = self.make_worker(key)
+        if not state.worker.running:
+            state.worker.start() if state.worker.starts == 0 else state.worker.restart()
+            state.warmed = False
+        return state.worker
+
+    def _max_restarts(self) -> int:
+        s = self.context.settings
+        return s.health_check.max_restarts if s is not None else 3
+
+    def _restart(self, key: str, reason: str) -> bool:
+        """Restart the key's worker if the campaign's restart budget allows; else disable the key."""
+        state = self._state(key)
+        settings = self.context.settings
+        allowed = settings is None or settings.health_check.restart_on_failure
+        if not allowed or self.restarts >= self._max_restarts():
+            why = "restarts are disabled" if not allowed else f"max_restarts ({self._max_restarts()}) reached"
+            state.disabled_reason = f"worker '{key}' is unusable ({reason}) and {why}"
+            self._event(kind="worker_disabled", key=key, reason=state.disabled_reason)
+            if state.worker is not None:
+                state.worker.kill()
+            return False
+        self.restarts += 1
+        self._event(kind="worker_restart", key=key, reason=reason, restarts=self.restarts)
+        assert state.worker is not None
+        try:
+            state.worker.restart()
+        except (WorkerDied, WorkerTimeout, RuntimeError) as error:
+            state.disabled_reason = f"worker '{key}' could not be restarted: {error}"
+            self._event(kind="worker_disabled", key=key, reason=state.disabled_reason)
+            return False
+        state.warmed = False
+        state.experiments_since_check = 0
+        return True
+
+    def stop_all(self) -> None:
+        for state in self.keys.values():
+            if state.worker is not None:
+                try:
+                    state.worker.stop()
+                except Exception as error:  # noqa: BLE001 - keep stopping the others
+                    log.warning("llem: could not stop worker: %s", error)
+
+    # ---------------------------------------------------------------- between jobs
+    def _gap(self, job_num: int) -> None:
+        settings = self.context.settings
+        cycle = self.context.cycles.get(job_num)
+        if settings is not None and self._ran_any:
+            new_cycle = cycle is not None and self._previous_cycle is not None and cycle != self._previous_cycle
+            seconds = settings.execution.cycle_gap_seconds if new_cycle else settings.execution.config_gap_seconds
+            if seconds > 0:
+                self._say(f"waiting {seconds:g} s ({'cycle' if new_cycle else 'config'} gap)")
+                self.sleep(seconds)
+        self._previous_cycle = cycle
+
+    def _say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.log(message)
+        else:
+            log.info("llem: %s", message)
+
+    def _health_due(self, key: str, job_num: int) -> bool:
+        settings = self.context.settings
+        if settings is None or not settings.health_check.enabled:
+            return False
+        state = self._state(key)
+        interval = settings.health_check.interval_experiments
+        if interval > 0:
+            return state.experiments_since_check >= interval
+        return state.last_checked_cycle != self.context.cycles.get(job_num, 0)
+
+    def _health_check(self, key: str, job_num: int) -> None:
+        settings = self.context.settings
+        assert settings is not None
+        state = self._state(key)
+        worker = self._ensure_worker(key)
+        threshold = settings.health_check.gpu_memory_threshold_pct
+        try:
+            reply = worker.request({"op": protocol.OP_HEALTH}, timeout=HEALTH_TIMEOUT_S)
+            over = {
+                dev: info["used_pct"]
+                for dev, info in reply.get("devices", {}).items()
+                if info.get("used_pct") is not None and info["used_pct"] > threshold
+            }
+            problem = (
+                ", ".join(f"{dev} at {pct:.1f}% memory > {threshold:g}%" for dev, pct in over.items()) if over else None
+            )
+            self._event(
+                kind="health_check", key=key, job_num=job_num, healthy=problem is None,
+                devices={d: i.get("used_pct") for d, i in reply.get("devices", {}).items()},
+                note=reply.get("unavailable_reason"),
+            )
+        except (WorkerDied, WorkerTimeout, RuntimeError) as error:
+            problem = f"no answer to the health check ({error})"
+            self._event(kind="health_check", key=key, job_num=job_num, healthy=False, reason=problem)
+        state.experiments_since_check = 0
+        state.last_checked_cycle = self.context.cycles.get(job_num, 0)
+        if problem is not None:
+            self._restart(key, problem)
+
+    # ---------------------------------------------------------------- one job
+    def _failed(self, config: DictConfig, overrides: Sequence[str], error: BaseException) -> JobReturn:
+        task_cfg = OmegaConf.masked_copy(config, [k for k in config.keys() if k != "hydra"])
+        hydra_cfg = OmegaConf.create({"hydra": config.hydra})
+        ret = JobReturn(
+            overrides=list(overrides),
+            cfg=task_cfg,
+            hydra_cfg=hydra_cfg,
+            working_dir=str(Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir)),
+            task_name=str(config.hydra.job.name),
+            status=JobStatus.FAILED,
+            _return_value=error,
+        )
+        return ret
+
+    def _timeout(self) -> float | None:
+        settings = self.context.settings
+        if settings is not None and settings.execution.experiment_timeout_seconds:
+            return settings.execution.experiment_timeout_seconds
+        return self.options.timeout_s
+
+    def run_job(
+        self,
+        config: DictConfig,
+        overrides: Sequence[str],
+        task_function: Any,
+        hydra_context: Any,
+    ) -> JobReturn:
+        job_num = int(config.hydra.job.num)
+        key = str(OmegaConf.select(config, self.options.route_by, default=None) or "default")
+        state = self._state(key)
+        self._gap(job_num)
+        if state.disabled_reason is None and self._health_due(key, job_num):
+            self._health_check(key, job_num)
+        if state.disabled_reason is not None:
+            return self._finish(job_num, key, self._failed(config, overrides, JobFailure(state.disabled_reason)))
+        settings = self.context.settings
+        try:
+            worker = self._ensure_worker(key)
+            if settings is not None and settings.cold_start.restart_container and worker.jobs_run > 0:
+                self._event(kind="cold_start_restart", key=key, job_num=job_num)
+                worker.restart()
+                state.warmed = False
+            elif settings is not None and settings.cold_start.force_cold_start and worker.jobs_run > 0:
+                worker.request({"op": protocol.OP_UNLOAD}, timeout=HEALTH_TIMEOUT_S)
+        except (WorkerDied, WorkerTimeout, RuntimeError) as error:
+            if not self._restart(key, str(error)):
+                return self._finish(job_num, key, self._failed(config, overrides, JobFailure(str(state.disabled_reason))))
+            worker = self._ensure_worker(key)
+
+        self._update(job_num, status="running", started_at=utc_now(), error=None, attempts=self._attempts(job_num) + 1)
+        if self.progress is not None:
+            self.progress.job_started(job_num, key, " ".join(filter_overrides(list(overrides))))
+        message: dict[str, Any] = {
+            "op": protocol.OP_RUN,
+            "config": protocol.pack(config),
+            "task_function": protocol.pack(task_function),
+            "hydra_context": protocol.pack(hydra_context),
+        }
+        if settings is not None and not state.warmed:
+            message["campaign_warmup"] = {
+                "prompts": settings.execution.warmup_prompts,
+                "timeout_s": settings.execution.warmup_timeout_seconds,
+            }
+        timeout = self._timeout()
+        try:
+            reply = worker.request(message, timeout=timeout)
+            ret: JobReturn = protocol.unpack(reply["job_return"])
+            state.warmed = True
+            worker.jobs_run += 1
+        except WorkerTimeout:
+            error = JobFailure(f"job {job_num} timed out after {timeout:g} s on worker '{key}'; the worker was killed")
+            ret = self._failed(config, overrides, error)
+            worker.kill()
+            self._restart(key, "job timeout")
+        except WorkerDied as died:
+            ret = self._failed(config, overrides, JobFailure(f"job {job_num}: {died}"))
+            self._restart(key, "worker died during a job")
+        state.experiments_since_check += 1
+        self._ran_any = True
+        return self._finish(job_num, key, ret)
+
+    def _attempts(self, job_num: int) -> int:
+        path = self.context.manifest_path
+        if path is None:
+            return 0
+        try:
+            return read_manifest(path).job(job_num).attempts
+        except KeyError:
+            return 0
+
+    def _finish(self, job_num: int, key: str, ret: JobReturn) -> JobReturn:
+        done: dict[str, Any] = {"completed_at": utc_now()}
+        try:
+            done["result_path"] = str(Path(ret.hydra_cfg.hydra.runtime.output_dir) / "result.json")  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - a failed job may have no output dir
+            pass
+        if ret.status == JobStatus.COMPLETED:
+            self._update(job_num, status="completed", error=None, **done)
+        else:
+            err = ret._return_value
+            self._update(job_num, status="failed", error=f"{type(err).__name__}: {err}", **done)
+        if self.progress is not None:
+            self.progress.job_finished(job_num, "completed" if ret.status == JobStatus.COMPLETED else "failed")
+        return ret
+
+    def mark_interrupted(self, job_num: int | None) -> None:
+        if job_num is not None:
+            self._update(job_num, status="interrupted", error="interrupted by the user", completed_at=utc_now())
+        self._event(kind="interrupted", job_num=job_num)
+
+
+def compose_job(
+    hydra_context: Any, master_config: DictConfig, overrides: Sequence[str], job_num: int
+) -> DictConfig:
+    """Compose one job on the host, as Hydra's own launchers do, with its number and id."""
+    config = hydra_context.config_loader.load_sweep_config(master_config, list(overrides))
+    with open_dict(config):
+        config.hydra.job.id = f"{config.hydra.job.name}_{job_num}"
+        config.hydra.job.num = job_num
+    HydraConfig.instance().set_config(config)
+    return config

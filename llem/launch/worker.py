@@ -1,0 +1,165 @@
+"""A warm worker: runs Hydra jobs sent by the launcher, keeping llem's loaded model between them.
+
+    python -m llem.launch.worker --socket PATH   (authkey in $LLEM_WORKER_AUTHKEY, hex)
+
+It serves one launcher connection at a time until told to shut down. A task's exception
+fails that job only; the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import os
+import signal
+import sys
+import time
+from multiprocessing.connection import Connection, Listener
+from pathlib import Path
+from typing import Any
+
+from llem.launch import protocol
+
+
+def _safe_exception(error: BaseException) -> BaseException:
+    """The exception itself if it survives pickling, else a RuntimeError carrying its text."""
+    try:
+        protocol.unpack(protocol.pack(error))
+        return error
+    except Exception:  # noqa: BLE001 - any pickling failure
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def _run(message: dict[str, Any]) -> dict[str, Any]:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import JobStatus, run_job, setup_globals
+
+    setup_globals()
+    config = protocol.unpack(message["config"])
+    task_function = protocol.unpack(message["task_function"])
+    hydra_context = protocol.unpack(message["hydra_context"])
+    _set_campaign_warmup(message.get("campaign_warmup"))
+    HydraConfig.instance().set_config(config)
+    start = time.perf_counter()
+    ret = run_job(
+        hydra_context=hydra_context,
+        task_function=task_function,
+        config=config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+    elapsed = time.perf_counter() - start
+    if ret.status == JobStatus.FAILED:
+        ret._return_value = _safe_exception(ret._return_value)
+    return {"ok": True, "job_return": protocol.pack(ret), "elapsed_s": elapsed}
+
+
+def _set_campaign_warmup(warmup: dict[str, Any] | None) -> None:
+    """Hand the campaign's once-per-worker warmup to llem's task (if this worker runs it)."""
+    task = sys.modules.get("llem.task")
+    if warmup is not None:
+        task = task or importlib.import_module("llem.task")
+        task.CAMPAIGN_WARMUP.update(warmup)
+
+
+def _nvml_module() -> Any:
+    factory = os.environ.get(protocol.NVML_FACTORY_ENV)
+    if not factory:
+        return None
+    module_name, _, attr = factory.partition(":")
+    return getattr(importlib.import_module(module_name), attr or "nvml")()
+
+
+def _health() -> dict[str, Any]:
+    """GPU memory use per device, read through the device layer."""
+    from llem.energy.devices import DeviceUnavailable
+    from llem.energy.devices.nvml import NvmlDevices
+
+    try:
+        devices = NvmlDevices.open(None, nvml=_nvml_module())
+    except DeviceUnavailable as error:
+        return {"ok": True, "devices": {}, "unavailable_reason": error.reason}
+    try:
+        out: dict[str, Any] = {}
+        for i in devices.indices:
+            memory = devices.memory_bytes(i)
+            if memory is None or not memory.total:
+                out[devices.label(i)] = {"used_pct": None}
+                continue
+            out[devices.label(i)] = {
+                "used_bytes": memory.used,
+                "total_bytes": memory.total,
+                "used_pct": 100.0 * memory.used / memory.total,
+            }
+        return {"ok": True, "devices": out, "unavailable_reason": None}
+    finally:
+        devices.close()
+
+
+def _unload() -> dict[str, Any]:
+    task = sys.modules.get("llem.task")
+    released = False
+    if task is not None:
+        task.SESSION.release()
+        released = True
+    gc.collect()
+    return {"ok": True, "released": released}
+
+
+def handle(message: dict[str, Any]) -> dict[str, Any]:
+    op = message.get("op")
+    if op == protocol.OP_PING:
+        return {"ok": True, "pid": os.getpid()}
+    if op == protocol.OP_INIT:
+        from hydra.core.singleton import Singleton
+
+        Singleton.set_state(protocol.unpack(message["singleton_state"]))
+        return {"ok": True, "pid": os.getpid()}
+    if op == protocol.OP_RUN:
+        return _run(message)
+    if op == protocol.OP_HEALTH:
+        return _health()
+    if op == protocol.OP_UNLOAD:
+        return _unload()
+    return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+def serve(conn: Connection) -> bool:
+    """Answer requests until the launcher disconnects (False) or asks to shut down (True)."""
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return False
+        if message.get("op") == protocol.OP_SHUTDOWN:
+            conn.send({"ok": True})
+            return True
+        try:
+            reply = handle(message)
+        except Exception as error:  # noqa: BLE001 - report, keep serving
+            reply = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+        conn.send(reply)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llem.launch.worker")
+    parser.add_argument("--socket", required=True, type=Path)
+    args = parser.parse_args(argv)
+    authkey = bytes.fromhex(os.environ.pop(protocol.AUTHKEY_ENV, ""))
+    if not authkey:
+        print("llem worker: no authkey given", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when a worker stops
+    args.socket.parent.mkdir(parents=True, exist_ok=True)
+    args.socket.unlink(missing_ok=True)
+    with Listener(str(args.socket), family="AF_UNIX", authkey=authkey) as listener:
+        print(f"llem worker {os.getpid()} listening on {args.socket}", file=sys.stderr, flush=True)
+        while True:
+            with listener.accept() as conn:
+                if serve(conn):
+                    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
