@@ -151,12 +151,25 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
 
     if signal.getsignal(signal.SIGTERM) is not None:
         signal.signal(signal.SIGTERM, _terminate)
+    composed: dict[int, DictConfig] = {}
+
+    def compose(idx: int) -> None:
+        """Compose job `idx` (if any and not yet done); called for the next job while one runs."""
+        if idx < len(job_overrides) and idx not in composed:
+            composed[idx] = compose_job(launcher.hydra_context, config, job_overrides[idx], initial_job_idx + idx)
+
     try:
         for idx, overrides in enumerate(job_overrides):
             current = initial_job_idx + idx
             log.info("\t#%d : %s", current, " ".join(filter_overrides(list(overrides))))
-            job_config = compose_job(launcher.hydra_context, config, overrides, current)
-            returns.append(runner.run_job(job_config, overrides, launcher.task_function, launcher.hydra_context))
+            compose(idx)
+            job_config = composed.pop(idx)
+            returns.append(
+                runner.run_job(
+                    job_config, overrides, launcher.task_function, launcher.hydra_context,
+                    while_waiting=lambda i=idx: compose(i + 1),
+                )
+            )
             current = None
     except KeyboardInterrupt:
         runner.mark_interrupted(current)

@@ -10,7 +10,7 @@ import abc
 import time
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from llem.launch import protocol
 
@@ -36,6 +36,7 @@ class WorkerHandle(abc.ABC):
         self._conn: Connection | None = None
         self.starts = 0
         self.jobs_run = 0
+        self.context_sent = False
 
     # -- lifecycle implemented by subclasses
     @abc.abstractmethod
@@ -72,6 +73,7 @@ class WorkerHandle(abc.ABC):
             self._relaunch()
         self.starts += 1
         self.jobs_run = 0
+        self.context_sent = False
         self._connect()
         self.request({"op": protocol.OP_INIT, "singleton_state": protocol.pack(self.singleton_state)}, timeout=60)
 
@@ -91,12 +93,23 @@ class WorkerHandle(abc.ABC):
         self._terminate()
         raise WorkerTimeout(f"worker '{self.key}' did not accept a connection in {CONNECT_TIMEOUT_S:.0f} s ({last_error})")
 
-    def request(self, message: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-        """Send one request and wait for its reply; raise WorkerDied / WorkerTimeout."""
+    def request(
+        self, message: dict[str, Any], timeout: float | None, while_waiting: Callable[[], None] | None = None
+    ) -> dict[str, Any]:
+        """Send one request and wait for its reply; raise WorkerDied / WorkerTimeout.
+
+        `while_waiting` runs after the request is sent (e.g. composing the next job), and its
+        time counts towards `timeout`.
+        """
         if self._conn is None:
             raise WorkerDied(f"worker '{self.key}' is not running")
         try:
             self._conn.send(message)
+            if while_waiting is not None:
+                started = time.monotonic()
+                while_waiting()
+                if timeout is not None:
+                    timeout = max(0.0, timeout - (time.monotonic() - started))
             if not self._conn.poll(timeout):
                 raise WorkerTimeout(f"worker '{self.key}' gave no answer within {timeout:.0f} s")
             reply = self._conn.recv()
@@ -129,6 +142,7 @@ class WorkerHandle(abc.ABC):
         if self._conn is not None:
             try:
                 self.request({"op": protocol.OP_SHUTDOWN}, timeout=10)
+                self._wait_for_exit(10.0)  # let it release engines and flush files
             except (WorkerDied, WorkerTimeout, RuntimeError):
                 pass
         self.kill()

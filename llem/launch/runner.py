@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -52,6 +51,7 @@ class CampaignContext:
     manifest_path: Path | None = None
     settings: CampaignSettings | None = None
     cycles: dict[int, int] = field(default_factory=dict)
+    attempts: dict[int, int] = field(default_factory=dict)
 
 
 class CampaignRunner:
@@ -79,7 +79,9 @@ class CampaignRunner:
         self.context.manifest_path = manifest_path
         self.context.settings = settings
         if manifest_path is not None and Path(manifest_path).exists():
-            self.context.cycles = {j.job_num: j.cycle for j in read_manifest(manifest_path).jobs}
+            jobs = read_manifest(manifest_path).jobs
+            self.context.cycles = {j.job_num: j.cycle for j in jobs}
+            self.context.attempts = {j.job_num: j.attempts for j in jobs}
 
     def _event(self, **event: Any) -> None:
         log.info("llem: %s", " ".join(f"{k}={v}" for k, v in event.items()))
@@ -229,7 +231,9 @@ class CampaignRunner:
         overrides: Sequence[str],
         task_function: Any,
         hydra_context: Any,
+        while_waiting: Callable[[], None] | None = None,
     ) -> JobReturn:
+        """Run one composed job on its worker. `while_waiting` runs once the job is dispatched."""
         job_num = int(config.hydra.job.num)
         key = str(OmegaConf.select(config, self.options.route_by, default=None) or "default")
         state = self._state(key)
@@ -255,12 +259,10 @@ class CampaignRunner:
         self._update(job_num, status="running", started_at=utc_now(), error=None, attempts=self._attempts(job_num) + 1)
         if self.progress is not None:
             self.progress.job_started(job_num, key, " ".join(filter_overrides(list(overrides))))
-        message: dict[str, Any] = {
-            "op": protocol.OP_RUN,
-            "config": protocol.pack(config),
-            "task_function": protocol.pack(task_function),
-            "hydra_context": protocol.pack(hydra_context),
-        }
+        message: dict[str, Any] = {"op": protocol.OP_RUN, "config": protocol.pack(config)}
+        if not worker.context_sent:
+            message["task_function"] = protocol.pack(task_function)
+            message["hydra_context"] = protocol.pack(hydra_context)
         if settings is not None and not state.warmed:
             message["campaign_warmup"] = {
                 "prompts": settings.execution.warmup_prompts,
@@ -268,7 +270,8 @@ class CampaignRunner:
             }
         timeout = self._timeout()
         try:
-            reply = worker.request(message, timeout=timeout)
+            reply = worker.request(message, timeout=timeout, while_waiting=while_waiting)
+            worker.context_sent = True
             ret: JobReturn = protocol.unpack(reply["job_return"])
             state.warmed = True
             worker.jobs_run += 1
@@ -285,13 +288,10 @@ class CampaignRunner:
         return self._finish(job_num, key, ret)
 
     def _attempts(self, job_num: int) -> int:
-        path = self.context.manifest_path
-        if path is None:
-            return 0
-        try:
-            return read_manifest(path).job(job_num).attempts
-        except KeyError:
-            return 0
+        """Attempts so far, counted here (the manifest is read once, at attach time)."""
+        count = self.context.attempts.get(job_num, 0)
+        self.context.attempts[job_num] = count + 1
+        return count
 
     def _finish(self, job_num: int, key: str, ret: JobReturn) -> JobReturn:
         done: dict[str, Any] = {"completed_at": utc_now()}
@@ -322,5 +322,4 @@ def compose_job(
     with open_dict(config):
         config.hydra.job.id = f"{config.hydra.job.name}_{job_num}"
         config.hydra.job.num = job_num
-    HydraConfig.instance().set_config(config)
     return config

@@ -22,6 +22,9 @@ from typing import Any
 from llem.launch import protocol
 
 
+_CONTEXT: dict[str, Any] = {}
+
+
 def _safe_exception(error: BaseException) -> BaseException:
     """The exception itself if it survives pickling, else a RuntimeError carrying its text."""
     try:
@@ -32,15 +35,15 @@ def _safe_exception(error: BaseException) -> BaseException:
 
 
 def _run(message: dict[str, Any]) -> dict[str, Any]:
-    from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import JobStatus, run_job, setup_globals
 
     setup_globals()
     config = protocol.unpack(message["config"])
-    task_function = protocol.unpack(message["task_function"])
-    hydra_context = protocol.unpack(message["hydra_context"])
+    if "task_function" in message:  # sent once per worker start, then reused
+        _CONTEXT["task_function"] = protocol.unpack(message["task_function"])
+        _CONTEXT["hydra_context"] = protocol.unpack(message["hydra_context"])
+    task_function, hydra_context = _CONTEXT["task_function"], _CONTEXT["hydra_context"]
     _set_campaign_warmup(message.get("campaign_warmup"))
-    HydraConfig.instance().set_config(config)
     start = time.perf_counter()
     ret = run_job(
         hydra_context=hydra_context,

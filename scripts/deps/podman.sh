@@ -2,7 +2,9 @@
 # Podman (Debian package) set up so llem's container launcher and the container tests can use it.
 # Idempotent; run as root on Debian bookworm. Re-running changes nothing once set up.
 #
-#  - installs `podman` and `runc` when podman is missing (one `apt-get update`);
+#  - installs `podman` and `runc` when either is missing (one `apt-get update`), with apt's default
+#    recommends (buildah, catatonit, fuse-overlayfs, slirp4netns, uidmap: rootless use and --init;
+#    running as root needs none of them, but that is the combination measured to work);
 #  - makes sure /etc/containers/containers.conf holds the settings that make podman work in
 #    sandboxed machines like ours (see /work/shared/notes/containers.md):
 #      [containers] default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
@@ -16,7 +18,8 @@
 #    (the previous file is saved once as containers.conf.llem-bak).
 #  - checks that `podman info` works.
 #
-# Environment: PODMAN_NOFILE / PODMAN_NPROC override the ulimits written (default 1024:1024).
+# Environment: PODMAN_NOFILE / PODMAN_NPROC override the ulimits written (default 1024:1024);
+# CONTAINERS_CONF_PATH writes another file than /etc/containers/containers.conf.
 set -euo pipefail
 
 CONF="${CONTAINERS_CONF_PATH:-/etc/containers/containers.conf}"
