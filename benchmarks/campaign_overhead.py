@@ -90,7 +90,7 @@ def main() -> None:
             (base / "ctr").mkdir()
             rows["warm container workers"] = warm(base / "ctr", args.jobs, [
                 "hydra/launcher=llem_container", f"hydra.launcher.engine={args.engine}",
-                f"+hydra.launcher.images.pytorch={args.container_image}", "hydra.launcher.gpus=null",
+                f"hydra.launcher.images.pytorch={args.container_image}", "hydra.launcher.gpus=null",
                 "hydra.launcher.network=none"])
     print(f"{args.jobs} jobs of the built-in tiny model on CPU (overhead = time outside windows and loads)")
     print(f"{'mode':28s} {'overhead/job':>14s} {'model loads':>12s} {'wall':>8s} {'first job':>10s}")

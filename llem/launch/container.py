@@ -83,6 +83,9 @@ class ContainerWorker(WorkerHandle):
         return cmd
 
     def _launch(self) -> None:
+        if self.container_id is not None:  # a previous attempt left a container behind
+            self._remove()
+        self.name = f"llem-{self.key}-{uuid.uuid4().hex[:8]}"
         env = dict(os.environ)
         env[protocol.AUTHKEY_ENV] = self.authkey.hex()
         missing = [n for n in self.spec.env_passthrough if n not in env]
@@ -139,11 +142,15 @@ class ContainerWorker(WorkerHandle):
             logs = f"(logs unavailable: {error})"
         return f"{status}; last lines of its log:\n{str(logs).strip()}"
 
-    def stop(self) -> None:
-        super().stop()
+    def _remove(self) -> None:
         if self.container_id is not None:
+            self._terminate()
             try:
                 self.client.container.remove(self.container_id, force=True)
             except Exception:  # noqa: BLE001 - already removed
                 pass
             self.container_id = None
+
+    def stop(self) -> None:
+        super().stop()
+        self._remove()

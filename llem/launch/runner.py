@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from llem.config import CampaignSettings
@@ -179,9 +180,9 @@ class CampaignRunner:
         settings = self.context.settings
         assert settings is not None
         state = self._state(key)
-        worker = self._ensure_worker(key)
         threshold = settings.health_check.gpu_memory_threshold_pct
         try:
+            worker = self._ensure_worker(key)
             reply = worker.request({"op": protocol.OP_HEALTH}, timeout=HEALTH_TIMEOUT_S)
             over = {
                 dev: info["used_pct"]
@@ -262,7 +263,8 @@ class CampaignRunner:
         message: dict[str, Any] = {"op": protocol.OP_RUN, "config": protocol.pack(config)}
         if not worker.context_sent:
             message["task_function"] = protocol.pack(task_function)
-            message["hydra_context"] = protocol.pack(hydra_context)
+            # a job needs the callbacks, not the host's config loader (which may name host-only plugins)
+            message["hydra_context"] = protocol.pack(HydraContext(config_loader=None, callbacks=hydra_context.callbacks))
         if settings is not None and not state.warmed:
             message["campaign_warmup"] = {
                 "prompts": settings.execution.warmup_prompts,
@@ -283,6 +285,8 @@ class CampaignRunner:
         except WorkerDied as died:
             ret = self._failed(config, overrides, JobFailure(f"job {job_num}: {died}"))
             self._restart(key, "worker died during a job")
+        except RuntimeError as error:  # the worker answered, but could not run the job
+            ret = self._failed(config, overrides, JobFailure(f"job {job_num}: {error}"))
         state.experiments_since_check += 1
         self._ran_any = True
         return self._finish(job_num, key, ret)
