@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from llem.measure.session import BackendSession
 
 # One per process: a worker that runs several jobs keeps its model loaded between them.
 SESSION = BackendSession()
+atexit.register(SESSION.release)  # engines with worker processes (vLLM) shut down cleanly at exit
 # Set by a campaign worker before its first job: extra warmup prompts, once per worker.
 CAMPAIGN_WARMUP: dict[str, Any] = {}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import gc
 import json
 import math
@@ -166,7 +167,10 @@ def _device_type() -> str:
 def _check_cpu_memory(fraction: float) -> None:
     """Fail before the ~20 s engine start when the host RAM share `gpu_memory_utilization` asks for is not free."""
     try:
-        from vllm.utils.cpu_resource_utils import get_allowed_cpu_list, get_memory_node_info
+        from vllm.utils.cpu_resource_utils import (
+            get_allowed_cpu_list,
+            get_memory_node_info,
+        )
 
         node = get_allowed_cpu_list()[0].numa_node
         info = get_memory_node_info(node)
@@ -205,7 +209,7 @@ def _safetensors_sizes(directory: Path) -> tuple[int, int, bool] | None:
 
 
 def _checkpoint_dir(model_path: str, revision: str | None) -> Path | None:
-    """The local directory holding the weights: the path itself, or the Hub cache snapshot vLLM just used."""
+    """The local directory holding the weights: the path itself, or the Hub cache snapshot the engine used."""
     path = Path(model_path)
     if path.is_dir():
         return path
@@ -213,12 +217,20 @@ def _checkpoint_dir(model_path: str, revision: str | None) -> Path | None:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(model_path, revision=revision, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached as safetensors: sizes stay unknown
+    except Exception:  # noqa: BLE001 - not cached locally: sizes stay unknown
         return None
+
+
+def checkpoint_sizes(model_path: str, revision: str | None) -> tuple[int, int, bool] | None:
+    """(elements, bytes, packed integer weights?) of a safetensors checkpoint, for engines that hide their weights."""
+    directory = _checkpoint_dir(model_path, revision)
+    return _safetensors_sizes(directory) if directory is not None else None
 
 
 def _plain(value: Any) -> Any:
     """JSON-safe form of a config value (enums, dtypes and the like become strings)."""
+    if isinstance(value, enum.Enum):
+        return value.name
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, dict):
@@ -252,12 +264,30 @@ def _architecture(hf_config: Any) -> dict[str, int] | None:
     return {"num_layers": int(layers), "hidden_size": int(hidden), "embedding_parameters": int(vocab) * int(hidden)}
 
 
-def _engine_pids() -> list[int]:
-    """This process and its descendants (vLLM's engine core and workers run there)."""
+def engine_pids() -> list[int]:
+    """This process and its descendants (where engines run their cores and workers)."""
     import psutil
 
     me = psutil.Process()
     return [me.pid, *(child.pid for child in me.children(recursive=True))]
+
+
+def process_tree_gpu_bytes() -> int | None:
+    """GPU memory NVML attributes to this process and its descendants (None when NVML cannot tell)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        pids = set(engine_pids())
+        used = 0
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid in pids and proc.usedGpuMemory:
+                    used += int(proc.usedGpuMemory)
+        return used or None
+    except Exception:  # noqa: BLE001 - no NVML, or PIDs from another namespace
+        return None
 
 
 def _peak_rss(pid: int) -> int | None:
@@ -348,8 +378,7 @@ class VLLMBackend(Backend):
 
     def _model_size(self, path: str, experiment: ExperimentConfig) -> tuple[int | None, int | None]:
         """Parameters and in-memory weight bytes, from the checkpoint headers (the engine keeps weights elsewhere)."""
-        directory = _checkpoint_dir(path, experiment.model.revision)
-        sizes = _safetensors_sizes(directory) if directory is not None else None
+        sizes = checkpoint_sizes(path, experiment.model.revision)
         if sizes is None:
             return None, None
         numel, disk_bytes, packed = sizes
@@ -463,14 +492,18 @@ class VLLMBackend(Backend):
     def unload(self) -> None:
         """Shut the engine core (and its worker processes) down, then drop in-process state and caches."""
         engine, self._engine, self._tokenizer = self._engine, None, None
-        if engine is not None:
-            try:
-                engine.engine_core.shutdown(timeout=_SHUTDOWN_TIMEOUT_S)
-            finally:
-                del engine
-            multiprocessing.active_children()  # reap the engine processes (no zombies left behind)
+        if engine is None:
+            return
         try:
-            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+            engine.engine_core.shutdown(timeout=_SHUTDOWN_TIMEOUT_S)
+        finally:
+            del engine
+        multiprocessing.active_children()  # reap the engine processes (no zombies left behind)
+        try:
+            from vllm.distributed.parallel_state import (
+                destroy_distributed_environment,
+                destroy_model_parallel,
+            )
 
             destroy_model_parallel()
             destroy_distributed_environment()
@@ -489,7 +522,7 @@ class VLLMBackend(Backend):
             torch.cuda.reset_peak_memory_stats()
             return
         self._peak_reset = True
-        for pid in _engine_pids():
+        for pid in engine_pids():
             try:
                 with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as handle:
                     handle.write("5")  # reset the peak RSS (VmHWM) to the current RSS
@@ -499,7 +532,7 @@ class VLLMBackend(Backend):
     def memory_stats(self) -> dict[str, Any]:
         if self._device == "cuda":
             return self._cuda_memory()
-        peaks = [p for p in (_peak_rss(pid) for pid in _engine_pids()) if p is not None]
+        peaks = [p for p in (_peak_rss(pid) for pid in engine_pids()) if p is not None]
         since = "over the measured window" if self._peak_reset else "since each process started"
         return {
             "peak_bytes": sum(peaks) if peaks else None,
@@ -510,22 +543,9 @@ class VLLMBackend(Backend):
         }
 
     def _cuda_memory(self) -> dict[str, Any]:
-        """Device memory of the engine's processes (NVML), else this process's allocator peak plus the KV cache."""
+        """Device memory of the engine's processes (NVML), else this process's allocator peak or weights + KV cache."""
         kv = self._settings.get("kv_cache_bytes")
-        used = None
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            pids = set(_engine_pids())
-            used = 0
-            for index in range(pynvml.nvmlDeviceGetCount()):
-                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-                for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                    if proc.pid in pids and proc.usedGpuMemory:
-                        used += int(proc.usedGpuMemory)
-        except Exception:  # noqa: BLE001 - NVML missing or PIDs from another namespace
-            used = None
+        used = process_tree_gpu_bytes()
         if used:
             return {
                 "peak_bytes": used,
@@ -537,13 +557,16 @@ class VLLMBackend(Backend):
         import torch
 
         allocated = int(torch.cuda.max_memory_allocated())
-        peak = allocated if allocated else None
-        if peak is None and kv is not None:
-            peak = kv + self._model_bytes if self._model_bytes else None
+        if allocated:
+            method = "torch.cuda.max_memory_allocated in this process (engine core in process)"
+            peak: int | None = allocated
+        else:
+            method = "weights + KV cache reserved (engine processes not visible to NVML from here)"
+            peak = kv + self._model_bytes if kv is not None and self._model_bytes else None
         return {
             "peak_bytes": peak,
             "reserved_peak_bytes": kv,
-            "method": "torch.cuda.max_memory_allocated in this process (engine in process) or weights + KV cache",
+            "method": method,
             "unavailable_reason": None if peak else "engine processes not visible to NVML from here",
         }
 

@@ -1,0 +1,450 @@
+"""TensorRT-LLM through its LLM API, with engines cached on disk and tokens timestamped as they stream in.
+
+Building a TensorRT engine takes minutes, so each engine is built once per set of build-affecting
+settings (model, revision, precision, every build parameter, TensorRT-LLM version), saved under
+the engine cache, and loaded from there afterwards. Generation submits every prompt at once with
+`generate_async(..., streaming=True)` and records the host time of each streamed token.
+
+`tensorrt_llm` is imported only inside `load()`, so this module imports on any machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import difflib
+import gc
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from llem.backends.base import Backend, GenerationOutput, LoadInfo, SequenceTiming
+from llem.backends.errors import HardwareUnsupported
+from llem.backends.vllm.backend import checkpoint_sizes, process_tree_gpu_bytes
+from llem.config import ConfigError, ExperimentConfig, TensorRTConfig
+from llem.models.resolve import resolve_model_path
+from llem.models.tiny import default_cache_dir
+from llem.prompts.load import Prompt
+
+NEEDS = (
+    "TensorRT-LLM needs an NVIDIA GPU and `pip install llem[tensorrt]` (NVIDIA's tensorrt-llm wheels, "
+    "Linux with CUDA)"
+)
+
+# llem's quantisation names -> TensorRT-LLM QuantAlgo members.
+QUANT_ALGOS: dict[str, str] = {
+    "fp8": "FP8",
+    "int8_sq": "W8A8_SQ_PER_CHANNEL",
+    "int4_awq": "W4A16_AWQ",
+    "w4a16": "W4A16",
+    "w8a16": "W8A16",
+    "nvfp4": "NVFP4",
+}
+KV_CACHE_QUANT_ALGOS: dict[str, str] = {"fp8": "FP8", "int8": "INT8"}
+
+# TensorRTConfig fields that do not change the built engine (run-time settings, or where it is stored).
+RUNTIME_FIELDS = frozenset({"name", "kv_cache_free_gpu_memory_fraction", "engine_cache_dir"})
+
+ENGINE_MARKER = "llem-engine.json"
+_DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+
+
+class BuildArgsError(ConfigError, ValueError):
+    """`backend.build_args` names something TensorRT-LLM's BuildConfig does not have."""
+
+
+def _trt_settings(experiment: ExperimentConfig) -> TensorRTConfig:
+    backend = experiment.backend
+    assert isinstance(backend, TensorRTConfig)
+    return backend
+
+
+def build_settings(experiment: ExperimentConfig, trtllm_version: str, gpu: str = "") -> dict[str, Any]:
+    """Everything that decides the built engine's bytes; a change in any one means another build.
+
+    `gpu` is the device model: TensorRT engines are compiled for one GPU architecture.
+    """
+    b = _trt_settings(experiment)
+    return {
+        "model": experiment.model.name,
+        "revision": experiment.model.revision,
+        "precision": experiment.fp_precision,
+        "build": b.model_dump(mode="json", exclude=set(RUNTIME_FIELDS)),
+        "tensorrt_llm": trtllm_version,
+        "gpu": gpu,
+    }
+
+
+def engine_cache_key(experiment: ExperimentConfig, trtllm_version: str, gpu: str = "") -> str:
+    """Short hash of `build_settings`: the engine's directory name in the cache."""
+    payload = json.dumps(build_settings(experiment, trtllm_version, gpu), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def engine_cache_root(backend: TensorRTConfig) -> Path:
+    """`backend.engine_cache_dir`, else `$LLEM_CACHE_DIR/trt-engines` (`~/.cache/llem/trt-engines`)."""
+    if backend.engine_cache_dir:
+        return Path(backend.engine_cache_dir).expanduser()
+    return default_cache_dir() / "trt-engines"
+
+
+def _gpu_name() -> str:
+    """Model name of the first visible NVIDIA GPU ("" when NVML cannot say)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001
+        return ""
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _has_nvidia_gpu() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no driver, no library: no usable GPU
+        return False
+
+
+def require_tensorrt_llm() -> None:
+    """Raise HardwareUnsupported naming what this machine lacks (package, GPU or both)."""
+    missing = []
+    if not _has_nvidia_gpu():
+        missing.append("no NVIDIA GPU is visible (NVML found none)")
+    if importlib.util.find_spec("tensorrt_llm") is None:
+        missing.append("the tensorrt_llm package is not installed")
+    if missing:
+        raise HardwareUnsupported(f"{NEEDS}; on this machine {' and '.join(missing)}")
+
+
+def _field_names(cls: Any) -> frozenset[str]:
+    """Constructor fields of a dataclass or pydantic model."""
+    if dataclasses.is_dataclass(cls):
+        return frozenset(f.name for f in dataclasses.fields(cls))
+    return frozenset(getattr(cls, "model_fields", {}))
+
+
+def check_build_args(build_args: dict[str, Any], known: frozenset[str]) -> None:
+    unknown = sorted(set(build_args) - known)
+    if not unknown or not known:
+        return
+    problems = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+        problems.append(f"{key!r}" + (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""))
+    raise BuildArgsError(f"backend.build_args: TensorRT-LLM BuildConfig has no {', '.join(problems)}", problems)
+
+
+def sampling_kwargs(experiment: ExperimentConfig) -> dict[str, Any]:
+    """TensorRT-LLM `SamplingParams` keyword arguments: the experiment's decoder, as the other backends apply it."""
+    d = experiment.decoder
+    kwargs: dict[str, Any] = {
+        "n": 1,
+        "max_tokens": experiment.max_output_tokens,
+        "repetition_penalty": d.repetition_penalty,
+    }
+    if experiment.force_output_length:
+        kwargs.update(min_tokens=experiment.max_output_tokens, ignore_eos=True)
+    if d.do_sample:
+        kwargs.update(temperature=d.temperature, top_p=d.top_p, top_k=d.top_k, seed=experiment.random_seed)
+    else:
+        kwargs.update(top_k=1)  # greedy
+    return kwargs
+
+
+def _architecture(path: str, experiment: ExperimentConfig) -> dict[str, int] | None:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            path, revision=experiment.model.revision, trust_remote_code=experiment.model.trust_remote_code
+        )
+    except Exception:  # noqa: BLE001 - no HF config: FLOPs unavailable
+        return None
+    config = getattr(config, "text_config", None) or config
+    layers, hidden, vocab = (getattr(config, k, None) for k in ("num_hidden_layers", "hidden_size", "vocab_size"))
+    if layers is None or hidden is None or vocab is None:
+        return None
+    return {"num_layers": int(layers), "hidden_size": int(hidden), "embedding_parameters": int(vocab) * int(hidden)}
+
+
+class TensorRTBackend(Backend):
+    """TensorRT-LLM's `LLM` (TensorRT engine flavour), one engine per build-settings hash."""
+
+    name = "tensorrt"
+
+    def __init__(self) -> None:
+        self._llm: Any = None
+        self._tokenizer: Any = None
+        self._settings: dict[str, Any] = {}
+        self._model_bytes: int | None = None
+
+    @staticmethod
+    def load_key(experiment: ExperimentConfig) -> str:
+        b = _trt_settings(experiment)
+        parts = {
+            "model": experiment.model.name,
+            "revision": experiment.model.revision,
+            "trust_remote_code": experiment.model.trust_remote_code,
+            "precision": experiment.fp_precision,
+            "engine": b.model_dump(mode="json", exclude={"name"}),
+        }
+        return "tensorrt|" + json.dumps(parts, sort_keys=True, default=str)
+
+    def load(self, experiment: ExperimentConfig) -> LoadInfo:
+        require_tensorrt_llm()
+        b = _trt_settings(experiment)
+        import tensorrt_llm
+        from transformers import AutoTokenizer
+
+        llm_cls = _llm_class()
+        path = resolve_model_path(experiment.model)
+        gpu = _gpu_name()
+        key = engine_cache_key(experiment, tensorrt_llm.__version__, gpu)
+        engine_dir = engine_cache_root(b) / key
+        cached = (engine_dir / ENGINE_MARKER).is_file()
+        build_config = None if cached else self._build_config(b)
+        start = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=experiment.model.revision, trust_remote_code=experiment.model.trust_remote_code
+        )
+        kwargs = self._llm_kwargs(experiment, path, llm_cls, build_config)
+        llm = llm_cls(model=str(engine_dir) if cached else path, **kwargs)
+        build_s = None
+        if not cached:
+            build_s = time.perf_counter() - start
+            self._save_engine(llm, engine_dir, build_settings(experiment, tensorrt_llm.__version__, gpu))
+        load_s = time.perf_counter() - start
+        self._llm, self._tokenizer = llm, tokenizer
+        sizes = checkpoint_sizes(path, experiment.model.revision)
+        parameters = None if sizes is None or sizes[2] else sizes[0]
+        self._model_bytes = parameters * _DTYPE_BYTES[experiment.fp_precision] if parameters and not b.quantization else None
+        self._settings = {
+            "model_path": path,
+            "device": "cuda",
+            "dtype": experiment.fp_precision,
+            "engine_dir": str(engine_dir),
+            "engine_cache": "hit" if cached else "built",
+            "engine_cache_key": key,
+            "gpu": gpu,
+            "build_s": build_s,
+            "max_batch_size": b.max_batch_size,
+            "max_num_tokens": b.max_num_tokens,
+            "max_input_len": b.max_input_len,
+            "max_seq_len": b.max_seq_len,
+            "tp_size": b.tp_size,
+            "pp_size": b.pp_size,
+            "quantization": b.quantization,
+            "kv_cache_dtype": b.kv_cache_dtype,
+            "kv_cache_free_gpu_memory_fraction": b.kv_cache_free_gpu_memory_fraction,
+            "enable_chunked_context": b.enable_chunked_context,
+            "build_args": dict(b.build_args),
+            "architecture": _architecture(path, experiment),
+        }
+        self._settings.update(_engine_build_config(engine_dir))
+        return LoadInfo(
+            load_s=load_s, model_bytes=self._model_bytes, parameters=parameters, device="cuda", settings=self._settings
+        )
+
+    @staticmethod
+    def _build_config(b: TensorRTConfig) -> Any:
+        from tensorrt_llm.llmapi import BuildConfig
+
+        check_build_args(b.build_args, _field_names(BuildConfig))
+        named = {
+            "max_batch_size": b.max_batch_size,
+            "max_num_tokens": b.max_num_tokens,
+            "max_input_len": b.max_input_len,
+            "max_seq_len": b.max_seq_len,
+        }
+        config = BuildConfig(**{k: v for k, v in named.items() if v is not None}, **b.build_args)
+        plugins = getattr(config, "plugin_config", None)
+        if b.enable_chunked_context and plugins is not None and hasattr(plugins, "use_paged_context_fmha"):
+            plugins.use_paged_context_fmha = True  # chunked context needs it compiled into the engine
+        return config
+
+    @staticmethod
+    def _llm_kwargs(experiment: ExperimentConfig, path: str, llm_cls: Any, build_config: Any) -> dict[str, Any]:
+        from tensorrt_llm.llmapi import KvCacheConfig, QuantAlgo, QuantConfig
+
+        b = _trt_settings(experiment)
+        kwargs: dict[str, Any] = {
+            "tokenizer": path,
+            "dtype": experiment.fp_precision,
+            "tensor_parallel_size": b.tp_size,
+            "pipeline_parallel_size": b.pp_size,
+            "trust_remote_code": experiment.model.trust_remote_code,
+            "kv_cache_config": KvCacheConfig(free_gpu_memory_fraction=b.kv_cache_free_gpu_memory_fraction),
+        }
+        chunked = "enable_chunked_prefill" if "enable_chunked_prefill" in _llm_arg_names(llm_cls) else "enable_chunked_context"
+        kwargs[chunked] = b.enable_chunked_context
+        if build_config is not None:  # building from the checkpoint, not loading a saved engine
+            kwargs["build_config"] = build_config
+            if experiment.model.revision is not None:
+                kwargs["revision"] = experiment.model.revision
+            quant: dict[str, Any] = {}
+            if b.quantization is not None:
+                quant["quant_algo"] = getattr(QuantAlgo, QUANT_ALGOS[b.quantization])
+            if b.kv_cache_dtype in KV_CACHE_QUANT_ALGOS:
+                quant["kv_cache_quant_algo"] = getattr(QuantAlgo, KV_CACHE_QUANT_ALGOS[b.kv_cache_dtype])
+            if quant:
+                kwargs["quant_config"] = QuantConfig(**quant)
+        return kwargs
+
+    @staticmethod
+    def _save_engine(llm: Any, engine_dir: Path, settings: dict[str, Any]) -> None:
+        """Save next to the cache entry, then rename into place, so readers never see half an engine."""
+        engine_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{engine_dir.name}.build-", dir=engine_dir.parent))
+        try:
+            llm.save(str(tmp))
+            marker = {"build_settings": settings, "saved_at": time.time()}
+            (tmp / ENGINE_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            try:
+                os.rename(tmp, engine_dir)
+            except OSError:
+                if not (engine_dir / ENGINE_MARKER).is_file():  # a concurrent build that finished first is fine
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            raise RuntimeError("model not loaded")
+        return self._tokenizer
+
+    def generate(self, prompts: list[Prompt], experiment: ExperimentConfig) -> GenerationOutput:
+        if self._llm is None:
+            raise RuntimeError("model not loaded")
+        from tensorrt_llm.llmapi import SamplingParams
+
+        params = SamplingParams(**sampling_kwargs(experiment))
+        times: list[list[float]] = [[] for _ in prompts]
+        texts = ["" for _ in prompts]
+        start = time.perf_counter()
+
+        async def run() -> None:
+            # Results must be created inside the running loop for `async for` to stream them.
+            results = [
+                self._llm.generate_async(list(p.token_ids), sampling_params=params, streaming=True) for p in prompts
+            ]
+
+            async def follow(i: int, result: Any) -> None:
+                seen = 0
+                async for out in result:
+                    now = time.perf_counter()
+                    completion = out.outputs[0]
+                    count = len(completion.token_ids)  # cumulative: new tokens are the growth
+                    times[i].extend([now] * (count - seen))
+                    seen = count
+                    texts[i] = completion.text
+
+            await asyncio.gather(*(follow(i, r) for i, r in enumerate(results)))
+
+        asyncio.run(run())
+        sequences = [
+            SequenceTiming(prompt_index=i, input_tokens=len(p.token_ids), batch_start_s=start, token_times_s=times[i])
+            for i, p in enumerate(prompts)
+        ]
+        return GenerationOutput(sequences=sequences, texts=texts)
+
+    def unload(self) -> None:
+        llm, self._llm, self._tokenizer = self._llm, None, None
+        if llm is not None:
+            try:
+                llm.shutdown()
+            finally:
+                del llm
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+    def synchronize(self) -> None:
+        """Streaming returns a token only once it is on the host, so nothing is left in flight."""
+
+    def reset_peak_memory(self) -> None:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+        except ImportError:
+            pass
+
+    def memory_stats(self) -> dict[str, Any]:
+        used = process_tree_gpu_bytes()
+        return {
+            "peak_bytes": used,
+            "reserved_peak_bytes": None,
+            "method": "GPU memory used by this process and TensorRT-LLM's workers (NVML, end of window; the KV "
+            "cache is reserved up front, so this is the peak)",
+            "unavailable_reason": None if used else "TensorRT-LLM's processes not visible to NVML from here",
+        }
+
+    def effective_settings(self) -> dict[str, Any]:
+        return dict(self._settings)
+
+    def versions(self) -> dict[str, str]:
+        import tensorrt_llm
+        import torch
+
+        return {"tensorrt_llm": tensorrt_llm.__version__, "torch": torch.__version__}
+
+    def devices(self) -> list[int] | None:
+        b = self._settings
+        if not b:
+            return None
+        return list(range(int(b.get("tp_size", 1)) * int(b.get("pp_size", 1))))
+
+
+def _llm_class() -> Any:
+    """The TensorRT-engine `LLM`: `tensorrt_llm._tensorrt_engine.LLM` since 1.0 (plain `LLM` is PyTorch there)."""
+    try:
+        from tensorrt_llm._tensorrt_engine import LLM
+    except ImportError:
+        from tensorrt_llm import LLM
+    return LLM
+
+
+def _llm_arg_names(llm_cls: Any) -> frozenset[str]:
+    """Keyword names the LLM's argument model accepts (empty when this version does not say)."""
+    for module, name in (("tensorrt_llm.llmapi.llm_args", "TrtLlmArgs"), ("tensorrt_llm.llmapi.llm_args", "LlmArgs")):
+        try:
+            args_cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        return _field_names(args_cls)
+    return frozenset()
+
+
+def _engine_build_config(engine_dir: Path) -> dict[str, Any]:
+    """The limits actually built into the saved engine (from its config.json), for the result."""
+    try:
+        config = json.loads((engine_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    build = config.get("build_config", {})
+    keys = ("max_batch_size", "max_num_tokens", "max_input_len", "max_seq_len", "max_beam_width")
+    return {f"built_{k}": build.get(k) for k in keys if k in build}
