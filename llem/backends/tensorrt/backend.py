@@ -26,7 +26,7 @@ from typing import Any
 
 from llem.backends.base import Backend, GenerationOutput, LoadInfo, SequenceTiming
 from llem.backends.errors import HardwareUnsupported
-from llem.backends.vllm.backend import checkpoint_sizes, process_tree_gpu_bytes
+from llem.backends.resources import checkpoint_sizes, process_tree_gpu_bytes
 from llem.config import ConfigError, ExperimentConfig, TensorRTConfig
 from llem.models.resolve import resolve_model_path
 from llem.models.tiny import default_cache_dir

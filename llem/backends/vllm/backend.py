@@ -18,14 +18,13 @@ import math
 import multiprocessing
 import os
 import statistics
-import struct
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from llem.backends.base import Backend, GenerationOutput, LoadInfo, SequenceTiming
 from llem.backends.errors import HardwareUnsupported
+from llem.backends.resources import checkpoint_sizes, engine_pids, peak_rss, process_tree_gpu_bytes
 from llem.config import ConfigError, ExperimentConfig, VLLMConfig
 from llem.models.resolve import resolve_model_path
 from llem.prompts.load import Prompt
@@ -49,8 +48,6 @@ RESERVED_ENGINE_ARGS: dict[str, str] = {
 _NOT_PASSED = frozenset({"name", "engine_args", "seed"})
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 _GIB = 1024**3
 _SHUTDOWN_TIMEOUT_S = 15.0  # vLLM's default 5 s often ends in a kill on a busy 2-core machine
 
@@ -187,46 +184,6 @@ def _check_cpu_memory(fraction: float) -> None:
         )
 
 
-def _safetensors_sizes(directory: Path) -> tuple[int, int, bool] | None:
-    """(element count, bytes on disk, any packed integer weights) of the checkpoint, from file headers only."""
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        return None
-    numel = nbytes = 0
-    packed = False
-    for file in files:
-        with open(file, "rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size))
-        for name, entry in header.items():
-            if name == "__metadata__":
-                continue
-            count = math.prod(entry["shape"])
-            numel += count
-            nbytes += count * _SAFETENSORS_BYTES.get(entry["dtype"], 0)
-            packed = packed or entry["dtype"] in ("I32", "I8", "U8")
-    return numel, nbytes, packed
-
-
-def _checkpoint_dir(model_path: str, revision: str | None) -> Path | None:
-    """The local directory holding the weights: the path itself, or the Hub cache snapshot the engine used."""
-    path = Path(model_path)
-    if path.is_dir():
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(model_path, revision=revision, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached locally: sizes stay unknown
-        return None
-
-
-def checkpoint_sizes(model_path: str, revision: str | None) -> tuple[int, int, bool] | None:
-    """(elements, bytes, packed integer weights?) of a safetensors checkpoint, for engines that hide their weights."""
-    directory = _checkpoint_dir(model_path, revision)
-    return _safetensors_sizes(directory) if directory is not None else None
-
-
 def _plain(value: Any) -> Any:
     """JSON-safe form of a config value (enums, dtypes and the like become strings)."""
     if isinstance(value, enum.Enum):
@@ -262,43 +219,6 @@ def _architecture(hf_config: Any) -> dict[str, int] | None:
     if layers is None or hidden is None or vocab is None:
         return None
     return {"num_layers": int(layers), "hidden_size": int(hidden), "embedding_parameters": int(vocab) * int(hidden)}
-
-
-def engine_pids() -> list[int]:
-    """This process and its descendants (where engines run their cores and workers)."""
-    import psutil
-
-    me = psutil.Process()
-    return [me.pid, *(child.pid for child in me.children(recursive=True))]
-
-
-def process_tree_gpu_bytes() -> int | None:
-    """GPU memory NVML attributes to this process and its descendants (None when NVML cannot tell)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        pids = set(engine_pids())
-        used = 0
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if proc.pid in pids and proc.usedGpuMemory:
-                    used += int(proc.usedGpuMemory)
-        return used or None
-    except Exception:  # noqa: BLE001 - no NVML, or PIDs from another namespace
-        return None
-
-
-def _peak_rss(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def _median_ms(values: list[float]) -> float | None:
@@ -532,7 +452,7 @@ class VLLMBackend(Backend):
     def memory_stats(self) -> dict[str, Any]:
         if self._device == "cuda":
             return self._cuda_memory()
-        peaks = [p for p in (_peak_rss(pid) for pid in engine_pids()) if p is not None]
+        peaks = [p for p in (peak_rss(pid) for pid in engine_pids()) if p is not None]
         since = "over the measured window" if self._peak_reset else "since each process started"
         return {
             "peak_bytes": sum(peaks) if peaks else None,
