@@ -24,12 +24,28 @@ from llem.launch.runner import CampaignRunner, RunnerOptions, compose_job
 
 log = logging.getLogger(__name__)
 
+CAMPAIGN_LABEL = "llem.campaign"
+
+
+def campaign_id(sweep_dir: str) -> str:
+    """A label value naming the campaign (its sweep dir), to find containers a crash left behind."""
+    import hashlib
+
+    return hashlib.sha256(sweep_dir.encode()).hexdigest()[:16]
+
 
 class LauncherRunner(CampaignRunner):
     """A CampaignRunner that owns its socket dir and progress display and cleans up at exit."""
 
     def __init__(self, launcher: Any) -> None:
         opts = launcher.options
+        if launcher.kind == "container":
+            sweep_dir = str(Path(str(launcher.config.hydra.sweep.dir)).absolute())
+            from llem.launch.container import remove_leftovers
+
+            gone = remove_leftovers(str(opts.get("engine", "docker")), CAMPAIGN_LABEL, campaign_id(sweep_dir))
+            if gone:
+                log.warning("llem: removed containers left by an earlier run of this campaign: %s", ", ".join(gone))
         super().__init__(self._factory, RunnerOptions(route_by=opts.get("route_by", "backend.name"),
                                                       timeout_s=opts.get("timeout_s")))
         self.launcher = launcher
@@ -94,6 +110,7 @@ def container_spec(launcher: Any, key: str, socket_dir: Path) -> ContainerSpec:
             mounts.append((path, path, "rw"))
             env.setdefault(var, path)
     mounts += [_parse_mount(str(m)) for m in opts.get("mounts") or []]
+    labels = {CAMPAIGN_LABEL: campaign_id(sweep_dir)}
     gpus = opts.get("gpus")
     if gpus is not None and not isinstance(gpus, str):
         gpus = [int(g) for g in gpus]
@@ -107,6 +124,7 @@ def container_spec(launcher: Any, key: str, socket_dir: Path) -> ContainerSpec:
         env=env,
         env_passthrough=[str(n) for n in opts.get("env_passthrough") or []],
         shm_size=opts.get("shm_size"),
+        labels=labels,
     )
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,8 +20,12 @@ from llem.composed import validate_campaign
 from llem.config import CampaignSettings, ConfigError
 from llem.plan.compose import FastComposer
 from llem.plan.expand import Axis, PlanError
-from llem.plan.manifest import CampaignManifest, update_jobs, utc_now, write_manifest
+from llem.plan import schedule
+from llem.plan.files import attach_config_files, collect_results, write_job_configs
+from llem.plan.lock import CampaignLock, CampaignLocked
+from llem.plan.manifest import CampaignManifest, ManifestJob, read_manifest, update_jobs, utc_now, write_manifest
 from llem.plan.planner import Plan, build_manifest, make_plan
+from llem.plan.resume import PlanChanged, reconcile, runnable
 from llem.plan.table import print_plan
 
 log = logging.getLogger(__name__)
@@ -155,74 +162,186 @@ def run_sweep(sweeper: Any, arguments: list[str]) -> Any:
         raise SweepError(_invalid_report(plan))
     for job in plan.invalid:
         job.status = "skipped"
-
     manifest_path = _manifest_path(sweep_dir, settings)
-    if manifest_path.exists():
-        raise SweepError(
-            f"llem: {sweep_dir} already holds a campaign ({manifest_path}); choose a new hydra.sweep.dir"
-        )
+    try:
+        with CampaignLock(manifest_path.parent) as lock:
+            if lock.stale_owner:
+                log.warning("llem: the previous orchestrator (PID %s on %s) is gone; taking over its campaign",
+                            lock.stale_owner.get("pid"), lock.stale_owner.get("host"))
+            return _run_locked(sweeper, plan, settings, composer, sweep_dir, manifest_path)
+    except CampaignLocked as error:
+        raise SweepError(f"llem: {error}") from None
+
+
+def _new_manifest(sweeper: Any, plan: Plan, settings: CampaignSettings, sweep_dir: Path) -> CampaignManifest:
+    config: DictConfig = sweeper.config
     name = settings.campaign_name or str(config.hydra.job.name)
     manifest = build_manifest(plan, campaign_name=name, sweep_dir=sweep_dir)
     if str(OmegaConf.select(config, "hydra.sweep.subdir", throw_on_resolution_failure=False) or "") != DEFAULT_SUBDIR:
         for job in manifest.jobs:
             job.result_path = None  # known once the launcher reports the job's output dir
-    write_manifest(manifest_path, manifest)
-    log.info("planned %d job(s) with %d composition(s); manifest %s", len(plan.runnable), composer.compositions, manifest_path)
+    attach_config_files(manifest, sweep_dir, settings.io)
+    return manifest
+
+
+def _run_locked(
+    sweeper: Any, plan: Plan, settings: CampaignSettings, composer: FastComposer, sweep_dir: Path, path: Path
+) -> Any:
+    fresh = _new_manifest(sweeper, plan, settings, sweep_dir)
+    if path.exists():
+        manifest = read_manifest(path)
+        try:
+            report = reconcile(manifest, plan, fresh, allow_changes=sweeper.resume_changed)
+        except PlanChanged as error:
+            raise SweepError(f"llem: {error}") from None
+        attach_config_files(manifest, sweep_dir, settings.io)
+        if not sweeper.dry_run:
+            manifest.events.append({"at": utc_now(), "kind": "resumed", "pid": os.getpid(), "detail": report.lines()})
+            write_manifest(path, manifest)
+        print("llem: resuming campaign '%s': %s" % (manifest.campaign_name, "; ".join(report.lines())), file=sys.stderr)
+    else:
+        manifest = fresh
+        write_manifest(path, manifest)
+    write_job_configs(sweep_dir, settings.io, plan.resolved)
+    log.info("planned %d job(s) with %d composition(s); manifest %s", len(plan.runnable), composer.compositions, path)
 
     if sweeper.dry_run:
         print_plan(plan)
-        print(f"manifest written to {manifest_path}; dry run: nothing launched")
+        print(f"manifest written to {path}; dry run: nothing launched")
         return []
     if plan.invalid:
         print(_invalid_report(plan).replace("nothing was launched", "they are skipped"), file=sys.stderr)
-    return _launch(sweeper, plan, settings, manifest, manifest_path)
-
-
-def _launch(sweeper: Any, plan: Plan, settings: CampaignSettings, manifest: CampaignManifest, path: Path) -> Any:
     launcher = sweeper.launcher
-    managed = hasattr(launcher, "attach_campaign")
-    if managed:
-        launcher.attach_campaign(manifest_path=path, settings=settings, total=len(plan.runnable))
-    returns: list[Sequence[JobReturn]] = []
-    batch: list[Any] = []
     try:
-        for batch in _batches(plan.runnable, sweeper.max_batch_size):
-            first = batch[0].job_num
-            if not managed:
-                update_jobs(path, {j.job_num: {"status": "running", "started_at": utc_now()} for j in batch})
-            results = launcher.launch([list(j.config.overrides) for j in batch], initial_job_idx=first)
-            if not managed:
-                update_jobs(
-                    path,
-                    {j.job_num: {**_job_outcome(r), "attempts": 1} for j, r in zip(batch, results)},
-                )
-            returns.append(results)
+        if settings.daemon is not None and settings.daemon.enabled:
+            returns = _run_daemon(sweeper, settings, path)
+        else:
+            returns = _run_repetition(sweeper, settings, path, repetition=0)
     except KeyboardInterrupt:
-        _interrupted(path, managed, batch)
+        _interrupted(path)
         if hasattr(launcher, "finish"):
             launcher.finish()
-        print(f"llem: campaign interrupted; finished jobs are kept, see {path}", file=sys.stderr)
+        print(f"llem: campaign interrupted; finished jobs are kept. Resume by running the same command with "
+              f"hydra.sweep.dir={sweep_dir}", file=sys.stderr)
         sys.exit(130)
     if hasattr(launcher, "finish"):
         launcher.finish()
-    _finish(path)
+    _finish(path, settings)
     return returns
 
 
-def _interrupted(path: Path, managed: bool, batch: list[Any]) -> None:
-    """Jobs left `running` by a Ctrl-C are marked interrupted (the llem launcher does this itself)."""
-    from llem.plan.manifest import read_manifest
+def _contiguous_batches(jobs: list[ManifestJob], size: int | None) -> list[list[ManifestJob]]:
+    """Launchers number a batch's jobs from `initial_job_idx`, so a batch holds consecutive job numbers."""
+    batches: list[list[ManifestJob]] = []
+    for job in jobs:
+        last = batches[-1] if batches else None
+        if last and last[-1].job_num + 1 == job.job_num and (not size or size < 1 or len(last) < size):
+            last.append(job)
+        else:
+            batches.append([job])
+    return batches
 
+
+def _launch_jobs(sweeper: Any, jobs: list[ManifestJob], path: Path) -> list[Sequence[JobReturn]]:
+    launcher = sweeper.launcher
+    managed = hasattr(launcher, "attach_campaign")
+    returns: list[Sequence[JobReturn]] = []
+    for batch in _contiguous_batches(jobs, sweeper.max_batch_size):
+        if not managed:
+            update_jobs(path, {j.job_num: {"status": "running", "started_at": utc_now()} for j in batch})
+        results = launcher.launch([list(j.overrides) for j in batch], initial_job_idx=batch[0].job_num)
+        if not managed:
+            current = {j.job_num: j.attempts for j in read_manifest(path).jobs}
+            update_jobs(
+                path, {j.job_num: {**_job_outcome(r), "attempts": current[j.job_num] + 1} for j, r in zip(batch, results)}
+            )
+        returns.append(results)
+    return returns
+
+
+def _run_repetition(sweeper: Any, settings: CampaignSettings, path: Path, repetition: int) -> list[Any]:
+    """Run every job of one repetition that is not done, then retry failures within max_attempts."""
+    manifest = read_manifest(path)
+    todo = runnable(manifest, sweeper.max_attempts, repetition)
+    done = sum(1 for j in manifest.jobs if j.repetition == repetition and j.status == "completed")
+    launcher = sweeper.launcher
+    if hasattr(launcher, "attach_campaign"):
+        launcher.attach_campaign(manifest_path=path, settings=settings, total=len(todo) + done, done=done)
+    returns: list[Any] = []
+    attempted: set[int] = set()
+    while todo:
+        returns += _launch_jobs(sweeper, todo, path)
+        attempted |= {j.job_num for j in todo}
+        todo = [j for j in runnable(read_manifest(path), sweeper.max_attempts, repetition) if j.status == "failed"]
+        if todo:
+            print(f"llem: retrying {len(todo)} failed job(s) (max_attempts={sweeper.max_attempts})", file=sys.stderr)
+            if hasattr(launcher, "attach_campaign"):
+                launcher.attach_campaign(manifest_path=path, settings=settings)
+    return returns
+
+
+def _add_repetition(path: Path, repetition: int) -> None:
+    """Copy repetition 0's jobs as new, pending entries with new job numbers and dirs."""
+    manifest = read_manifest(path)
+    if any(j.repetition == repetition for j in manifest.jobs):
+        return
+    next_num = max(j.job_num for j in manifest.jobs) + 1
+    for template in [j for j in manifest.jobs if j.repetition == 0 and j.status not in ("invalid", "skipped")]:
+        job = template.model_copy(deep=True)
+        job.job_num, job.repetition, job.status = next_num, repetition, "pending"
+        job.error = job.started_at = job.completed_at = None
+        job.attempts = 0
+        job.result_path = str(Path(manifest.sweep_dir) / str(next_num) / "result.json") if template.result_path else None
+        manifest.jobs.append(job)
+        next_num += 1
+    write_manifest(path, manifest)
+
+
+def _save_schedule(path: Path, state: dict[str, Any]) -> None:
+    manifest = read_manifest(path)
+    manifest.schedule = state
+    write_manifest(path, manifest)
+
+
+def _sleep_until(when: dt.datetime, what: str) -> None:
+    while True:
+        left = (when - dt.datetime.now(dt.timezone.utc)).total_seconds()
+        if left <= 0:
+            return
+        log.info("llem: %s at %s (in %.0f s)", what, when.astimezone().isoformat(timespec="seconds"), left)
+        time.sleep(min(left, 60.0))
+
+
+def _run_daemon(sweeper: Any, settings: CampaignSettings, path: Path) -> list[Any]:
+    """Repeat the whole campaign on the daemon schedule; the schedule survives restarts."""
+    daemon = settings.daemon
+    assert daemon is not None
+    state = read_manifest(path).schedule or schedule.initial_state(daemon, dt.datetime.now(dt.timezone.utc))
+    _save_schedule(path, state)
+    returns: list[Any] = []
+    while schedule.may_start(state):
+        repetition = int(state["repetitions_done"])
+        _sleep_until(dt.datetime.fromisoformat(state["next_start"]), f"repetition {repetition} starts")
+        _add_repetition(path, repetition)
+        print(f"llem: daemon repetition {repetition} starting", file=sys.stderr)
+        returns += _run_repetition(sweeper, settings, path, repetition)
+        state = schedule.after_repetition(state, dt.datetime.now(dt.timezone.utc))
+        _save_schedule(path, state)
+    print(f"llem: daemon schedule finished after {state['repetitions_done']} repetition(s)", file=sys.stderr)
+    return returns
+
+
+def _interrupted(path: Path) -> None:
+    """Jobs left `running` by a Ctrl-C are marked interrupted (the llem launcher does this itself)."""
     running = [j.job_num for j in read_manifest(path).jobs if j.status == "running"]
     if running:
         update_jobs(path, {n: {"status": "interrupted", "error": "interrupted by the user"} for n in running})
 
 
-def _finish(path: Path) -> None:
-    from llem.plan.manifest import read_manifest
-
+def _finish(path: Path, settings: CampaignSettings) -> None:
     manifest = read_manifest(path)
     counts = manifest.counts()
+    collect_results(manifest, Path(manifest.sweep_dir), settings.io)
     try:
         from llem.report.summary import write_summary
 

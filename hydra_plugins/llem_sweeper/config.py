@@ -17,6 +17,10 @@ class LlemSweeperConf:
     skip_invalid: bool = False
     # Print and record the plan, launch nothing.
     dry_run: bool = False
+    # Runs per job before a failure is final (failed jobs are retried, also when a campaign resumes).
+    max_attempts: int = 2
+    # Resume even if the campaign definition changed: keep existing results, add the new jobs.
+    resume_changed: bool = False
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="llem", node=LlemSweeperConf, provider="llem")

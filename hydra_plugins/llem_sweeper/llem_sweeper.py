@@ -15,11 +15,15 @@ class LlemSweeper(Sweeper):
         params: Optional[Dict[str, str]] = None,
         skip_invalid: bool = False,
         dry_run: bool = False,
+        max_attempts: int = 2,
+        resume_changed: bool = False,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.params = dict(params or {})
         self.skip_invalid = skip_invalid
         self.dry_run = dry_run
+        self.max_attempts = max(1, int(max_attempts))
+        self.resume_changed = resume_changed
         self.hydra_context: Optional[HydraContext] = None
         self.config: Optional[DictConfig] = None
         self.launcher: Any = None

@@ -39,6 +39,7 @@ class ManifestJob(_Model):
     repetition: int = Field(0, description="Daemon repetition index, from 0.")
     config_hash: str | None = Field(description="Hash of the resolved experiment config (null when invalid).")
     params: dict[str, Any] = Field(default_factory=dict, description="The swept values of this job, by key.")
+    config_file: str | None = Field(None, description="Standalone experiment YAML of this job's resolved config.")
     status: JobStatus = "pending"
     result_path: str | None = None
     error: str | None = None

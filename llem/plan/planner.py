@@ -43,6 +43,7 @@ class Plan:
     swept_keys: list[str]
     duplicates: list[Duplicate] = field(default_factory=list)
     planned_configs: int = 0
+    resolved: dict[str, dict[str, Any]] = field(default_factory=dict)  # config hash -> validated experiment
 
     @property
     def runnable(self) -> list[PlannedJob]:
@@ -65,18 +66,20 @@ class Plan:
         return hashlib.sha256(canonical_json(items).encode()).hexdigest()[:16]
 
 
-def _validate(config: PlannedConfig, compose: Callable[[list[str]], dict[str, Any]], label: str) -> tuple[str | None, str | None]:
-    """(config hash, None) for a valid configuration, else (None, error message)."""
+def _validate(
+    config: PlannedConfig, compose: Callable[[list[str]], dict[str, Any]], label: str
+) -> tuple[str | None, str | None, dict[str, Any] | None]:
+    """(config hash, None, resolved config) for a valid configuration, else (None, error message, None)."""
     try:
         data = compose(list(config.overrides))
     except (ComposeError, HydraException, OmegaConfBaseException) as error:
-        return None, f"{label}: cannot compose: {error}".strip()
+        return None, f"{label}: cannot compose: {error}".strip(), None
     experiment = {k: v for k, v in data.items() if k not in NON_EXPERIMENT_KEYS}
     try:
         validated = validate_or_raise(ExperimentConfig, experiment, context=label)
     except ConfigError as error:
-        return None, str(error)
-    return config_hash(validated), None
+        return None, str(error), None
+    return config_hash(validated), None, validated.model_dump(mode="json")
 
 
 def _swept_keys(configs: list[PlannedConfig]) -> list[str]:
@@ -100,10 +103,11 @@ def make_plan(
     valid: list[tuple[PlannedConfig, str]] = []
     invalid: list[tuple[PlannedConfig, str]] = []
     first_by_hash: dict[str, PlannedConfig] = {}
+    resolved_configs: dict[str, dict[str, Any]] = {}
     duplicates: list[Duplicate] = []
     for index, config in enumerate(configs, start=1):
         label = f"configuration {index}/{len(configs)} [{' '.join(config.overrides) or 'defaults'}]"
-        digest, error = _validate(config, compose, label)
+        digest, error, resolved = _validate(config, compose, label)
         if digest is None:
             invalid.append((config, error or "invalid"))
             continue
@@ -114,6 +118,7 @@ def make_plan(
             continue
         first_by_hash[digest] = config
         valid.append((config, digest))
+        resolved_configs[digest] = resolved or {}
 
     execution = settings.execution
     seed = execution.shuffle_seed
@@ -136,6 +141,7 @@ def make_plan(
         swept_keys=swept,
         duplicates=duplicates,
         planned_configs=len(configs),
+        resolved=resolved_configs,
     )
 
 

@@ -117,7 +117,7 @@ def test_max_batch_size_and_submitit_local(tmp_path: Path) -> None:
     assert data["config"]["backend"]["batch_size"] == 3
 
 
-def test_refuses_an_existing_campaign_dir(tmp_path: Path) -> None:
+def test_rerun_on_an_existing_campaign_dir_resumes_it(tmp_path: Path) -> None:
     assert _multirun(tmp_path, "hydra.sweeper.dry_run=true").returncode == 0
     proc = _multirun(tmp_path, "hydra.sweeper.dry_run=true")
-    assert proc.returncode != 0 and "already holds a campaign" in proc.stderr
+    assert proc.returncode == 0 and "resuming campaign" in proc.stderr
