@@ -4,9 +4,29 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+
+CRASH_ENV = "LLEM_CRASH_AT_WRITE"
+_writes: dict[str, int] = {}
+
+
+def _maybe_crash(path: Path) -> None:
+    """Fault injection for crash tests: `LLEM_CRASH_AT_WRITE=<file name>:<n>` kills this process
+    (SIGKILL) during its n-th write of that file, after the temp file is written and before the
+    rename, the worst moment for a non-atomic writer."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    name, _, count = spec.rpartition(":")
+    if name != path.name:
+        return
+    _writes[name] = _writes.get(name, 0) + 1
+    if _writes[name] == int(count):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _umask() -> int:
@@ -27,6 +47,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
+        _maybe_crash(path)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -45,3 +66,13 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 def atomic_write_json(path: Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def remove_stale_temps(directory: Path, pattern: str = ".*.tmp") -> list[Path]:
+    """Delete temp files a killed writer left (call only while no writer can be active)."""
+    removed = []
+    for path in Path(directory).glob(pattern):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

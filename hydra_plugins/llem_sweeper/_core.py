@@ -16,6 +16,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
+from llem.atomic import remove_stale_temps
 from llem.composed import validate_campaign
 from llem.config import CampaignSettings, ConfigError
 from llem.plan.compose import FastComposer
@@ -166,8 +167,8 @@ def run_sweep(sweeper: Any, arguments: list[str]) -> Any:
     try:
         with CampaignLock(manifest_path.parent) as lock:
             if lock.stale_owner:
-                log.warning("llem: the previous orchestrator (PID %s on %s) is gone; taking over its campaign",
-                            lock.stale_owner.get("pid"), lock.stale_owner.get("host"))
+                print(f"llem: the previous orchestrator (PID {lock.stale_owner.get('pid')} on "
+                      f"{lock.stale_owner.get('host')}) is gone; taking over its campaign", file=sys.stderr)
             return _run_locked(sweeper, plan, settings, composer, sweep_dir, manifest_path)
     except CampaignLocked as error:
         raise SweepError(f"llem: {error}") from None
@@ -177,7 +178,8 @@ def _new_manifest(sweeper: Any, plan: Plan, settings: CampaignSettings, sweep_di
     config: DictConfig = sweeper.config
     name = settings.campaign_name or str(config.hydra.job.name)
     manifest = build_manifest(plan, campaign_name=name, sweep_dir=sweep_dir)
-    if str(OmegaConf.select(config, "hydra.sweep.subdir", throw_on_resolution_failure=False) or "") != DEFAULT_SUBDIR:
+    subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")  # type: ignore[union-attr]
+    if str(subdir) != DEFAULT_SUBDIR:
         for job in manifest.jobs:
             job.result_path = None  # known once the launcher reports the job's output dir
     attach_config_files(manifest, sweep_dir, settings.io)
@@ -188,6 +190,9 @@ def _run_locked(
     sweeper: Any, plan: Plan, settings: CampaignSettings, composer: FastComposer, sweep_dir: Path, path: Path
 ) -> Any:
     fresh = _new_manifest(sweeper, plan, settings, sweep_dir)
+    # we hold the lock, so temp files here are leftovers of a killed writer, never work in progress
+    for directory in (path.parent, sweep_dir, *sweep_dir.glob("*/")):
+        remove_stale_temps(directory)
     if path.exists():
         manifest = read_manifest(path)
         try:

@@ -225,7 +225,9 @@ class CampaignSettings(StrictModel):
     cold_start: CampaignColdStartConfig = Field(
         default_factory=CampaignColdStartConfig, description="Model reuse between experiments."
     )
-    daemon: CampaignDaemonConfig | None = Field(None, description="Repeat on a schedule.")
+    daemon: CampaignDaemonConfig | None = Field(
+        default_factory=CampaignDaemonConfig, description="Repeat on a schedule (daemon.enabled=true)."
+    )
     io: CampaignIOConfig = Field(default_factory=CampaignIOConfig, description="Where files go.")
 
     @property

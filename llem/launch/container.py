@@ -36,6 +36,7 @@ class ContainerSpec:
     env: dict[str, str] = field(default_factory=dict)
     env_passthrough: list[str] = field(default_factory=list)
     shm_size: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -49,6 +50,20 @@ def gpu_args(engine: str, gpus: str | list[int] | None) -> list[str]:
     if gpus == "all":
         return ["--gpus", "all"]
     return ["--gpus", "device=" + ",".join(str(g) for g in gpus)]  # type: ignore[union-attr]
+
+
+def remove_leftovers(engine: str, label: str, value: str) -> list[str]:
+    """Remove containers a crashed launcher of the same campaign left behind (matched by label)."""
+    from python_on_whales import DockerClient
+
+    client = DockerClient(client_call=[engine])
+    leftovers = client.container.list(all=True, filters={"label": f"{label}={value}"})
+    for container in leftovers:
+        try:
+            client.container.remove(container, force=True)
+        except Exception:  # noqa: BLE001 - gone meanwhile
+            pass
+    return [c.name for c in leftovers]
 
 
 class ContainerWorker(WorkerHandle):
@@ -71,6 +86,8 @@ class ContainerWorker(WorkerHandle):
             cmd += ["--network", s.network]
         if s.shm_size:
             cmd += ["--shm-size", s.shm_size]
+        for key, value in {"llem.worker": self.key, **s.labels}.items():
+            cmd += ["--label", f"{key}={value}"]
         cmd += gpu_args(s.engine, s.gpus)
         for source, target, mode in s.mounts:
             cmd += ["--volume", f"{source}:{target}:{mode}"]

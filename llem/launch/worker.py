@@ -2,8 +2,8 @@
 
     python -m llem.launch.worker --socket PATH   (authkey in $LLEM_WORKER_AUTHKEY, hex)
 
-It serves one launcher connection at a time until told to shut down. A task's exception
-fails that job only; the worker keeps serving.
+It serves one launcher connection and exits when told to, or when the launcher goes away
+(a local worker is also killed with its parent). A task's exception fails that job only.
 """
 
 from __future__ import annotations
@@ -149,6 +149,18 @@ def serve(conn: Connection) -> bool:
         conn.send(reply)
 
 
+def _die_with_parent() -> None:
+    """Linux: be killed when the launcher dies, so a crashed campaign leaves no worker running a job."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llem.launch.worker")
     parser.add_argument("--socket", required=True, type=Path)
@@ -158,14 +170,17 @@ def main(argv: list[str] | None = None) -> int:
         print("llem worker: no authkey given", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when a worker stops
+    if os.getppid() != 1:  # a local worker (in a container the launcher is not our parent)
+        _die_with_parent()
     args.socket.parent.mkdir(parents=True, exist_ok=True)
     args.socket.unlink(missing_ok=True)
     with Listener(str(args.socket), family="AF_UNIX", authkey=authkey) as listener:
         print(f"llem worker {os.getpid()} listening on {args.socket}", file=sys.stderr, flush=True)
-        while True:
-            with listener.accept() as conn:
-                if serve(conn):
-                    return 0
+        # One launcher connection per worker life: when it drops (the launcher exited or died),
+        # the worker ends too, so nothing keeps running unattended.
+        with listener.accept() as conn:
+            serve(conn)
+        return 0
 
 
 if __name__ == "__main__":

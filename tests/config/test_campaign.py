@@ -155,7 +155,7 @@ def test_campaign_defaults_via_factories() -> None:
     c = CampaignConfig(campaign_name="t", grid=CampaignGridConfig(backends=["vllm"]))
     assert c.execution == CampaignExecutionConfig() and c.io == CampaignIOConfig()
     assert c.health_check == CampaignHealthCheckConfig() and c.cold_start == CampaignColdStartConfig()
-    assert c.daemon is None and c.schedule.at is None and c.experiments == [] and c.configs == []
+    assert c.daemon == CampaignDaemonConfig() and not c.daemon.enabled and c.schedule.at is None and c.experiments == [] and c.configs == []
     other = CampaignConfig(campaign_name="u", grid=CampaignGridConfig(backends=["vllm"]))
     assert other.execution is not c.execution
 
