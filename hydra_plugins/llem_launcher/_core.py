@@ -109,6 +109,11 @@ def container_spec(launcher: Any, key: str, socket_dir: Path) -> ContainerSpec:
             Path(path).mkdir(parents=True, exist_ok=True)
             mounts.append((path, path, "rw"))
             env.setdefault(var, path)
+    workdir = None
+    if opts.get("mount_cwd", True):
+        workdir = str(Path.cwd())
+        if workdir != sweep_dir:
+            mounts.append((workdir, workdir, "rw"))
     mounts += [_parse_mount(str(m)) for m in opts.get("mounts") or []]
     labels = {CAMPAIGN_LABEL: campaign_id(sweep_dir)}
     gpus = opts.get("gpus")
@@ -125,6 +130,7 @@ def container_spec(launcher: Any, key: str, socket_dir: Path) -> ContainerSpec:
         env_passthrough=[str(n) for n in opts.get("env_passthrough") or []],
         shm_size=opts.get("shm_size"),
         labels=labels,
+        workdir=workdir,
     )
 
 

@@ -42,6 +42,8 @@ class LlemContainerLauncherConf:
     python: str = "python"
     # Mount the host's Hugging Face cache (HF_HOME or ~/.cache/huggingface) and llem's cache.
     mount_caches: bool = True
+    # Mount the launch directory at the same path and start there, so relative paths work as on the host.
+    mount_cwd: bool = True
     # Extra bind mounts, "host_path:container_path[:ro|rw]".
     mounts: List[str] = field(default_factory=list)
     # Plain environment variables for the containers.

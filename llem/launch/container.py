@@ -37,6 +37,7 @@ class ContainerSpec:
     env_passthrough: list[str] = field(default_factory=list)
     shm_size: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    workdir: str | None = None
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -57,7 +58,7 @@ def remove_leftovers(engine: str, label: str, value: str) -> list[str]:
     from python_on_whales import DockerClient
 
     client = DockerClient(client_call=[engine])
-    leftovers = client.container.list(all=True, filters={"label": f"{label}={value}"})
+    leftovers = client.container.list(all=True, filters=[("label", f"{label}={value}")])
     for container in leftovers:
         try:
             client.container.remove(container, force=True)
@@ -89,6 +90,8 @@ class ContainerWorker(WorkerHandle):
         for key, value in {"llem.worker": self.key, **s.labels}.items():
             cmd += ["--label", f"{key}={value}"]
         cmd += gpu_args(s.engine, s.gpus)
+        if s.workdir:
+            cmd += ["--workdir", s.workdir]
         for source, target, mode in s.mounts:
             cmd += ["--volume", f"{source}:{target}:{mode}"]
         for key, value in s.env.items():

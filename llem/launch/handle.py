@@ -75,7 +75,9 @@ class WorkerHandle(abc.ABC):
         self.jobs_run = 0
         self.context_sent = False
         self._connect()
-        self.request({"op": protocol.OP_INIT, "singleton_state": protocol.pack(self.singleton_state)}, timeout=60)
+        self.request(
+            {"op": protocol.OP_INIT, "singleton_state": protocol.pack_singleton_state(self.singleton_state)}, timeout=60
+        )
 
     def _connect(self) -> None:
         deadline = time.monotonic() + CONNECT_TIMEOUT_S

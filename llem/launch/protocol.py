@@ -34,3 +34,34 @@ def unpack(data: bytes) -> Any:
 
 def new_authkey() -> bytes:
     return os.urandom(32)
+
+
+def pack_singleton_state(state: dict[str, Any]) -> dict[str, Any]:
+    """Hydra's global state, one pickle per singleton, so a worker that lacks a host-only plugin
+    (e.g. inside a container) still receives the rest (job runtime, config store, resolvers)."""
+    return {
+        "instances": [pack((cls, instance)) for cls, instance in state["instances"].items()],
+        "resolvers": pack(state["omegaconf_resolvers"]),
+    }
+
+
+def apply_singleton_state(payload: dict[str, Any]) -> list[str]:
+    """Install what can be unpickled here; return what could not (and why)."""
+    from hydra.core.plugins import Plugins
+    from hydra.core.singleton import Singleton
+    from omegaconf.basecontainer import BaseContainer
+
+    skipped: list[str] = []
+    for blob in payload["instances"]:
+        try:
+            cls, instance = unpack(blob)
+        except Exception as error:  # noqa: BLE001 - a class this environment does not have
+            skipped.append(f"{type(error).__name__}: {error}")
+            continue
+        Singleton._instances[cls] = instance
+    try:
+        BaseContainer._resolvers = unpack(payload["resolvers"])
+    except Exception as error:  # noqa: BLE001
+        skipped.append(f"resolvers: {error}")
+    Plugins.instance()
+    return skipped

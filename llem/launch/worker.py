@@ -115,14 +115,11 @@ def handle(message: dict[str, Any]) -> dict[str, Any]:
     if op == protocol.OP_PING:
         return {"ok": True, "pid": os.getpid()}
     if op == protocol.OP_INIT:
-        from hydra.core.singleton import Singleton
-
-        try:
-            Singleton.set_state(protocol.unpack(message["singleton_state"]))
-        except ImportError as error:
-            # e.g. a container lacking a plugin the host has: its own plugin discovery is used instead
-            return {"ok": True, "pid": os.getpid(), "warning": f"launcher state not applied: {error}"}
-        return {"ok": True, "pid": os.getpid()}
+        skipped = protocol.apply_singleton_state(message["singleton_state"])
+        reply: dict[str, Any] = {"ok": True, "pid": os.getpid()}
+        if skipped:  # e.g. a container lacking a plugin the host has: its own plugin discovery stands in
+            reply["warning"] = "launcher state partly applied: " + "; ".join(skipped)
+        return reply
     if op == protocol.OP_RUN:
         return _run(message)
     if op == protocol.OP_HEALTH:

@@ -14,6 +14,7 @@ import pytest
 
 from llem.measure.result import read_result
 from llem.plan.manifest import read_manifest
+from hydra_plugins.llem_launcher._core import CAMPAIGN_LABEL, campaign_id
 from tests.containers import image
 
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(image.BUILD_TIMEOUT_S + 900)]
@@ -44,13 +45,16 @@ def _manifest(tmp_path: Path) -> Any:
     return read_manifest(tmp_path / "sweep" / ".state" / "campaign_manifest.json")
 
 
-def _llem_containers() -> list[str]:
-    out = subprocess.run([image.ENGINE, "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True)
+def _llem_containers(sweep: Path | None = None) -> list[str]:
+    """llem worker containers (of one campaign, when `sweep` is given)."""
+    cmd = [image.ENGINE, "ps", "-a", "--format", "{{.Names}}"]
+    if sweep is not None:
+        cmd += ["--filter", f"label={CAMPAIGN_LABEL}={campaign_id(str(sweep))}"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
     return [n for n in out.stdout.split() if n.startswith("llem-")]
 
 
 def test_campaign_in_one_warm_container(ref: str, tmp_path: Path) -> None:
-    before = set(_llem_containers())
     proc = subprocess.run(_cmd(tmp_path, ref, "backend.batch_size=1,2,3"), cwd=tmp_path, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,7 +63,7 @@ def test_campaign_in_one_warm_container(ref: str, tmp_path: Path) -> None:
     results = [read_result(Path(j.result_path or "")) for j in m.jobs]
     assert [r.model_reused for r in results] == [False, True, True]  # one container, model kept loaded
     assert [r.config["backend"]["batch_size"] for r in results] == [1, 2, 3]
-    assert set(_llem_containers()) == before  # removed at the end
+    assert _llem_containers(tmp_path / "sweep") == []  # removed at the end
 
 
 def test_container_killed_mid_job(ref: str, tmp_path: Path) -> None:
@@ -74,7 +78,7 @@ def test_container_killed_mid_job(ref: str, tmp_path: Path) -> None:
             break
         time.sleep(0.3)
     time.sleep(3)
-    (name,) = [n for n in _llem_containers() if n.startswith("llem-pytorch-")]
+    (name,) = [n for n in _llem_containers(tmp_path / "sweep") if n.startswith("llem-pytorch-")]
     subprocess.run([image.ENGINE, "kill", "--signal", "KILL", name], check=True, capture_output=True)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode != 0 and "1 job(s) failed" in err
