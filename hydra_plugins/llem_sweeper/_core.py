@@ -275,9 +275,15 @@ def _run_repetition(sweeper: Any, settings: CampaignSettings, path: Path, repeti
     returns: list[Any] = []
     attempted: set[int] = set()
     while todo:
+        before = {j.job_num: j.attempts for j in todo}
         returns += _launch_jobs(sweeper, todo, path)
         attempted |= {j.job_num for j in todo}
-        todo = [j for j in runnable(read_manifest(path), sweeper.max_attempts, repetition) if j.status == "failed"]
+        after = {j.job_num: j for j in read_manifest(path).jobs}
+        # retry only jobs whose attempt was counted, so a launcher that does not count cannot loop us forever
+        todo = [
+            j for j in runnable(read_manifest(path), sweeper.max_attempts, repetition)
+            if j.status == "failed" and j.job_num in before and after[j.job_num].attempts > before[j.job_num]
+        ]
         if todo:
             print(f"llem: retrying {len(todo)} failed job(s) (max_attempts={sweeper.max_attempts})", file=sys.stderr)
             if hasattr(launcher, "attach_campaign"):

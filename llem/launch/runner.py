@@ -73,6 +73,7 @@ class CampaignRunner:
         self.sleep = sleep
         self.progress = progress
         self._previous_cycle: int | None = None
+        self._current_attempts = 0
         self._ran_any = False
 
     # ---------------------------------------------------------------- campaign context
@@ -238,6 +239,7 @@ class CampaignRunner:
         job_num = int(config.hydra.job.num)
         key = str(OmegaConf.select(config, self.options.route_by, default=None) or "default")
         state = self._state(key)
+        self._current_attempts = self._attempts(job_num) + 1  # every hand-over counts, even one we fail ourselves
         self._gap(job_num)
         if state.disabled_reason is None and self._health_due(key, job_num):
             self._health_check(key, job_num)
@@ -257,7 +259,7 @@ class CampaignRunner:
                 return self._finish(job_num, key, self._failed(config, overrides, JobFailure(str(state.disabled_reason))))
             worker = self._ensure_worker(key)
 
-        self._update(job_num, status="running", started_at=utc_now(), error=None, attempts=self._attempts(job_num) + 1)
+        self._update(job_num, status="running", started_at=utc_now(), error=None, attempts=self._current_attempts)
         if self.progress is not None:
             self.progress.job_started(job_num, key, " ".join(filter_overrides(list(overrides))))
         message: dict[str, Any] = {"op": protocol.OP_RUN, "config": protocol.pack(config)}
@@ -298,7 +300,7 @@ class CampaignRunner:
         return count
 
     def _finish(self, job_num: int, key: str, ret: JobReturn) -> JobReturn:
-        done: dict[str, Any] = {"completed_at": utc_now()}
+        done: dict[str, Any] = {"completed_at": utc_now(), "attempts": self._current_attempts}
         try:
             done["result_path"] = str(Path(ret.hydra_cfg.hydra.runtime.output_dir) / "result.json")  # type: ignore[union-attr]
         except Exception:  # noqa: BLE001 - a failed job may have no output dir

@@ -43,6 +43,8 @@ def wait_for(proc: subprocess.Popen[str], sweep: Path, condition: Callable[[Camp
             out, err = proc.communicate()
             raise AssertionError(f"orchestrator exited ({proc.returncode}) before the condition:\n{err[-3000:]}")
         time.sleep(0.05)
+    proc.kill()
+    proc.communicate()
     raise AssertionError("condition not reached in time")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -66,20 +67,25 @@ def test_campaign_in_one_warm_container(ref: str, tmp_path: Path) -> None:
 
 
 def test_container_killed_mid_job(ref: str, tmp_path: Path) -> None:
-    long = ["max_output_tokens=256", "max_input_tokens=256", "num_input_prompts=64,2"]
+    long = ["max_output_tokens=256", "max_input_tokens=256", "num_input_prompts=64,2", "hydra.sweeper.max_attempts=1"]
     proc = subprocess.Popen(_cmd(tmp_path, ref, *long), cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     path = tmp_path / "sweep" / ".state" / "campaign_manifest.json"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        if path.exists() and read_manifest(path).job(0).status == "running":
-            break
-        time.sleep(0.3)
-    time.sleep(3)
-    (name,) = [n for n in _llem_containers(tmp_path / "sweep") if n.startswith("llem-pytorch-")]
-    subprocess.run([image.ENGINE, "kill", "--signal", "KILL", name], check=True, capture_output=True)
-    _, err = proc.communicate(timeout=600)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            if path.exists() and read_manifest(path).job(0).status == "running":
+                break
+            time.sleep(0.3)
+        time.sleep(3)
+        (name,) = [n for n in _llem_containers(tmp_path / "sweep") if n.startswith("llem-pytorch-")]
+        subprocess.run([image.ENGINE, "kill", "--signal", "KILL", name], check=True, capture_output=True)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=120)
     assert proc.returncode != 0 and "1 job(s) failed" in err
     m = _manifest(tmp_path)
     first, second = m.jobs

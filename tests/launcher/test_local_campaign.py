@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 FAST = ["num_input_prompts=2", "max_output_tokens=3", "max_input_tokens=16", "warmup.num_prompts=0",
         "baseline.enabled=false", "campaign.execution.config_gap_seconds=0", "campaign.execution.cycle_gap_seconds=0",
         "campaign.execution.warmup_prompts=0", "campaign.execution.cycles=1"]
-LONG = ["max_output_tokens=256", "max_input_tokens=256", "num_input_prompts=64,2"]  # a long job, then a short one
+LONG = ["max_output_tokens=256", "max_input_tokens=256", "num_input_prompts=64,2",  # a long job, then a short one
+        "hydra.sweeper.max_attempts=1"]
 
 
 def _cmd(tmp_path: Path, *args: str) -> list[str]:
@@ -110,9 +111,13 @@ def test_gaps_between_experiments_and_cycles(tmp_path: Path) -> None:
 def test_worker_killed_mid_job_fails_that_job_and_the_campaign_goes_on(tmp_path: Path) -> None:
     proc = subprocess.Popen(_cmd(tmp_path, *LONG), cwd=tmp_path, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_running(tmp_path, 0, proc)
-    os.kill(_worker_pids(tmp_path)[0], signal.SIGKILL)
-    _, err = proc.communicate(timeout=600)
+    try:
+        _wait_running(tmp_path, 0, proc)
+        os.kill(_worker_pids(tmp_path)[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode != 0 and "1 job(s) failed" in err
     m = _manifest(tmp_path)
     first, second = m.jobs
@@ -125,6 +130,7 @@ def test_worker_killed_mid_job_fails_that_job_and_the_campaign_goes_on(tmp_path:
 
 def test_job_timeout_kills_the_job_only(tmp_path: Path) -> None:
     proc = _run(tmp_path, "campaign.execution.experiment_timeout_seconds=20", "num_input_prompts=1,400",
+                "hydra.sweeper.max_attempts=1",
                 "max_output_tokens=200", "max_input_tokens=256")
     m = _manifest(tmp_path)
     assert proc.returncode != 0
@@ -136,7 +142,7 @@ def test_job_timeout_kills_the_job_only(tmp_path: Path) -> None:
 def test_unhealthy_worker_is_restarted_then_its_jobs_fail(tmp_path: Path) -> None:
     env = _env(LLEM_NVML_FACTORY="tests.launcher.fake_nvml_env:nvml", LLEM_FAKE_GPU_MEM_PCT="95")
     proc = _run(tmp_path, "backend.batch_size=1,2,3", "campaign.health_check.interval_experiments=1",
-                "campaign.health_check.max_restarts=1", env=env)
+                "campaign.health_check.max_restarts=1", "hydra.sweeper.max_attempts=1", env=env)
     assert proc.returncode != 0
     m = _manifest(tmp_path)
     checks = [e for e in m.events if e["kind"] == "health_check"]
@@ -157,10 +163,14 @@ def test_healthy_worker_is_checked_once_per_cycle(tmp_path: Path) -> None:
 def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     proc = subprocess.Popen(_cmd(tmp_path, *LONG), cwd=tmp_path, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_running(tmp_path, 0, proc)
-    (pid,) = _worker_pids(tmp_path)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _wait_running(tmp_path, 0, proc)
+        (pid,) = _worker_pids(tmp_path)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 130, err
     assert "campaign interrupted" in err and "Traceback" not in err
     m = _manifest(tmp_path)
