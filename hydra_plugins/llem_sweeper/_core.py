@@ -207,7 +207,7 @@ def _run_locked(
     else:
         manifest = fresh
         write_manifest(path, manifest)
-    write_job_configs(sweep_dir, settings.io, plan.resolved)
+    sweeper.resolved_configs = plan.resolved  # written to configs_dir as their jobs are launched
     log.info("planned %d job(s) with %d composition(s); manifest %s", len(plan.runnable), composer.compositions, path)
 
     if sweeper.dry_run:
@@ -217,6 +217,8 @@ def _run_locked(
     if plan.invalid:
         print(_invalid_report(plan).replace("nothing was launched", "they are skipped"), file=sys.stderr)
     launcher = sweeper.launcher
+    sweeper.io_settings = settings.io
+    sweeper.sweep_dir = sweep_dir
     try:
         if settings.daemon is not None and settings.daemon.enabled:
             returns = _run_daemon(sweeper, settings, path)
@@ -252,6 +254,9 @@ def _launch_jobs(sweeper: Any, jobs: list[ManifestJob], path: Path) -> list[Sequ
     managed = hasattr(launcher, "attach_campaign")
     returns: list[Sequence[JobReturn]] = []
     for batch in _contiguous_batches(jobs, sweeper.max_batch_size):
+        resolved = getattr(sweeper, "resolved_configs", {})
+        wanted = {j.config_hash: resolved[j.config_hash] for j in batch if j.config_hash in resolved}
+        write_job_configs(sweeper.sweep_dir, sweeper.io_settings, wanted)
         if not managed:
             update_jobs(path, {j.job_num: {"status": "running", "started_at": utc_now()} for j in batch})
         results = launcher.launch([list(j.overrides) for j in batch], initial_job_idx=batch[0].job_num)
