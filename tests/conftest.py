@@ -15,3 +15,13 @@ def _offline_env(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("LLEM_CACHE_DIR", str(tmp_path_factory.mktemp("llem-cache")))
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+@pytest.fixture
+def fresh_hydra_version_base() -> None:
+    """Hydra keeps the first `version_base` it sees for the whole process; conformance suites
+    expect a process where none was set yet, as when they run on their own."""
+    from hydra.core.singleton import Singleton
+    from hydra.version import VersionBase
+
+    Singleton._instances.pop(VersionBase, None)

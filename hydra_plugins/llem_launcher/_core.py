@@ -175,12 +175,15 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
 
     if signal.getsignal(signal.SIGTERM) is not None:
         signal.signal(signal.SIGTERM, _terminate)
-    composed: dict[int, DictConfig] = {}
+    composed: dict[int, DictConfig | Exception] = {}
 
     def compose(idx: int) -> None:
         """Compose job `idx` (if any and not yet done); called for the next job while one runs."""
         if idx < len(job_overrides) and idx not in composed:
-            composed[idx] = compose_job(launcher.hydra_context, config, job_overrides[idx], initial_job_idx + idx)
+            try:
+                composed[idx] = compose_job(launcher.hydra_context, config, job_overrides[idx], initial_job_idx + idx)
+            except Exception as error:  # noqa: BLE001 - fails that job only (e.g. a config file edited meanwhile)
+                composed[idx] = error
 
     try:
         for idx, overrides in enumerate(job_overrides):
@@ -188,6 +191,10 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
             log.info("\t#%d : %s", current, " ".join(filter_overrides(list(overrides))))
             compose(idx)
             job_config = composed.pop(idx)
+            if isinstance(job_config, Exception):
+                returns.append(runner.compose_failed(current, overrides, job_config))
+                current = None
+                continue
             returns.append(
                 runner.run_job(
                     job_config, overrides, launcher.task_function, launcher.hydra_context,

@@ -6,6 +6,7 @@ import datetime as dt
 import itertools
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,9 +17,10 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
-from llem.atomic import remove_stale_temps
+from llem.atomic import atomic_write_text, remove_stale_temps
 from llem.composed import validate_campaign
 from llem.config import CampaignSettings, ConfigError
+from llem.config.campaign import CampaignDaemonConfig
 from llem.plan.compose import FastComposer
 from llem.plan.expand import Axis, PlanError
 from llem.plan import schedule
@@ -129,6 +131,7 @@ def _plan(sweeper: Any, arguments: list[str]) -> tuple[Plan, CampaignSettings, F
     except ConfigError as error:
         raise SweepError(str(error)) from None
     # jobs never carry campaign overrides, so the campaign section is not part of what is validated
+    settings = _recorded_seed(config, settings)
     composer = FastComposer(
         loader, config.hydra.job.config_name, list(config.hydra.overrides.hydra), drop_keys=("campaign",)
     )
@@ -149,21 +152,37 @@ def _plan(sweeper: Any, arguments: list[str]) -> tuple[Plan, CampaignSettings, F
     return plan, settings, composer
 
 
+def _recorded_seed(config: DictConfig, settings: CampaignSettings) -> CampaignSettings:
+    """A resumed shuffled campaign reuses the seed its manifest recorded, so its plan is the same."""
+    execution = settings.execution
+    if execution.structure != "shuffled" or execution.shuffle_seed is not None:
+        return settings
+    path = _manifest_path(Path(str(config.hydra.sweep.dir)).absolute(), settings)
+    if not path.exists():
+        return settings
+    seed = read_manifest(path).shuffle_seed
+    return settings.model_copy(update={"execution": execution.model_copy(update={"shuffle_seed": seed})})
+
+
 def run_sweep(sweeper: Any, arguments: list[str]) -> Any:
     config: DictConfig = sweeper.config
     arguments = [f"{k}={v}" for k, v in sweeper.params.items()] + list(arguments)
     sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, sweep_dir / "multirun.yaml")
     if not _is_llem_app(config):
+        OmegaConf.save(config, sweep_dir / "multirun.yaml")
         return _generic_sweep(sweeper, arguments)
 
     plan, settings, composer = _plan(sweeper, arguments)
     if plan.invalid and not sweeper.skip_invalid:
         raise SweepError(_invalid_report(plan))
+    skipped_report = _invalid_report(plan).replace("nothing was launched", "they are skipped") if plan.invalid else None
     for job in plan.invalid:
         job.status = "skipped"
+    sweeper.skipped_report = skipped_report
     manifest_path = _manifest_path(sweep_dir, settings)
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # SIGTERM stops cleanly, like Ctrl-C
     try:
         with CampaignLock(manifest_path.parent) as lock:
             if lock.stale_owner:
@@ -172,6 +191,12 @@ def run_sweep(sweeper: Any, arguments: list[str]) -> Any:
             return _run_locked(sweeper, plan, settings, composer, sweep_dir, manifest_path)
     except CampaignLocked as error:
         raise SweepError(f"llem: {error}") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _new_manifest(sweeper: Any, plan: Plan, settings: CampaignSettings, sweep_dir: Path) -> CampaignManifest:
@@ -189,6 +214,7 @@ def _new_manifest(sweeper: Any, plan: Plan, settings: CampaignSettings, sweep_di
 def _run_locked(
     sweeper: Any, plan: Plan, settings: CampaignSettings, composer: FastComposer, sweep_dir: Path, path: Path
 ) -> Any:
+    atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(sweeper.config))
     fresh = _new_manifest(sweeper, plan, settings, sweep_dir)
     # we hold the lock, so temp files here are leftovers of a killed writer, never work in progress
     for directory in (path.parent, sweep_dir, *sweep_dir.glob("*/")):
@@ -214,14 +240,17 @@ def _run_locked(
         print_plan(plan)
         print(f"manifest written to {path}; dry run: nothing launched")
         return []
-    if plan.invalid:
-        print(_invalid_report(plan).replace("nothing was launched", "they are skipped"), file=sys.stderr)
+    if getattr(sweeper, "skipped_report", None):
+        print(sweeper.skipped_report, file=sys.stderr)
     launcher = sweeper.launcher
     sweeper.io_settings = settings.io
     sweeper.sweep_dir = sweep_dir
     try:
         if settings.daemon is not None and settings.daemon.enabled:
             returns = _run_daemon(sweeper, settings, path)
+        elif settings.schedule.at is not None:  # older files: one run, started at a wall-clock time
+            one_shot = CampaignDaemonConfig(enabled=True, at=settings.schedule.at)
+            returns = _run_daemon(sweeper, settings.model_copy(update={"daemon": one_shot}), path)
         else:
             returns = _run_repetition(sweeper, settings, path, repetition=0)
     except KeyboardInterrupt:

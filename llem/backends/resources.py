@@ -88,3 +88,21 @@ def peak_rss(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def process_tree_gpu_bytes_by_device() -> dict[int, int]:
+    """GPU memory NVML attributes to this process and its descendants, per NVML device index."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        pids = set(engine_pids())
+        out: dict[int, int] = {}
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid in pids and proc.usedGpuMemory:
+                    out[index] = out.get(index, 0) + int(proc.usedGpuMemory)
+        return out
+    finally:
+        pynvml.nvmlShutdown()

@@ -107,11 +107,16 @@ class WorkerHandle(abc.ABC):
             raise WorkerDied(f"worker '{self.key}' is not running")
         try:
             self._conn.send(message)
-            if while_waiting is not None:
-                started = time.monotonic()
-                while_waiting()
-                if timeout is not None:
-                    timeout = max(0.0, timeout - (time.monotonic() - started))
+        except (OSError, BrokenPipeError):
+            self._conn = None
+            self._wait_for_exit()
+            raise WorkerDied(f"worker '{self.key}' died: {self.exit_report()}") from None
+        if while_waiting is not None:
+            started = time.monotonic()
+            while_waiting()  # must not raise: its errors are the caller's to keep
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - started))
+        try:
             if not self._conn.poll(timeout):
                 raise WorkerTimeout(f"worker '{self.key}' gave no answer within {timeout:.0f} s")
             reply = self._conn.recv()

@@ -106,7 +106,10 @@ class CampaignRunner:
     def _ensure_worker(self, key: str) -> WorkerHandle:
         state = self._state(key)
         if state.worker is None:
-            state.worker = self.make_worker(key)
+            try:
+                state.worker = self.make_worker(key)
+            except Exception as error:  # noqa: BLE001 - e.g. no image for this key: fail its jobs, not the campaign
+                raise WorkerDied(f"cannot create a worker for '{key}': {error}") from None
         if not state.worker.running:
             state.worker.start() if state.worker.starts == 0 else state.worker.restart()
             state.warmed = False
@@ -128,12 +131,15 @@ class CampaignRunner:
             if state.worker is not None:
                 state.worker.kill()
             return False
+        if state.worker is None:
+            state.disabled_reason = f"worker '{key}' is unusable: {reason}"
+            self._event(kind="worker_disabled", key=key, reason=state.disabled_reason)
+            return False
         self.restarts += 1
         self._event(kind="worker_restart", key=key, reason=reason, restarts=self.restarts)
-        assert state.worker is not None
         try:
             state.worker.restart()
-        except (WorkerDied, WorkerTimeout, RuntimeError) as error:
+        except Exception as error:  # noqa: BLE001 - engine errors, stuck processes, missing interpreters
             state.disabled_reason = f"worker '{key}' could not be restarted: {error}"
             self._event(kind="worker_disabled", key=key, reason=state.disabled_reason)
             return False
@@ -198,7 +204,7 @@ class CampaignRunner:
                 devices={d: i.get("used_pct") for d, i in reply.get("devices", {}).items()},
                 note=reply.get("unavailable_reason"),
             )
-        except (WorkerDied, WorkerTimeout, RuntimeError) as error:
+        except Exception as error:  # noqa: BLE001 - the worker could not start or answer
             problem = f"no answer to the health check ({error})"
             self._event(kind="health_check", key=key, job_num=job_num, healthy=False, reason=problem)
         state.experiments_since_check = 0
@@ -254,7 +260,7 @@ class CampaignRunner:
                 state.warmed = False
             elif settings is not None and settings.cold_start.force_cold_start and worker.jobs_run > 0:
                 worker.request({"op": protocol.OP_UNLOAD}, timeout=HEALTH_TIMEOUT_S)
-        except (WorkerDied, WorkerTimeout, RuntimeError) as error:
+        except Exception as error:  # noqa: BLE001 - the worker could not start or be reset
             if not self._restart(key, str(error)):
                 return self._finish(job_num, key, self._failed(config, overrides, JobFailure(str(state.disabled_reason))))
             worker = self._ensure_worker(key)
@@ -276,9 +282,12 @@ class CampaignRunner:
         try:
             reply = worker.request(message, timeout=timeout, while_waiting=while_waiting)
             worker.context_sent = True
-            ret: JobReturn = protocol.unpack(reply["job_return"])
-            state.warmed = True
             worker.jobs_run += 1
+            try:
+                ret: JobReturn = protocol.unpack(reply["job_return"])
+            except Exception as error:  # noqa: BLE001 - a result this host cannot unpickle
+                ret = self._failed(config, overrides, JobFailure(f"job {job_num}: unreadable job return: {error}"))
+            state.warmed = state.warmed or ret.status == JobStatus.COMPLETED
         except WorkerTimeout:
             error = JobFailure(f"job {job_num} timed out after {timeout:g} s on worker '{key}'; the worker was killed")
             ret = self._failed(config, overrides, error)
@@ -313,6 +322,13 @@ class CampaignRunner:
         if self.progress is not None:
             self.progress.job_finished(job_num, "completed" if ret.status == JobStatus.COMPLETED else "failed")
         return ret
+
+    def compose_failed(self, job_num: int, overrides: Sequence[str], error: Exception) -> JobReturn:
+        """A job whose config could not be composed: failed, with Hydra's message."""
+        self._current_attempts = self._attempts(job_num) + 1
+        ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED,
+                        _return_value=JobFailure(f"job {job_num} could not be composed: {error}"))
+        return self._finish(job_num, "", ret)
 
     def mark_interrupted(self, job_num: int | None) -> None:
         if job_num is not None:

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,16 @@ _CONTEXT: dict[str, Any] = {}
 
 
 def _safe_exception(error: BaseException) -> BaseException:
-    """The exception itself if it survives pickling, else a RuntimeError carrying its text."""
-    try:
-        protocol.unpack(protocol.pack(error))
-        return error
-    except Exception:  # noqa: BLE001 - any pickling failure
-        return RuntimeError(f"{type(error).__name__}: {error}")
+    """A failure as plain text (type, message, traceback) in a builtin exception: the launcher may
+    not have the package the original exception class lives in (torch, vllm in a container)."""
+    if type(error).__module__ == "builtins":
+        try:
+            protocol.unpack(protocol.pack(error))
+            return error
+        except Exception:  # noqa: BLE001 - any pickling failure
+            pass
+    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__)[-12:])
+    return RuntimeError(f"{type(error).__name__}: {error}\n{trace}".rstrip())
 
 
 def _run(message: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +88,7 @@ def _health() -> dict[str, Any]:
         devices = NvmlDevices.open(None, nvml=_nvml_module())
     except DeviceUnavailable as error:
         return {"ok": True, "devices": {}, "unavailable_reason": error.reason}
+    own = _own_model_bytes()
     try:
         out: dict[str, Any] = {}
         for i in devices.indices:
@@ -90,14 +96,34 @@ def _health() -> dict[str, Any]:
             if memory is None or not memory.total:
                 out[devices.label(i)] = {"used_pct": None}
                 continue
+            held = min(own.get(devices.nvml_index(i), 0), memory.used)
             out[devices.label(i)] = {
                 "used_bytes": memory.used,
                 "total_bytes": memory.total,
-                "used_pct": 100.0 * memory.used / memory.total,
+                "model_bytes": held,
+                # what the check judges: memory not held by the model this worker keeps loaded on purpose
+                "used_pct": 100.0 * (memory.used - held) / memory.total,
             }
         return {"ok": True, "devices": out, "unavailable_reason": None}
     finally:
         devices.close()
+
+
+def _own_model_bytes() -> dict[int, int]:
+    """GPU memory (per NVML index) held by this worker's processes while it keeps a model loaded.
+
+    A warm engine holds most of the device by design (vLLM's gpu_memory_utilization), so the
+    health check judges the rest: leaks after unloads, other processes, fragmentation.
+    """
+    task = sys.modules.get("llem.task")
+    if task is None or task.SESSION.loaded_backend() is None:
+        return {}
+    try:
+        from llem.backends.resources import process_tree_gpu_bytes_by_device
+
+        return process_tree_gpu_bytes_by_device()
+    except Exception:  # noqa: BLE001 - no NVML, or processes NVML cannot attribute
+        return {}
 
 
 def _unload() -> dict[str, Any]:
@@ -172,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     args.socket.parent.mkdir(parents=True, exist_ok=True)
     args.socket.unlink(missing_ok=True)
     with Listener(str(args.socket), family="AF_UNIX", authkey=authkey) as listener:
+        # a root container and a non-root launcher: connecting needs write permission on the socket;
+        # its directory is private to the launcher and peers must know the authkey anyway
+        os.chmod(args.socket, 0o666)
         print(f"llem worker {os.getpid()} listening on {args.socket}", file=sys.stderr, flush=True)
         # One launcher connection per worker life: when it drops (the launcher exited or died),
         # the worker ends too, so nothing keeps running unattended.

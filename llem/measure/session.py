@@ -45,6 +45,10 @@ class BackendSession:
         self.loads += 1
         return backend, info, False
 
+    def loaded_backend(self) -> Backend | None:
+        """The backend holding a loaded model, if any."""
+        return self._backend
+
     def remember_baseline(self, baseline: BaselineResult | None) -> None:
         """Idle power measured before this model was loaded, reused while it stays loaded."""
         self._baseline = baseline

@@ -64,7 +64,8 @@ def collect_results(manifest: CampaignManifest, sweep_dir: Path, io: CampaignIOC
         if job.status != "completed" or not job.result_path or not os.path.isfile(job.result_path):
             continue
         target = directory / f"job-{job.job_num}.json"
-        if target.exists() and target.stat().st_size == os.path.getsize(job.result_path):
-            continue
+        source = os.stat(job.result_path)
+        if target.exists() and target.stat().st_mtime_ns >= source.st_mtime_ns:
+            continue  # already copied, and the job's result has not been rewritten since
         atomic_write(target, lambda tmp, src=job.result_path: shutil.copyfile(src, tmp))
     return directory

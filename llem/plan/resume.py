@@ -136,11 +136,18 @@ def reconcile(
 
 
 def runnable(manifest: CampaignManifest, max_attempts: int, repetition: int | None = None) -> list[ManifestJob]:
-    """Jobs still to run: pending, interrupted, or failed with attempts left."""
+    """Jobs still to run: pending, interrupted by the user, or failed/crashed with attempts left.
+
+    A job a dead orchestrator left running counts its attempt, so a configuration that takes
+    the machine down is not retried forever.
+    """
     out = []
     for job in manifest.jobs:
         if repetition is not None and job.repetition != repetition:
             continue
-        if job.status in ("pending", "interrupted") or (job.status == "failed" and job.attempts < max_attempts):
+        by_user = job.status == "interrupted" and job.error == "interrupted by the user"
+        if job.status == "pending" or by_user or (
+            job.status in ("failed", "interrupted") and job.attempts < max_attempts
+        ):
             out.append(job)
     return sorted(out, key=lambda j: j.job_num)

@@ -35,12 +35,15 @@ def initial_state(daemon: CampaignDaemonConfig, now: dt.datetime) -> dict[str, A
     }
 
 
-def may_start(state: dict[str, Any]) -> bool:
-    """Whether the next repetition can begin before the deadline."""
+def may_start(state: dict[str, Any], now: dt.datetime | None = None) -> bool:
+    """Whether the next repetition can begin before the deadline (it begins at its time or now, if later)."""
     if state.get("next_start") is None:
         return False
     deadline = state.get("deadline")
-    return deadline is None or dt.datetime.fromisoformat(state["next_start"]) < dt.datetime.fromisoformat(deadline)
+    if deadline is None:
+        return True
+    begins = max(dt.datetime.fromisoformat(state["next_start"]), now or dt.datetime.now(dt.timezone.utc))
+    return begins < dt.datetime.fromisoformat(deadline)
 
 
 def after_repetition(state: dict[str, Any], ended: dt.datetime) -> dict[str, Any]:

@@ -32,14 +32,15 @@ def test_next_local_time_is_today_or_tomorrow() -> None:
 def test_schedule_state_transitions() -> None:
     now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     state = schedule.initial_state(CampaignDaemonConfig(enabled=True, interval="2s", total_duration="5s"), now)
-    assert schedule.may_start(state) and state["deadline"] == (now + dt.timedelta(seconds=5)).isoformat()
+    assert schedule.may_start(state, now) and state["deadline"] == (now + dt.timedelta(seconds=5)).isoformat()
     state = schedule.after_repetition(state, now + dt.timedelta(seconds=2))
     assert state["repetitions_done"] == 1 and _t(state["next_start"]) == now + dt.timedelta(seconds=4)
-    assert schedule.may_start(state)
+    assert schedule.may_start(state, now + dt.timedelta(seconds=2))
+    assert not schedule.may_start(state, now + dt.timedelta(seconds=5))  # resumed after the deadline: no start
     state = schedule.after_repetition(state, now + dt.timedelta(seconds=4))
-    assert not schedule.may_start(state)  # would begin at 6 s, after the 5 s deadline
+    assert not schedule.may_start(state, now + dt.timedelta(seconds=4))  # would begin at 6 s, after the 5 s deadline
     once = schedule.initial_state(CampaignDaemonConfig(enabled=True), now)
-    assert not schedule.may_start(schedule.after_repetition(once, now))  # no interval: one repetition
+    assert not schedule.may_start(schedule.after_repetition(once, now), now)  # no interval: one repetition
 
 
 def _check_repetitions(sweep: Path, interval: float) -> dict[int, list]:

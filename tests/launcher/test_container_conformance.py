@@ -9,7 +9,12 @@ from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, Launche
 
 from tests.containers import image
 
-pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(image.BUILD_TIMEOUT_S + 600)]
+pytestmark = [
+    pytest.mark.usefixtures("fresh_hydra_version_base"),
+    pytest.mark.container,
+    pytest.mark.slow,
+    pytest.mark.timeout(image.BUILD_TIMEOUT_S + 600),
+]
 
 
 def _ref() -> str:

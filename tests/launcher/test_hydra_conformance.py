@@ -11,6 +11,9 @@ from hydra_plugins.llem_launcher.llem_container_launcher import LlemContainerLau
 from hydra_plugins.llem_launcher.llem_local_launcher import LlemLocalLauncher
 
 
+pytestmark = pytest.mark.usefixtures("fresh_hydra_version_base")
+
+
 def test_discovered_by_hydra() -> None:
     names = [x.__name__ for x in Plugins.instance().discover(Launcher)]
     assert LlemLocalLauncher.__name__ in names and LlemContainerLauncher.__name__ in names
