@@ -26,7 +26,15 @@ from llem.plan.expand import Axis, PlanError
 from llem.plan import schedule
 from llem.plan.files import attach_config_files, collect_results, write_job_configs
 from llem.plan.lock import CampaignLock, CampaignLocked
-from llem.plan.manifest import CampaignManifest, ManifestJob, read_manifest, update_jobs, utc_now, write_manifest
+from llem.plan.manifest import (
+    CampaignManifest,
+    ManifestJob,
+    read_manifest,
+    record_event,
+    update_jobs,
+    utc_now,
+    write_manifest,
+)
 from llem.plan.planner import Plan, build_manifest, make_plan
 from llem.plan.resume import PlanChanged, reconcile, runnable
 from llem.plan.table import print_plan
@@ -367,6 +375,10 @@ def _run_daemon(sweeper: Any, settings: CampaignSettings, path: Path) -> list[An
     while schedule.may_start(state):
         repetition = int(state["repetitions_done"])
         _sleep_until(dt.datetime.fromisoformat(state["next_start"]), f"repetition {repetition} starts")
+        now = dt.datetime.now(dt.timezone.utc)
+        if not schedule.may_start(state, now):  # overslept past the deadline
+            break
+        record_event(path, {"kind": "repetition_started", "repetition": repetition, "at": now.isoformat()})
         _add_repetition(path, repetition)
         print(f"llem: daemon repetition {repetition} starting", file=sys.stderr)
         returns += _run_repetition(sweeper, settings, path, repetition)

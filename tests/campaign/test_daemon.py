@@ -50,12 +50,13 @@ def _check_repetitions(sweep: Path, interval: float) -> dict[int, list]:
     for job in m.jobs:
         reps.setdefault(job.repetition, []).append(job)
     deadline = _t(m.schedule["deadline"])
+    began = {e["repetition"]: _t(e["at"]) for e in m.events if e["kind"] == "repetition_started"}
     previous_end = None
     for r in sorted(reps):
         jobs = reps[r]
         assert len(jobs) == 2 and {j.status for j in jobs} == {"completed"}
+        assert began[r] < deadline  # every repetition began before the deadline
         start = min(_t(j.started_at) for j in jobs)
-        assert start < deadline
         if previous_end is not None:
             assert (start - previous_end).total_seconds() >= interval - 0.05
         previous_end = max(_t(j.completed_at) for j in jobs)
