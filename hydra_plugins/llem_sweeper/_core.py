@@ -339,7 +339,11 @@ def _add_repetition(path: Path, repetition: int) -> None:
     if any(j.repetition == repetition for j in manifest.jobs):
         return
     next_num = max(j.job_num for j in manifest.jobs) + 1
-    for template in [j for j in manifest.jobs if j.repetition == 0 and j.status not in ("invalid", "skipped")]:
+    templates = [
+        j for j in manifest.jobs
+        if j.repetition == 0 and j.status not in ("invalid", "skipped") and not j.retired
+    ]
+    for template in templates:
         job = template.model_copy(deep=True)
         job.job_num, job.repetition, job.status = next_num, repetition, "pending"
         job.error = job.started_at = job.completed_at = None

@@ -39,13 +39,16 @@ class ManifestJob(_Model):
     repetition: int = Field(0, description="Daemon repetition index, from 0.")
     config_hash: str | None = Field(description="Hash of the resolved experiment config (null when invalid).")
     params: dict[str, Any] = Field(default_factory=dict, description="The swept values of this job, by key.")
-    config_file: str | None = Field(None, description="Standalone experiment YAML of this job's resolved config.")
+    config_file: str | None = Field(
+        None, description="Standalone experiment YAML of this job's resolved config (written when the job launches)."
+    )
     status: JobStatus = "pending"
     result_path: str | None = None
     error: str | None = None
     started_at: str | None = None
     completed_at: str | None = None
     attempts: int = 0
+    retired: bool = Field(False, description="No longer part of the campaign (kept with its result).")
 
 
 class Duplicate(_Model):

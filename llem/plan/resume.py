@@ -77,8 +77,17 @@ def reconcile(
 ) -> ResumeReport:
     """Bring `manifest` in line with a freshly planned `new_manifest` (same plan); mutates `manifest`."""
     report = ResumeReport()
+    if Path(manifest.sweep_dir) != Path(new_manifest.sweep_dir):
+        raise PlanChanged(
+            f"the manifest belongs to the campaign in {manifest.sweep_dir}, not {new_manifest.sweep_dir}: "
+            "give each campaign its own campaign.io.state_dir"
+        )
     planned = {job_key(j): j for j in new_manifest.jobs if j.status == "pending" and j.repetition == 0}
-    existing = {job_key(j): j for j in manifest.jobs if j.status not in ("invalid", "skipped") and j.repetition == 0}
+    existing = {
+        job_key(j): j
+        for j in manifest.jobs
+        if j.status not in ("invalid", "skipped") and j.repetition == 0 and not j.retired
+    }
     if manifest.config_hash != plan.plan_hash():
         added = [j for k, j in planned.items() if k not in existing]
         removed = [j for k, j in existing.items() if k not in planned]
@@ -104,6 +113,7 @@ def reconcile(
             report.added.append(next_num)
             next_num += 1
         for job in removed:
+            job.retired = True  # kept with its result, never copied into new repetitions
             if job.status != "completed":
                 job.status = "skipped"
                 job.error = "no longer part of the campaign"
