@@ -23,6 +23,7 @@ from llem.config import CampaignSettings, ConfigError
 from llem.config.campaign import CampaignDaemonConfig
 from llem.plan.compose import FastComposer
 from llem.plan.expand import Axis, PlanError
+from llem.launch.runner import result_path_of
 from llem.plan import schedule
 from llem.plan.files import attach_config_files, collect_results, write_job_configs
 from llem.plan.lock import CampaignLock, CampaignLocked
@@ -99,15 +100,8 @@ def _batches(items: list[Any], size: int | None) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _result_path(ret: JobReturn) -> str | None:
-    try:
-        return str(Path(ret.hydra_cfg.hydra.runtime.output_dir) / "result.json")  # type: ignore[union-attr]
-    except Exception:  # noqa: BLE001 - a foreign launcher may not fill hydra_cfg
-        return None
-
-
 def _job_outcome(ret: JobReturn) -> dict[str, Any]:
-    done = {"completed_at": utc_now(), "result_path": _result_path(ret)}
+    done = {"completed_at": utc_now(), "result_path": result_path_of(ret)}
     if ret.status == JobStatus.COMPLETED:
         return {**done, "status": "completed", "error": None}
     error = ret._return_value  # the exception a FAILED job carries
@@ -315,16 +309,13 @@ def _run_repetition(sweeper: Any, settings: CampaignSettings, path: Path, repeti
     if hasattr(launcher, "attach_campaign"):
         launcher.attach_campaign(manifest_path=path, settings=settings, total=len(todo) + done, done=done)
     returns: list[Any] = []
-    attempted: set[int] = set()
     while todo:
         before = {j.job_num: j.attempts for j in todo}
         returns += _launch_jobs(sweeper, todo, path)
-        attempted |= {j.job_num for j in todo}
-        after = {j.job_num: j for j in read_manifest(path).jobs}
         # retry only jobs whose attempt was counted, so a launcher that does not count cannot loop us forever
         todo = [
             j for j in runnable(read_manifest(path), sweeper.max_attempts, repetition)
-            if j.status == "failed" and j.job_num in before and after[j.job_num].attempts > before[j.job_num]
+            if j.status == "failed" and j.job_num in before and j.attempts > before[j.job_num]
         ]
         if todo:
             print(f"llem: retrying {len(todo)} failed job(s) (max_attempts={sweeper.max_attempts})", file=sys.stderr)

@@ -41,20 +41,13 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[type[BaseModel]
             return None, path + [str(p) for p in loc[i + 1 :]]
         nxt = loc[i + 1] if i + 1 < len(loc) else None
         tagged = _submodel(field.annotation, nxt) if isinstance(nxt, str) else None
-        if tagged is not None and nxt not in tagged.model_fields and _is_tag_of(tagged, nxt):
+        if tagged is not None and nxt not in tagged.model_fields:  # `nxt` is a union tag, not a field
             current = tagged
             i += 2
             continue
         current = _submodel(field.annotation)
         i += 1
     return current, path
-
-
-def _is_tag_of(model: type[BaseModel], value: str) -> bool:
-    for field in ("name", "source"):
-        if field in model.model_fields and typing.get_args(model.model_fields[field].annotation) == (value,):
-            return True
-    return False
 
 
 def _describe(model: type[BaseModel], err: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from llem.config import CampaignSettings
 from llem.launch import protocol
 from llem.launch.handle import WorkerDied, WorkerHandle, WorkerTimeout
+from llem.measure.result import RESULT_FILENAME
 from llem.plan.manifest import read_manifest, record_event, update_jobs, utc_now
 
 log = logging.getLogger(__name__)
@@ -310,10 +311,9 @@ class CampaignRunner:
 
     def _finish(self, job_num: int, key: str, ret: JobReturn) -> JobReturn:
         done: dict[str, Any] = {"completed_at": utc_now(), "attempts": self._current_attempts}
-        try:
-            done["result_path"] = str(Path(ret.hydra_cfg.hydra.runtime.output_dir) / "result.json")  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001 - a failed job may have no output dir
-            pass
+        path = result_path_of(ret)
+        if path is not None:
+            done["result_path"] = path
         if ret.status == JobStatus.COMPLETED:
             self._update(job_num, status="completed", error=None, **done)
         else:
@@ -334,6 +334,14 @@ class CampaignRunner:
         if job_num is not None:
             self._update(job_num, status="interrupted", error="interrupted by the user", completed_at=utc_now())
         self._event(kind="interrupted", job_num=job_num)
+
+
+def result_path_of(ret: JobReturn) -> str | None:
+    """Where a job's result.json is (None when the job has no output dir, e.g. it never started)."""
+    try:
+        return str(Path(ret.hydra_cfg.hydra.runtime.output_dir) / RESULT_FILENAME)  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - a failed or foreign job return may lack hydra_cfg
+        return None
 
 
 def compose_job(
