@@ -26,6 +26,7 @@ from typing import Any
 
 from llem.backends.base import Backend, GenerationOutput, LoadInfo, SequenceTiming
 from llem.backends.errors import HardwareUnsupported
+from llem.backends.sampling import engine_sampling_kwargs
 from llem.backends.resources import checkpoint_sizes, process_tree_gpu_bytes
 from llem.config import ConfigError, ExperimentConfig, TensorRTConfig
 from llem.models.resolve import resolve_model_path
@@ -153,19 +154,7 @@ def check_build_args(build_args: dict[str, Any], known: frozenset[str]) -> None:
 
 def sampling_kwargs(experiment: ExperimentConfig) -> dict[str, Any]:
     """TensorRT-LLM `SamplingParams` keyword arguments: the experiment's decoder, as the other backends apply it."""
-    d = experiment.decoder
-    kwargs: dict[str, Any] = {
-        "n": 1,
-        "max_tokens": experiment.max_output_tokens,
-        "repetition_penalty": d.repetition_penalty,
-    }
-    if experiment.force_output_length:
-        kwargs.update(min_tokens=experiment.max_output_tokens, ignore_eos=True)
-    if d.do_sample:
-        kwargs.update(temperature=d.temperature, top_p=d.top_p, top_k=d.top_k, seed=experiment.random_seed)
-    else:
-        kwargs.update(top_k=1)  # greedy
-    return kwargs
+    return engine_sampling_kwargs(experiment, greedy={"top_k": 1})
 
 
 def _architecture(path: str, experiment: ExperimentConfig) -> dict[str, int] | None:

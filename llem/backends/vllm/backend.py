@@ -24,6 +24,7 @@ from typing import Any
 
 from llem.backends.base import Backend, GenerationOutput, LoadInfo, SequenceTiming
 from llem.backends.errors import HardwareUnsupported
+from llem.backends.sampling import engine_sampling_kwargs
 from llem.backends.resources import checkpoint_sizes, engine_pids, peak_rss, process_tree_gpu_bytes
 from llem.config import ConfigError, ExperimentConfig, VLLMConfig
 from llem.models.resolve import resolve_model_path
@@ -118,19 +119,7 @@ def engine_kwargs(experiment: ExperimentConfig, model_path: str, known: Iterable
 
 def sampling_kwargs(experiment: ExperimentConfig) -> dict[str, Any]:
     """`SamplingParams` keyword arguments: the experiment's decoder, applied as the PyTorch backend does."""
-    d = experiment.decoder
-    kwargs: dict[str, Any] = {
-        "n": 1,
-        "max_tokens": experiment.max_output_tokens,
-        "repetition_penalty": d.repetition_penalty,
-    }
-    if experiment.force_output_length:
-        kwargs.update(min_tokens=experiment.max_output_tokens, ignore_eos=True)
-    if d.do_sample:
-        kwargs.update(temperature=d.temperature, top_p=d.top_p, top_k=d.top_k, seed=experiment.random_seed)
-    else:
-        kwargs.update(temperature=0.0)
-    return kwargs
+    return engine_sampling_kwargs(experiment, greedy={"temperature": 0.0})
 
 
 def _import_vllm() -> Any:
