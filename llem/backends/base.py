@@ -2,6 +2,11 @@
 
 Backends report raw per-token timestamps (time.perf_counter, after the token is on
 the host); the harness turns them into TTFT/ITL, so every engine is measured alike.
+
+One clock for every engine: in offline mode all prompts of a `generate` call arrive at
+once, when the call starts (`arrival_s`). `scheduled_s` is when the engine began working
+on the prompt (PyTorch: the start of its batch; vLLM: its scheduler's first run of the
+request), so waiting and the engine's own speed can be told apart.
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ from llem.prompts.load import Prompt
 
 @dataclass
 class SequenceTiming:
-    """One prompt's generation: when its batch started and when each new token arrived."""
+    """One prompt's generation: when it arrived, when the engine took it up, when each new token arrived."""
 
     prompt_index: int
     input_tokens: int
-    batch_start_s: float
+    arrival_s: float
     token_times_s: list[float] = field(default_factory=list)
+    scheduled_s: float | None = None
+    scheduled_unavailable_reason: str | None = None
+    cached_prompt_tokens: int = 0
 
     @property
     def output_tokens(self) -> int:

@@ -81,9 +81,18 @@ class DecoderConfig(StrictModel):
 
 
 class WarmupConfig(StrictModel):
-    """Work done before the measured window so it sees a warm device."""
+    """Work done before the measured window so it sees a warm device.
 
-    num_prompts: int = Field(2, ge=0, description="Full-length prompts generated before measuring.")
+    By default warmup runs one full pass of the measured workload, with the measured batching,
+    so every batch shape the window uses has been compiled, autotuned and cached before it starts.
+    """
+
+    num_prompts: int | None = Field(
+        None,
+        ge=0,
+        description="null: one full pass of the measured prompts with the measured batching (every batch shape "
+        "the window uses); a number: that many full-length prompts in one call instead (0: no warmup).",
+    )
     thermal_floor_seconds: float = Field(
         0.0, ge=0.0, description="Wait after warmup so the device settles to a steady temperature."
     )
@@ -94,6 +103,13 @@ class BaselineConfig(StrictModel):
 
     enabled: bool = Field(True, description="Measure idle power before loading the model.")
     duration_seconds: float = Field(10.0, gt=0.0, le=600.0, description="How long idle power is measured.")
+    settle_seconds: float = Field(
+        5.0,
+        ge=0.0,
+        le=600.0,
+        description="Wait after the previous model is released and before idle power is measured, so the "
+        "devices are back at idle.",
+    )
 
 
 class EnergyConfig(StrictModel):
@@ -101,8 +117,14 @@ class EnergyConfig(StrictModel):
 
     source: Literal["auto", "nvml", "nvml_polling", "rapl", "none"] = Field(
         "auto",
-        description="`nvml`: GPU energy counter; `nvml_polling`: integrated GPU power; `rapl`: CPU package "
-        "energy; `none`: no energy; `auto`: the best one available (recorded in the result).",
+        description="`nvml`: GPU energy counter; `nvml_polling`: integrated GPU power; `rapl`: CPU package and "
+        "DRAM only; `none`: no energy; `auto`: the GPU counter (else integrated power) for a job that uses GPUs, "
+        "RAPL for a CPU job (recorded in the result).",
+    )
+    include_host: bool = Field(
+        True,
+        description="Also measure CPU package and DRAM energy (RAPL) in the same window as the GPUs, where "
+        "readable; what was left out and why is recorded in `energy.scope`.",
     )
     sample_interval_ms: int = Field(
         100, ge=10, le=10_000, description="Interval of the background power/temperature/clock sampler."
@@ -110,7 +132,26 @@ class EnergyConfig(StrictModel):
     cross_check_tolerance_pct: float = Field(
         10.0, gt=0.0, le=100.0, description="Warn when counter and polled energy differ by more than this."
     )
-    devices: list[int] | None = Field(None, description="GPU indices to measure (null: all visible).")
+    devices: list[int] | None = Field(
+        None, description="CUDA indices of the GPUs to measure (null: the GPUs the job's engine uses)."
+    )
+
+
+class MeasureConfig(StrictModel):
+    """How long the measured window lasts and how it is split."""
+
+    min_window_seconds: float | None = Field(
+        None,
+        ge=0.0,
+        le=3600.0,
+        description="The measured workload repeats (whole passes, at least one) until the window has lasted this "
+        "long. null: 10 s when GPU energy is measured (the NVML counter moves in ~100 ms steps), else one pass.",
+    )
+    phase_split: bool = Field(
+        True,
+        description="After the main window, measure a prefill-only pass (one output token per prompt) in its own "
+        "window, so prefill and decode get separate time, energy and per-token figures.",
+    )
 
 
 class ExperimentConfig(StrictModel):
@@ -132,6 +173,7 @@ class ExperimentConfig(StrictModel):
     warmup: WarmupConfig = Field(default_factory=WarmupConfig, description="Warmup before measuring.")
     baseline: BaselineConfig = Field(default_factory=BaselineConfig, description="Idle power baseline.")
     energy: EnergyConfig = Field(default_factory=EnergyConfig, description="Energy measurement.")
+    measure: MeasureConfig = Field(default_factory=MeasureConfig, description="Window length and phase split.")
     random_seed: int = Field(42, description="Seed for prompts, sampling and engines.")
 
     @model_validator(mode="after")

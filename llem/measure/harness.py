@@ -1,39 +1,44 @@
 """Measure one experiment: baseline -> load -> warmup -> measured window -> result.json.
 
-The order matters: idle power is read before the model occupies the device, warmup
-runs full-length prompts so kernels and clocks are warm, and the measured window is
-bracketed by device synchronisation so it holds exactly the work it reports.
+The order matters: idle power is read before the model occupies the devices (after a settle
+time), warmup runs one full pass of the measured batching so every shape is compiled and
+cached, and the measured window repeats whole passes until it is long enough for the energy
+counter, bracketed by device synchronisation so it holds exactly the work it reports. A
+prefill-only window follows, so prefill and decode can be told apart.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from llem.backends.base import Backend, GenerationOutput, LoadInfo
+from llem.backends.base import Backend, LoadInfo
 from llem.config import ExperimentConfig
 from llem.config.hashing import config_hash
 from llem.energy import (
     BaselineResult,
     DeviceUnavailable,
-    EnergyMeter,
+    EnergyMonitor,
     TelemetrySampler,
     adjust_window,
     energy_per_token_j,
     measure_baseline,
+    open_monitor,
     quality_warnings,
-    select_meter,
+    visible_gpu_count,
 )
 from llem.measure import latency
 from llem.measure.environment import snapshot
 from llem.measure.flops import METHOD as FLOPS_METHOD
 from llem.measure.flops import Architecture, total_flops
+from llem.measure.job_devices import job_gpu_devices
+from llem.measure.phases import WindowFigures, split_phases
 from llem.measure.result import (
     TIMESERIES_FILENAME,
     Energy,
+    EnergyComponent,
     ExperimentResult,
     Flops,
     Latency,
@@ -41,53 +46,56 @@ from llem.measure.result import (
     write_result,
 )
 from llem.measure.session import BackendSession
+from llem.measure.window import Window, run_window
 from llem.prompts.load import Prompt, load_prompts
 
 LATENCY_METHOD = (
-    "per-token host timestamps during generation; TTFT and end-to-end from the start of each prompt's batch"
+    "per-token host timestamps; every prompt arrives at the start of its pass of the window (offline mode), "
+    "scheduled = when the engine first took the prompt up"
 )
+GPU_MIN_WINDOW_S = 10.0
 
 
 class MeasurementError(RuntimeError):
     """The experiment cannot be measured as configured on this machine; the message says why."""
 
 
-@dataclass
-class _Window:
-    output: GenerationOutput
-    duration_s: float
-    energy: Any
-    sampler: TelemetrySampler
-
-    @property
-    def samples(self) -> int:
-        return self.sampler.samples
-
-    @property
-    def throttled(self) -> bool:
-        return self.sampler.throttled
-
-
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _open_meter(experiment: ExperimentConfig, nvml_module: Any = None) -> EnergyMeter:
+def _open_monitor(experiment: ExperimentConfig, nvml_module: Any = None) -> EnergyMonitor:
     e = experiment.energy
+    gpus = job_gpu_devices(experiment, visible_gpu_count(nvml_module=nvml_module))
     try:
-        return select_meter(e.source, e.devices, e.sample_interval_ms / 1000.0, nvml_module=nvml_module)
+        return open_monitor(
+            e.source,
+            gpus,
+            include_host=e.include_host,
+            interval_s=e.sample_interval_ms / 1000.0,
+            nvml_module=nvml_module,
+        )
     except DeviceUnavailable as error:
         raise MeasurementError(f"energy.source={e.source} is not available here: {error}") from None
 
 
-def _baseline(experiment: ExperimentConfig, meter: EnergyMeter, sleep: Callable[[float], None]) -> tuple[
-    BaselineResult | None, str | None
-]:
+def _min_window_s(experiment: ExperimentConfig, monitor: EnergyMonitor) -> float:
+    configured = experiment.measure.min_window_seconds
+    if configured is not None:
+        return configured
+    return GPU_MIN_WINDOW_S if "gpu" in monitor.scope.get("included", []) else 0.0
+
+
+def _baseline(
+    experiment: ExperimentConfig, monitor: EnergyMonitor, sleep: Callable[[float], None], state: str
+) -> tuple[BaselineResult | None, str | None]:
     if not experiment.baseline.enabled:
         return None, "baseline disabled (baseline.enabled=false)"
-    if meter.source == "none":
+    if not monitor.scope.get("included"):
         return None, "no energy source to measure idle power with"
-    baseline = measure_baseline(meter, experiment.baseline.duration_seconds, sleep=sleep)
+    b = experiment.baseline
+    baseline = measure_baseline(monitor, b.duration_seconds, settle_s=b.settle_seconds, sleep=sleep)
+    baseline.device_state["model"] = state
     return baseline, baseline.unavailable_reason
 
 
@@ -110,72 +118,150 @@ def _campaign_warmup(
     return {"prompts": done, "duration_s": time.perf_counter() - start, "timed_out": done < int(spec["prompts"])}
 
 
+def _prefill_only(experiment: ExperimentConfig) -> ExperimentConfig:
+    return experiment.model_copy(update={"max_output_tokens": 1, "force_output_length": True})
+
+
 def _warmup(backend: Backend, experiment: ExperimentConfig, prompts: list[Prompt]) -> dict[str, Any]:
+    """One full pass of the measured workload (or a fixed prompt count), plus the prefill-only pass when split."""
     n = experiment.warmup.num_prompts
-    info: dict[str, Any] = {"prompts": n, "duration_s": None, "thermal_floor_seconds": experiment.warmup.thermal_floor_seconds}
-    if n > 0:
-        full_length = experiment.model_copy(update={"force_output_length": True})
-        chosen = [prompts[i % len(prompts)] for i in range(n)]
-        start = time.perf_counter()
-        backend.generate(chosen, full_length)
-        backend.synchronize()
-        info["duration_s"] = time.perf_counter() - start
+    info: dict[str, Any] = {"thermal_floor_seconds": experiment.warmup.thermal_floor_seconds}
+    start = time.perf_counter()
+    if n is None:
+        info.update(mode="full_pass", prompts=len(prompts), batching="as measured")
+        backend.generate(prompts, experiment)
+        if experiment.measure.phase_split:
+            backend.generate(prompts, _prefill_only(experiment))
+            info["prefill_pass"] = True
+    else:
+        info.update(mode="prompts", prompts=n, batching="one call")
+        if n > 0:
+            full_length = experiment.model_copy(update={"force_output_length": True})
+            backend.generate([prompts[i % len(prompts)] for i in range(n)], full_length)
+    backend.synchronize()
+    info["duration_s"] = time.perf_counter() - start if (n is None or n > 0) else None
     if experiment.warmup.thermal_floor_seconds > 0:
         time.sleep(experiment.warmup.thermal_floor_seconds)
     return info
 
 
-def _measure(backend: Backend, experiment: ExperimentConfig, prompts: list[Prompt], meter: EnergyMeter) -> _Window:
-    sampler = TelemetrySampler(meter.nvml_devices, experiment.energy.sample_interval_ms / 1000.0)
-    backend.reset_peak_memory()
-    sampler.start()
-    try:
-        backend.synchronize()
-        meter.begin_window("measure")
-        start = time.perf_counter()
-        output = backend.generate(prompts, experiment)
-        backend.synchronize()
-        duration = time.perf_counter() - start
-        energy = meter.end_window("measure")
-    finally:
-        sampler.stop()
-    return _Window(output, duration, energy, sampler)
-
-
 def _architecture(info: LoadInfo) -> Architecture | None:
     arch = info.settings.get("architecture")
-    if not arch or info.parameters is None:
+    if not arch:
         return None
-    return Architecture(
-        parameters=info.parameters,
-        embedding_parameters=int(arch["embedding_parameters"]),
-        num_layers=int(arch["num_layers"]),
-        hidden_size=int(arch["hidden_size"]),
-    )
+    try:
+        return Architecture.from_dict(arch)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
-def _energy_section(window: _Window, baseline: BaselineResult | None, baseline_reason: str | None, output_tokens: int) -> Energy:
+def _energy_section(
+    window: Window,
+    adjusted: Any,
+    baseline: BaselineResult | None,
+    baseline_reason: str | None,
+    baseline_info: dict[str, Any] | None,
+    monitor: EnergyMonitor,
+    output_tokens: int,
+) -> Energy:
     e = window.energy
-    adjusted = adjust_window(e, baseline)
-    per_device = {
-        key: {
-            "total_j": raw,
-            "baseline_power_w": None if baseline is None else baseline.per_device_w.get(key),
-            "adjusted_j": adjusted.per_device_j.get(key),
-        }
-        for key, raw in e.per_device.items()
-    }
+    components: dict[str, EnergyComponent | None] = {}
+    for name in ("gpu", "cpu", "dram"):
+        c = e.components.get(name)
+        if c is None:
+            components[name] = None
+            continue
+        base_w = None if baseline is None else baseline.component_w.get(name)
+        components[name] = EnergyComponent(
+            source=c.source,
+            devices=list(c.devices),
+            total_j=c.joules,
+            baseline_power_w=base_w,
+            adjusted_j=adjusted.components_j.get(name),
+            per_device=dict(c.per_device),
+            polled_j=c.polled_j,
+            polled_source=c.polled_source,
+            unavailable_reason=c.unavailable_reason,
+        )
+    polled = [c.polled_j for c in e.components.values() if c.polled_j is not None]
+    reason = e.unavailable_reason if e.total_j is None else adjusted.unavailable_reason
     return Energy(
-        source=e.source,
+        source=monitor.source,
         total_j=e.total_j,
         baseline_power_w=None if baseline is None else baseline.total_w,
         adjusted_j=adjusted.total_j,
         per_output_token_j=energy_per_token_j(adjusted.total_j, output_tokens),
-        per_device=per_device,
-        polled_total_j=e.polled_total_j,
+        per_pass_j=None if adjusted.total_j is None else adjusted.total_j / window.passes,
+        components=components,
+        scope=dict(monitor.scope),
+        update_periods_s=dict(monitor.update_periods_s),
+        polled_total_j=sum(polled) if polled else None,
+        polled_source=monitor.polled_source,
+        baseline=baseline_info,
         baseline_unavailable_reason=baseline_reason,
-        unavailable_reason=e.unavailable_reason if e.total_j is None else adjusted.unavailable_reason,
+        unavailable_reason=reason,
     )
+
+
+def _memory_section(backend: Backend, load_info: LoadInfo) -> Memory:
+    stats = backend.memory_stats()
+    weights = stats.get("weights_bytes")
+    methods = dict(stats.get("methods") or {})
+    unavailable = dict(stats.get("unavailable") or {})
+    if weights is None and load_info.model_bytes is not None:
+        weights = load_info.model_bytes
+        unavailable.pop("weights_bytes", None)
+        methods.setdefault("weights_bytes", "size of the loaded weights")
+    return Memory(
+        weights_bytes=weights,
+        peak_allocated_bytes=stats.get("peak_allocated_bytes"),
+        reserved_bytes=stats.get("reserved_bytes"),
+        host_peak_rss_bytes=stats.get("host_peak_rss_bytes"),
+        methods=methods,
+        unavailable=unavailable,
+    )
+
+
+def _latency_section(window: Window) -> Latency:
+    seqs = window.sequences
+    unavailable: dict[str, str] = {}
+    why = latency.scheduled_unavailable(seqs)
+    if why is not None:
+        unavailable["queue_ms"] = unavailable["prefill_ms"] = why
+    return Latency(
+        ttft_ms=latency.distribution(latency.ttft_ms(seqs)),
+        itl_ms=latency.distribution(latency.itl_ms(seqs)),
+        e2e_ms=latency.distribution(latency.e2e_ms(seqs)),
+        queue_ms=latency.distribution(latency.queue_ms(seqs)),
+        prefill_ms=latency.distribution(latency.prefill_ms(seqs)),
+        method=LATENCY_METHOD,
+        unavailable=unavailable,
+    )
+
+
+def _acquire_baseline(
+    experiment: ExperimentConfig,
+    monitor: EnergyMonitor,
+    session: BackendSession,
+    will_reuse: bool,
+    sleep: Callable[[float], None],
+) -> tuple[BaselineResult | None, str | None, dict[str, Any] | None]:
+    """The idle baseline for this monitor's sources and devices: cached while the model stays loaded, else measured.
+
+    A baseline is only ever applied to windows over the same sources and devices (its key); with a
+    warm model and no baseline for this key, one is measured now, with the model loaded and idle,
+    and the result says so.
+    """
+    key = monitor.baseline_key
+    if will_reuse:
+        cached = session.cached_baseline(key)
+        if cached is not None:
+            return cached, None, {**cached.to_info(), "reused": True}
+        baseline, reason = _baseline(experiment, monitor, sleep, "loaded and idle (warm worker)")
+    else:
+        session.release()
+        baseline, reason = _baseline(experiment, monitor, sleep, "none loaded")
+    return baseline, reason, None if baseline is None else {**baseline.to_info(), "reused": False}
 
 
 def run_experiment(
@@ -195,23 +281,16 @@ def run_experiment(
     """
     output_dir = Path(output_dir)
     started_at = _now()
-    meter = _open_meter(experiment, nvml_module)
+    monitor = _open_monitor(experiment, nvml_module)
+    prefill_window: Window | None = None
     try:
-        devices = meter.nvml_devices
+        devices = monitor.nvml_devices
         gpus = list(devices.describe_all().values()) if devices is not None else []
         persistence = devices.persistence_modes() if devices is not None else None
         will_reuse = session.can_reuse(experiment) and not force_cold_start
-        if will_reuse:
-            baseline, baseline_reason = None, "model already loaded in this worker; idle baseline not re-measured"
-            cached = session.cached_baseline()
-            if cached is not None:
-                baseline, baseline_reason = cached, None
-        else:
-            session.release()
-            baseline, baseline_reason = _baseline(experiment, meter, sleep)
+        baseline, baseline_reason, baseline_info = _acquire_baseline(experiment, monitor, session, will_reuse, sleep)
         backend, load_info, reused = session.acquire(experiment, force_cold_start=force_cold_start)
-        if not reused:
-            session.remember_baseline(baseline)
+        session.remember_baseline(monitor.baseline_key, baseline)
         prompts = load_prompts(
             experiment.dataset,
             backend.tokenizer,
@@ -223,32 +302,72 @@ def run_experiment(
         warmup_info = _warmup(backend, experiment, prompts)
         if worker_warmup is not None:
             warmup_info["campaign_worker"] = worker_warmup
-        window = _measure(backend, experiment, prompts, meter)
+        min_window = _min_window_s(experiment, monitor)
+        sampler = TelemetrySampler(devices, experiment.energy.sample_interval_ms / 1000.0)
+        backend.reset_peak_memory()
+        sampler.start()
+        try:
+            window = run_window("measure", backend, prompts, experiment, monitor, min_window)
+        finally:
+            sampler.stop()
+        memory = _memory_section(backend, load_info)
+        if experiment.measure.phase_split:
+            prefill_window = run_window("prefill", backend, prompts, _prefill_only(experiment), monitor, min_window)
     finally:
-        meter.close()
+        monitor.close()
 
-    seqs = window.output.sequences
+    seqs = window.sequences
     input_tokens = sum(s.input_tokens for s in seqs)
     output_tokens = sum(s.output_tokens for s in seqs)
     arch = _architecture(load_info)
-    flops_total = total_flops(arch, [(s.input_tokens, s.output_tokens) for s in seqs]) if arch else None
-    memory = backend.memory_stats()
-    sampler = window.sampler
+    work = [(s.input_tokens, s.output_tokens, s.cached_prompt_tokens) for s in seqs]
+    flops_total = total_flops(arch, work) if arch else None
     timeseries = None
     if sampler.rows:
         sampler.to_parquet(output_dir / TIMESERIES_FILENAME)
         timeseries = TIMESERIES_FILENAME
+    adjusted = adjust_window(window.energy, baseline, monitor.baseline_key)
     warnings = quality_warnings(
         window.energy,
+        update_periods_s=monitor.update_periods_s,
         tolerance_pct=experiment.energy.cross_check_tolerance_pct,
-        samples=window.samples if devices is not None else None,
-        throttled=window.throttled,
+        samples=sampler.samples if devices is not None else None,
+        throttled=sampler.throttled,
         persistence_mode=persistence,
     )
-    if experiment.force_output_length and output_tokens != experiment.max_output_tokens * len(seqs):
-        warnings.append(
-            f"forced output length not honoured: {output_tokens} tokens instead of "
-            f"{experiment.max_output_tokens * len(seqs)}"
+    warnings.extend(adjusted.warnings)
+    forced_expected = experiment.max_output_tokens * len(seqs)
+    if experiment.force_output_length and output_tokens != forced_expected:
+        warnings.append(f"forced output length not honoured: {output_tokens} tokens instead of {forced_expected}")
+    used = backend.devices()
+    measured = monitor.scope.get("cuda_indices")
+    if used and measured is not None and not set(used) <= set(measured):
+        warnings.append(f"the engine used CUDA devices {used} but energy was measured on {measured}")
+
+    prefill = decode = None
+    phase_split: dict[str, Any] = {"enabled": experiment.measure.phase_split}
+    if prefill_window is not None:
+        prefill_adjusted = adjust_window(prefill_window.energy, baseline, monitor.baseline_key)
+        warnings.extend(f"prefill window: {w}" for w in prefill_adjusted.warnings)
+        prefill_seqs = prefill_window.sequences
+        prefill, decode, phase_warnings = split_phases(
+            WindowFigures(window.passes, window.duration_s, adjusted.total_j, adjusted.unavailable_reason),
+            WindowFigures(
+                prefill_window.passes,
+                prefill_window.duration_s,
+                prefill_adjusted.total_j,
+                prefill_adjusted.unavailable_reason,
+            ),
+            prompts_per_pass=len(prompts),
+            prefill_tokens_per_pass=sum(s.input_tokens - s.cached_prompt_tokens for s in prefill_seqs)
+            // prefill_window.passes,
+            output_tokens=output_tokens,
+        )
+        warnings.extend(phase_warnings)
+        phase_split.update(
+            prefill_passes=prefill_window.passes,
+            prefill_window_s=prefill_window.duration_s,
+            prefill_energy_raw_j=prefill_window.energy.total_j,
         )
     result = ExperimentResult(
         experiment_name=experiment.experiment_name,
@@ -257,31 +376,25 @@ def run_experiment(
         model=experiment.model.name,
         fp_precision=experiment.fp_precision,
         config=experiment.model_dump(mode="json"),
+        passes=window.passes,
         num_prompts=len(seqs),
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         duration_s=window.duration_s,
         throughput_tokens_per_s=output_tokens / window.duration_s if window.duration_s > 0 else None,
         requests_per_s=len(seqs) / window.duration_s if window.duration_s > 0 else None,
-        latency=Latency(
-            ttft_ms=latency.distribution(latency.ttft_ms(seqs)),
-            itl_ms=latency.distribution(latency.itl_ms(seqs)),
-            e2e_ms=latency.distribution(latency.e2e_ms(seqs)),
-            method=LATENCY_METHOD,
-        ),
-        energy=_energy_section(window, baseline, baseline_reason, output_tokens),
+        latency=_latency_section(window),
+        energy=_energy_section(window, adjusted, baseline, baseline_reason, baseline_info, monitor, output_tokens),
         flops=Flops(
             total=flops_total,
             per_output_token=flops_total / output_tokens if flops_total is not None and output_tokens else None,
+            per_pass=flops_total / window.passes if flops_total is not None else None,
             method=FLOPS_METHOD if arch else "unavailable: the backend did not report the model architecture",
         ),
-        memory=Memory(
-            peak_bytes=memory.get("peak_bytes"),
-            reserved_peak_bytes=memory.get("reserved_peak_bytes"),
-            model_bytes=load_info.model_bytes,
-            method=memory.get("method"),
-            unavailable_reason=memory.get("unavailable_reason"),
-        ),
+        memory=memory,
+        prefill=prefill,
+        decode=decode,
+        phase_split=phase_split,
         model_load_s=None if reused else load_info.load_s,
         model_reused=reused,
         warmup=warmup_info,
@@ -294,4 +407,3 @@ def run_experiment(
     )
     write_result(result, output_dir)
     return result
-

@@ -1,4 +1,9 @@
-"""Latency and throughput from per-token timestamps (no estimation from separate runs)."""
+"""Latency from per-token timestamps (no estimation from separate runs), one clock for every engine.
+
+In offline mode every prompt arrives at the start of its pass of the window, so
+TTFT and end-to-end include any time spent waiting for a batch slot; `queue_ms`
+and `prefill_ms` split TTFT into that wait and the engine's own work.
+"""
 
 from __future__ import annotations
 
@@ -34,8 +39,8 @@ def distribution(values_ms: Sequence[float]) -> Distribution:
 
 
 def ttft_ms(sequences: Sequence[SequenceTiming]) -> list[float]:
-    """Time from the start of each prompt's batch to its first token on the host."""
-    return [(s.token_times_s[0] - s.batch_start_s) * 1000.0 for s in sequences if s.token_times_s]
+    """First token on the host minus the prompt's arrival (the start of the window's pass)."""
+    return [(s.token_times_s[0] - s.arrival_s) * 1000.0 for s in sequences if s.token_times_s]
 
 
 def itl_ms(sequences: Sequence[SequenceTiming]) -> list[float]:
@@ -48,5 +53,29 @@ def itl_ms(sequences: Sequence[SequenceTiming]) -> list[float]:
 
 
 def e2e_ms(sequences: Sequence[SequenceTiming]) -> list[float]:
-    """Time from the start of each prompt's batch to its last token."""
-    return [(s.token_times_s[-1] - s.batch_start_s) * 1000.0 for s in sequences if s.token_times_s]
+    """Last token on the host minus the prompt's arrival."""
+    return [(s.token_times_s[-1] - s.arrival_s) * 1000.0 for s in sequences if s.token_times_s]
+
+
+def queue_ms(sequences: Sequence[SequenceTiming]) -> list[float]:
+    """Time a prompt waited before the engine took it up (scheduled minus arrival)."""
+    return [(s.scheduled_s - s.arrival_s) * 1000.0 for s in sequences if s.scheduled_s is not None]
+
+
+def prefill_ms(sequences: Sequence[SequenceTiming]) -> list[float]:
+    """The engine's own time to the first token (first token minus scheduled)."""
+    return [
+        (s.token_times_s[0] - s.scheduled_s) * 1000.0
+        for s in sequences
+        if s.scheduled_s is not None and s.token_times_s
+    ]
+
+
+def scheduled_unavailable(sequences: Sequence[SequenceTiming]) -> str | None:
+    """Why queue and prefill times are missing (None when every sequence has a scheduled time)."""
+    missing = [s for s in sequences if s.scheduled_s is None]
+    if not missing:
+        return None
+    reasons = sorted({s.scheduled_unavailable_reason or "the engine did not report when it scheduled the request"
+                      for s in missing})
+    return f"{len(missing)} of {len(sequences)} prompts have no scheduled time: " + "; ".join(reasons)

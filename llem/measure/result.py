@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llem.atomic import atomic_write_text
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
 RESULT_FILENAME = "result.json"
 TIMESERIES_FILENAME = "timeseries.parquet"
 
@@ -33,20 +33,51 @@ class Distribution(_ResultModel):
 
 
 class Latency(_ResultModel):
-    ttft_ms: Distribution = Field(description="Time to first token, from the start of the prompt's batch.")
-    itl_ms: Distribution = Field(description="Inter-token latency: gaps between consecutive tokens.")
-    e2e_ms: Distribution = Field(description="From the start of the prompt's batch to its last token.")
+    """One clock for every engine: each prompt arrives at the start of its pass of the window."""
+
+    ttft_ms: Distribution = Field(description="Time to first token: first token on the host minus arrival.")
+    itl_ms: Distribution = Field(description="Inter-token latency: gaps between consecutive tokens of one request.")
+    e2e_ms: Distribution = Field(description="End to end: last token on the host minus arrival.")
+    queue_ms: Distribution = Field(description="Waiting: when the engine first scheduled the prompt minus arrival.")
+    prefill_ms: Distribution = Field(description="The engine's own time to first token: first token minus scheduled.")
     method: str
+    unavailable: dict[str, str] = Field(default_factory=dict, description="Why a distribution is empty.")
+
+
+class EnergyComponent(_ResultModel):
+    """Energy of one kind of device (GPUs, CPU packages, DRAM) over the window."""
+
+    source: str
+    devices: list[str]
+    total_j: float | None
+    baseline_power_w: float | None = None
+    adjusted_j: float | None = None
+    per_device: dict[str, float | None] = Field(default_factory=dict)
+    polled_j: float | None = Field(None, description="Integrated polled power over the same window (cross-check).")
+    polled_source: str | None = Field(None, description="`instant` (NVML_FI_DEV_POWER_INSTANT) or `average`.")
+    unavailable_reason: str | None = None
 
 
 class Energy(_ResultModel):
-    source: str = Field(description="nvml | nvml_polling | rapl | none")
-    total_j: float | None
+    source: str = Field(description="What was measured, e.g. `nvml+rapl`, `nvml`, `rapl`, `none`.")
+    total_j: float | None = Field(description="Sum of the measured components over the whole window.")
     baseline_power_w: float | None
-    adjusted_j: float | None
+    adjusted_j: float | None = Field(description="total_j minus baseline power x duration; null if it would be < 0.")
     per_output_token_j: float | None
-    per_device: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+    per_pass_j: float | None = Field(None, description="adjusted_j / passes.")
+    components: dict[str, EnergyComponent | None] = Field(
+        default_factory=dict, description="`gpu`, `cpu`, `dram`: each measured component, or null (see scope)."
+    )
+    scope: dict[str, Any] = Field(default_factory=dict, description="What was included, on which devices, and why "
+                                  "anything was left out.")
+    update_periods_s: dict[str, float | None] = Field(
+        default_factory=dict, description="Measured update period of each GPU's energy counter."
+    )
     polled_total_j: float | None = None
+    polled_source: str | None = None
+    baseline: dict[str, Any] | None = Field(
+        None, description="How the idle baseline was taken: key, duration, settle time, device state, reuse."
+    )
     baseline_unavailable_reason: str | None = None
     unavailable_reason: str | None = None
 
@@ -54,14 +85,33 @@ class Energy(_ResultModel):
 class Flops(_ResultModel):
     total: float | None
     per_output_token: float | None
+    per_pass: float | None = None
     method: str
 
 
 class Memory(_ResultModel):
-    peak_bytes: int | None
-    reserved_peak_bytes: int | None = None
-    model_bytes: int | None
-    method: str | None
+    """Memory figures that mean the same on every engine; each null has a reason in `unavailable`."""
+
+    weights_bytes: int | None = Field(description="Model weights as held in memory.")
+    peak_allocated_bytes: int | None = Field(
+        description="Peak over the window of weights + activations + KV cache actually used (the comparable one)."
+    )
+    reserved_bytes: int | None = Field(description="Memory the engine reserved as its pool.")
+    host_peak_rss_bytes: int | None = Field(None, description="Peak resident memory of the host processes.")
+    comparable: str = Field("peak_allocated_bytes", description="The figure summaries and reports compare.")
+    methods: dict[str, str] = Field(default_factory=dict)
+    unavailable: dict[str, str] = Field(default_factory=dict)
+
+
+class Phase(_ResultModel):
+    """One phase of generation (prefill or decode), per the main window's passes."""
+
+    duration_s: float | None
+    tokens: int
+    energy_j: float | None = Field(description="Energy above idle attributed to the phase.")
+    per_token_j: float | None
+    per_token_ms: float | None
+    tokens_per_s: float | None
     unavailable_reason: str | None = None
 
 
@@ -73,7 +123,8 @@ class ExperimentResult(_ResultModel):
     model: str
     fp_precision: str
     config: dict[str, Any]
-    num_prompts: int
+    passes: int = Field(description="Times the measured workload ran in the window (until min_window_seconds).")
+    num_prompts: int = Field(description="Prompts generated in the window, all passes together.")
     input_tokens: int
     output_tokens: int
     duration_s: float
@@ -83,6 +134,9 @@ class ExperimentResult(_ResultModel):
     energy: Energy
     flops: Flops
     memory: Memory
+    prefill: Phase | None = Field(None, description="Prefill-only pass(es) measured in their own window.")
+    decode: Phase | None = Field(None, description="Main window minus prefill.")
+    phase_split: dict[str, Any] = Field(default_factory=dict)
     model_load_s: float | None = Field(description="Load time in this experiment; null when the model was reused.")
     model_reused: bool
     warmup: dict[str, Any]

@@ -23,7 +23,7 @@ class BackendSession:
         self._backend: Backend | None = None
         self._key: str | None = None
         self._info: LoadInfo | None = None
-        self._baseline: BaselineResult | None = None
+        self._baselines: dict[str, BaselineResult] = {}
         self.loads = 0
 
     @staticmethod
@@ -49,15 +49,20 @@ class BackendSession:
         """The backend holding a loaded model, if any."""
         return self._backend
 
-    def remember_baseline(self, baseline: BaselineResult | None) -> None:
-        """Idle power measured before this model was loaded, reused while it stays loaded."""
-        self._baseline = baseline
+    def remember_baseline(self, key: str, baseline: BaselineResult | None) -> None:
+        """Idle power for one meter source and device set, reused while this model stays loaded."""
+        if baseline is None:
+            self._baselines.pop(key, None)
+        else:
+            self._baselines[key] = baseline
 
-    def cached_baseline(self) -> BaselineResult | None:
-        return self._baseline
+    def cached_baseline(self, key: str) -> BaselineResult | None:
+        """The baseline taken with the same sources on the same devices, or None (never another set's)."""
+        return self._baselines.get(key)
 
     def release(self) -> None:
         """Unload the model and free its memory (cold start)."""
         if self._backend is not None:
             self._backend.unload()
-        self._backend, self._key, self._info, self._baseline = None, None, None, None
+        self._backend, self._key, self._info = None, None, None
+        self._baselines.clear()

@@ -78,7 +78,8 @@ def is_campaign(sweep_dir: Path, manifest_path: Path | None = None) -> bool:
 
 def metric_values(result: ExperimentResult) -> dict[str, Any]:
     """The headline figures of one result, flat; None stays None."""
-    lat, energy = result.latency, result.energy
+    lat, energy, mem = result.latency, result.energy, result.memory
+    prefill, decode = result.prefill, result.decode
     return {
         "model_name": result.model,
         "energy_source": energy.source,
@@ -86,6 +87,11 @@ def metric_values(result: ExperimentResult) -> dict[str, Any]:
         "energy_adjusted_j": energy.adjusted_j,
         "energy_per_output_token_j": energy.per_output_token_j,
         "energy_unavailable_reason": energy.unavailable_reason,
+        "energy_scope": "+".join(energy.scope.get("included", [])) or None,
+        "energy_gpu_j": _component_j(result, "gpu"),
+        "energy_cpu_j": _component_j(result, "cpu"),
+        "energy_dram_j": _component_j(result, "dram"),
+        "passes": result.passes,
         "throughput_tokens_per_s": result.throughput_tokens_per_s,
         "requests_per_s": result.requests_per_s,
         "output_tokens": result.output_tokens,
@@ -96,12 +102,25 @@ def metric_values(result: ExperimentResult) -> dict[str, Any]:
         "itl_ms_p50": lat.itl_ms.p50,
         "itl_ms_p95": lat.itl_ms.p95,
         "itl_ms_p99": lat.itl_ms.p99,
+        "queue_ms_p50": lat.queue_ms.p50,
+        "prefill_ms_p50": lat.prefill_ms.p50,
+        "prefill_energy_per_token_j": None if prefill is None else prefill.per_token_j,
+        "decode_energy_per_token_j": None if decode is None else decode.per_token_j,
+        "prefill_tokens_per_s": None if prefill is None else prefill.tokens_per_s,
+        "decode_tokens_per_s": None if decode is None else decode.tokens_per_s,
         "flops_total": result.flops.total,
         "flops_per_output_token": result.flops.per_output_token,
-        "memory_peak_bytes": result.memory.peak_bytes,
+        "memory_weights_bytes": mem.weights_bytes,
+        "memory_peak_allocated_bytes": mem.peak_allocated_bytes,
+        "memory_reserved_bytes": mem.reserved_bytes,
         "model_reused": result.model_reused,
         "warnings_count": len(result.warnings),
     }
+
+
+def _component_j(result: ExperimentResult, name: str) -> float | None:
+    component = result.energy.components.get(name)
+    return None if component is None else component.total_j
 
 
 def _load(path: Path, problems: list[str]) -> ExperimentResult | None:

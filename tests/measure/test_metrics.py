@@ -15,8 +15,8 @@ from llem.measure import latency
 from llem.measure.flops import Architecture, sequence_flops, total_flops
 
 
-def _seq(start: float, times: list[float]) -> SequenceTiming:
-    return SequenceTiming(prompt_index=0, input_tokens=3, batch_start_s=start, token_times_s=times)
+def _seq(start: float, times: list[float], scheduled: float | None = None) -> SequenceTiming:
+    return SequenceTiming(prompt_index=0, input_tokens=3, arrival_s=start, token_times_s=times, scheduled_s=scheduled)
 
 
 def test_ttft_itl_e2e_from_timestamps() -> None:
@@ -24,6 +24,21 @@ def test_ttft_itl_e2e_from_timestamps() -> None:
     assert latency.ttft_ms(seqs) == pytest.approx([100, 100, 300])
     assert latency.itl_ms(seqs) == pytest.approx([50, 100, 50, 100, 100])
     assert latency.e2e_ms(seqs) == pytest.approx([250, 250, 400])
+
+
+def test_queue_and_prefill_split_ttft() -> None:
+    # two batches of one: both arrive at 10.0; the second is scheduled when the first ends
+    seqs = [_seq(10.0, [10.1, 10.2], scheduled=10.0), _seq(10.0, [10.3, 10.4], scheduled=10.2)]
+    assert latency.queue_ms(seqs) == pytest.approx([0, 200])
+    assert latency.prefill_ms(seqs) == pytest.approx([100, 100])
+    assert [q + p for q, p in zip(latency.queue_ms(seqs), latency.prefill_ms(seqs))] == pytest.approx(
+        latency.ttft_ms(seqs)
+    )
+    assert latency.scheduled_unavailable(seqs) is None
+    unknown = [_seq(0.0, [0.1])]
+    unknown[0].scheduled_unavailable_reason = "engine X does not say"
+    assert latency.queue_ms(unknown) == [] and latency.prefill_ms(unknown) == []
+    assert "engine X does not say" in (latency.scheduled_unavailable(unknown) or "")
 
 
 def test_distribution_percentiles_match_linear_interpolation() -> None:

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow  # the campaign fixture runs the tiny model
 
 HEADLINE = [
     "energy_total_j", "energy_adjusted_j", "energy_per_output_token_j", "throughput_tokens_per_s",
-    "ttft_ms_p50", "ttft_ms_p95", "itl_ms_p50", "itl_ms_p95", "flops_total", "memory_peak_bytes",
+    "ttft_ms_p50", "ttft_ms_p95", "itl_ms_p50", "itl_ms_p95", "queue_ms_p50", "prefill_ms_p50", "flops_total", "memory_weights_bytes",
+    "memory_peak_allocated_bytes", "prefill_energy_per_token_j", "decode_energy_per_token_j",
     "model_reused", "warnings_count",
 ]  # fmt: skip
 
@@ -38,7 +39,9 @@ def test_summary_has_one_row_per_completed_job(campaign_dir: Path) -> None:
     assert {k: sorted(g["cycle"]) for k, g in by_batch} == {2: [0, 1, 2], 4: [0, 1, 2]}
     assert {k: g["config_hash"].nunique() for k, g in by_batch} == {2: 1, 4: 1}
     assert (frame["throughput_tokens_per_s"] > 0).all() and (frame["ttft_ms_p50"] > 0).all()
-    assert (frame["flops_total"] > 0).all() and (frame["memory_peak_bytes"] > 0).all()
+    assert (frame["flops_total"] > 0).all() and (frame["memory_weights_bytes"] > 0).all()
+    assert frame["memory_peak_allocated_bytes"].isna().all()  # CPU: no device allocator to read, null not 0
+    assert (frame["prefill_ms_p50"] > 0).all() and (frame["queue_ms_p50"] >= 0).all()
     assert (frame["output_tokens"] == 24).all() and (frame["warnings_count"] >= 0).all()
     assert frame["model_reused"].dtype == "boolean" and frame["model_reused"].iloc[1:].all()
     assert (frame["energy_source"] == "none").all()

@@ -217,12 +217,14 @@ class PyTorchBackend(Backend):
         kwargs = self._generation_kwargs(experiment)
         timings: dict[int, SequenceTiming] = {}
         torch.manual_seed(experiment.random_seed)
+        arrival = time.perf_counter()  # every prompt arrives when the call starts; batches after the first wait
         for first in range(0, len(order), b.batch_size):
             indices = order[first : first + b.batch_size]
             batch = [prompts[i] for i in indices]
+            self.synchronize()
+            start = time.perf_counter()
             ids, mask = self._batch_tensors(batch)
             clock = _StepClock()
-            start = time.perf_counter()
             with torch.inference_mode():
                 out = self._model.generate(input_ids=ids, attention_mask=mask, streamer=clock, **kwargs)
             new_ids = out[:, ids.shape[1] :]
@@ -231,7 +233,8 @@ class PyTorchBackend(Backend):
                 timings[index] = SequenceTiming(
                     prompt_index=index,
                     input_tokens=len(prompts[index].token_ids),
-                    batch_start_s=start,
+                    arrival_s=arrival,
+                    scheduled_s=start,
                     token_times_s=clock.step_times[: counts[row]],
                 )
         return GenerationOutput(sequences=[timings[i] for i in range(len(prompts))])

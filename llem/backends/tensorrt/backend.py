@@ -324,9 +324,13 @@ class TensorRTBackend(Backend):
             raise RuntimeError("model not loaded")
         from tensorrt_llm.llmapi import SamplingParams
 
-        params = SamplingParams(**sampling_kwargs(experiment))
+        kwargs = sampling_kwargs(experiment)
+        if "return_perf_metrics" in _field_names(SamplingParams):
+            kwargs["return_perf_metrics"] = True  # per-request timing, for when each request was first scheduled
+        params = SamplingParams(**kwargs)
         times: list[list[float]] = [[] for _ in prompts]
         texts = ["" for _ in prompts]
+        scheduled: list[float | None] = [None for _ in prompts]
         start = time.perf_counter()
 
         async def run() -> None:
@@ -344,12 +348,21 @@ class TensorRTBackend(Backend):
                     times[i].extend([now] * (count - seen))
                     seen = count
                     texts[i] = completion.text
+                    if scheduled[i] is None:
+                        scheduled[i] = _scheduled_offset_s(completion)
 
             await asyncio.gather(*(follow(i, r) for i, r in enumerate(results)))
 
         asyncio.run(run())
         sequences = [
-            SequenceTiming(prompt_index=i, input_tokens=len(p.token_ids), batch_start_s=start, token_times_s=times[i])
+            SequenceTiming(
+                prompt_index=i,
+                input_tokens=len(p.token_ids),
+                arrival_s=start,
+                token_times_s=times[i],
+                scheduled_s=None if scheduled[i] is None else start + scheduled[i],
+                scheduled_unavailable_reason=None if scheduled[i] is not None else _NO_SCHEDULE_TIME,
+            )
             for i, p in enumerate(prompts)
         ]
         return GenerationOutput(sequences=sequences, texts=texts)
@@ -406,6 +419,24 @@ class TensorRTBackend(Backend):
         if not b:
             return None
         return list(range(int(b.get("tp_size", 1)) * int(b.get("pp_size", 1))))
+
+
+_NO_SCHEDULE_TIME = (
+    "this TensorRT-LLM did not return request perf metrics (timing_metrics.first_scheduled_time), so when the "
+    "request was first scheduled is unknown"
+)
+
+
+def _scheduled_offset_s(completion: Any) -> float | None:
+    """Seconds from a request's arrival to its first scheduling, from TensorRT-LLM's per-request perf metrics."""
+    timing = getattr(getattr(completion, "request_perf_metrics", None), "timing_metrics", None)
+    arrival = getattr(timing, "arrival_time", None)
+    first = getattr(timing, "first_scheduled_time", None)
+    if arrival is None or first is None:
+        return None
+    delta = first - arrival
+    seconds = delta.total_seconds() if hasattr(delta, "total_seconds") else float(delta)
+    return seconds if seconds >= 0 else None
 
 
 def _llm_class() -> Any:

@@ -210,6 +210,9 @@ def _architecture(hf_config: Any) -> dict[str, int] | None:
     return {"num_layers": int(layers), "hidden_size": int(hidden), "embedding_parameters": int(vocab) * int(hidden)}
 
 
+_NO_SCHEDULE_TIME = "vLLM reported no SCHEDULED event for the request (engine stats disabled?)"
+
+
 def _median_ms(values: list[float]) -> float | None:
     return statistics.median(values) * 1000.0 if values else None
 
@@ -363,7 +366,12 @@ class VLLMBackend(Backend):
         ids = {f"llem-{self._requests}-{i}": i for i in range(len(prompts))}
         times: list[list[float]] = [[] for _ in prompts]
         texts = ["" for _ in prompts]
+        scheduled: list[float | None] = [None for _ in prompts]
+        cached = [0 for _ in prompts]
         engine_ttft: list[float] = []
+        # vLLM stamps scheduling with the engine core's time.monotonic() (one system-wide clock, also across
+        # processes); shift it onto the host's perf_counter clock that every other timestamp uses.
+        to_host = time.perf_counter() - time.monotonic()
         start = time.perf_counter()
         try:
             for request_id, engine_input in zip(ids, self._engine_inputs(prompts)):
@@ -378,7 +386,13 @@ class VLLMBackend(Backend):
                     for completion in out.outputs:
                         times[i].extend([now] * len(completion.token_ids))
                         texts[i] += completion.text
-                    latency = getattr(getattr(out, "metrics", None), "first_token_latency", None)
+                    metrics = getattr(out, "metrics", None)
+                    scheduled_ts = getattr(metrics, "scheduled_ts", 0.0)
+                    if scheduled[i] is None and scheduled_ts:
+                        scheduled[i] = float(scheduled_ts) + to_host
+                    if getattr(out, "num_cached_tokens", None):
+                        cached[i] = int(out.num_cached_tokens)
+                    latency = getattr(metrics, "first_token_latency", None)
                     if out.finished and latency:
                         engine_ttft.append(float(latency))
         except BaseException:
@@ -392,7 +406,13 @@ class VLLMBackend(Backend):
         }
         sequences = [
             SequenceTiming(
-                prompt_index=i, input_tokens=len(prompt.token_ids), batch_start_s=start, token_times_s=times[i]
+                prompt_index=i,
+                input_tokens=len(prompt.token_ids),
+                arrival_s=start,
+                token_times_s=times[i],
+                scheduled_s=scheduled[i],
+                scheduled_unavailable_reason=None if scheduled[i] is not None else _NO_SCHEDULE_TIME,
+                cached_prompt_tokens=cached[i],
             )
             for i, prompt in enumerate(prompts)
         ]

@@ -38,7 +38,15 @@ class DeviceLost(DeviceReadError):
     """The GPU fell off the bus; every later figure from it is meaningless."""
 
 
-from llem.energy.devices.nvml import Clocks, MemoryInfo, NvmlDevices, ThrottleReasons, Utilization  # noqa: E402
+from llem.energy.devices.nvml import (  # noqa: E402
+    Clocks,
+    GpuState,
+    MemoryInfo,
+    NvmlDevices,
+    ThrottleReasons,
+    Utilization,
+    forget_counter_update_periods,
+)
 from llem.energy.devices.rapl import RaplDomain, RaplDomains, delta_uj  # noqa: E402
 
 __all__ = [
@@ -46,6 +54,7 @@ __all__ = [
     "DeviceLost",
     "DeviceReadError",
     "DeviceUnavailable",
+    "GpuState",
     "MemoryInfo",
     "NvmlDevices",
     "RaplDomain",
@@ -55,4 +64,5 @@ __all__ = [
     "ThrottleReasons",
     "Utilization",
     "delta_uj",
+    "forget_counter_update_periods",
 ]

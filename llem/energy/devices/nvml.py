@@ -4,12 +4,20 @@ Every NVML call in llem goes through `NvmlDevices`, which takes the NVML module
 as an argument so tests can inject a scripted fake. Device indices here are CUDA
 indices (what the user writes in `energy.devices`); NVML numbers GPUs in PCI
 order and ignores CUDA_VISIBLE_DEVICES, so the two are mapped through UUIDs.
+
+Two power readings exist: `nvmlDeviceGetPowerUsage`, which on Ampere (except
+GA100) and newer boards is a trailing ~1 s average, and the instant field
+`NVML_FI_DEV_POWER_INSTANT`. Integrated power uses the instant field wherever
+the device offers it (`polled_power_mw`) and says which it used (`power_source`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import statistics
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -25,6 +33,30 @@ from llem.energy.devices import (
 # Clock-event reason bits (stable across NVML versions); looked up on the module when present.
 _THERMAL_BITS = ("SwThermalSlowdown", 0x20), ("HwThermalSlowdown", 0x40)
 _POWER_BITS = ("SwPowerCap", 0x04), ("HwPowerBrakeSlowdown", 0x80)
+
+# Field ids and value types of nvmlDeviceGetFieldValues (stable; looked up on the module when present).
+_FI_DEV_POWER_INSTANT = 186
+_VALUE_MEMBERS = (
+    ("NVML_VALUE_TYPE_DOUBLE", 0, "dVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_INT", 1, "uiVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_LONG", 2, "ulVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_LONG_LONG", 3, "ullVal"),
+    ("NVML_VALUE_TYPE_SIGNED_LONG_LONG", 4, "sllVal"),
+    ("NVML_VALUE_TYPE_SIGNED_INT", 5, "siVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_SHORT", 6, "usVal"),
+)
+_PSTATE_UNKNOWN = 32
+
+# The energy counter's update period is a property of the board, so it is measured once per GPU
+# (by UUID) per process; None records a counter that did not move within the time limit.
+_UPDATE_PERIODS: dict[str, float | None] = {}
+_UPDATE_PERIODS_LOCK = threading.Lock()
+
+
+def forget_counter_update_periods() -> None:
+    """Drop the per-process cache of measured counter update periods."""
+    with _UPDATE_PERIODS_LOCK:
+        _UPDATE_PERIODS.clear()
 
 
 @dataclass(frozen=True)
@@ -55,6 +87,16 @@ class ThrottleReasons:
     power: bool
 
 
+@dataclass(frozen=True)
+class GpuState:
+    """What a GPU was doing at one instant; recorded with an idle baseline to show it really was idle."""
+
+    memory_used_bytes: int | None
+    temperature_c: int | None
+    sm_clock_mhz: int | None
+    pstate: int | None  # 0 = P0 (maximum performance) ... 15; None where unreadable
+
+
 def _text(value: Any) -> str:
     """Old pynvml releases return bytes, newer ones str."""
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -63,12 +105,14 @@ def _text(value: Any) -> str:
 class NvmlDevices:
     """Open NVML handles for a set of CUDA device indices."""
 
-    def __init__(self, nvml: ModuleType | Any | None = None) -> None:
+    def __init__(self, nvml: ModuleType | Any | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._nvml_arg = nvml
         self._nvml: Any = None
+        self._clock = clock
         self._handles: dict[int, Any] = {}
         self._nvml_index: dict[int, int] = {}
         self._uuids: dict[int, str] = {}
+        self._power_sources: dict[int, str] = {}
         self._open = False
 
     # ------------------------------------------------------------------ opening
@@ -79,9 +123,13 @@ class NvmlDevices:
         *,
         nvml: ModuleType | Any | None = None,
         environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> NvmlDevices:
-        """Initialise NVML and pick devices; raises DeviceUnavailable with a reason."""
-        self = cls(nvml)
+        """Initialise NVML and pick devices; raises DeviceUnavailable with a reason.
+
+        `clock` times the counter's update period (tests pass a fake clock).
+        """
+        self = cls(nvml, clock=clock)
         self._start(indices, os.environ if environ is None else environ)
         return self
 
@@ -244,9 +292,84 @@ class NvmlDevices:
             return False
         return True
 
+    def counter_update_period_s(self, i: int, changes: int = 3, timeout_s: float = 2.0) -> float | None:
+        """Measure how often the energy counter moves: read it in a tight loop and time its changes.
+
+        The first change only aligns the timing with an update; the median of the
+        next `changes` intervals is returned. None when the counter did not change
+        that often within `timeout_s`; DeviceReadError when it cannot be read.
+        """
+        if changes < 1:
+            raise ValueError("changes must be at least 1")
+        clock = self._clock
+        start = clock()
+        last = self.energy_mj(i)
+        stamps: list[float] = []
+        while len(stamps) < changes + 1:
+            value = self.energy_mj(i)
+            now = clock()
+            if value != last:
+                stamps.append(now)
+                last = value
+            if now - start > timeout_s and len(stamps) < changes + 1:
+                return None
+        return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+
+    def cached_counter_update_period_s(self, i: int, changes: int = 3, timeout_s: float = 2.0) -> float | None:
+        """`counter_update_period_s`, measured once per GPU UUID per process (it is a hardware property)."""
+        uuid = self.uuid(i)
+        with _UPDATE_PERIODS_LOCK:
+            if uuid in _UPDATE_PERIODS:
+                return _UPDATE_PERIODS[uuid]
+        period = self.counter_update_period_s(i, changes, timeout_s)
+        with _UPDATE_PERIODS_LOCK:
+            _UPDATE_PERIODS[uuid] = period
+        return period
+
     def power_mw(self, i: int) -> int:
-        """Board power in milliwatts (a ~1 s average on A100/H100); raises DeviceReadError."""
+        """`nvmlDeviceGetPowerUsage` in milliwatts (a ~1 s trailing average on Ampere and newer); raises DeviceReadError."""
         return int(self._call(i, "power", "nvmlDeviceGetPowerUsage"))
+
+    def instant_power_mw(self, i: int) -> int:
+        """Instant board power in milliwatts (field NVML_FI_DEV_POWER_INSTANT); raises DeviceReadError.
+
+        The call can succeed while the field itself fails, so each value's own
+        `nvmlReturn` is checked, and the union is read by its `valueType`.
+        """
+        nv = self._nvml
+        field_id = int(getattr(nv, "NVML_FI_DEV_POWER_INSTANT", _FI_DEV_POWER_INSTANT))
+        values = self._call(i, "instant power", "nvmlDeviceGetFieldValues", [field_id])
+        value = values[0]
+        ret = int(value.nvmlReturn)
+        if ret != int(getattr(nv, "NVML_SUCCESS", 0)):
+            raise self._wrap(i, "instant power", nv.NVMLError(ret))
+        return int(round(self._field_number(i, value)))
+
+    def _field_number(self, i: int, value: Any) -> float:
+        kind = int(value.valueType)
+        for name, default, member in _VALUE_MEMBERS:
+            if kind == int(getattr(self._nvml, name, default)):
+                return float(getattr(value.value, member))
+        raise DeviceReadError(self.label(i), "instant power", f"unknown NVML value type {kind}")
+
+    def power_source(self, i: int) -> str:
+        """'instant' where the instant power field reads, else 'average'; probed once per device."""
+        if i not in self._power_sources:
+            try:
+                self.instant_power_mw(i)
+            except DeviceLost:
+                raise
+            except DeviceReadError:
+                self._power_sources[i] = "average"
+            else:
+                self._power_sources[i] = "instant"
+        return self._power_sources[i]
+
+    def polled_power_mw(self, i: int) -> int:
+        """Power for integration: instant where supported, the averaged reading elsewhere (see power_source)."""
+        if self.power_source(i) == "instant":
+            return self.instant_power_mw(i)
+        return self.power_mw(i)
 
     def temperature_c(self, i: int) -> int | None:
         sensor = getattr(self._nvml, "NVML_TEMPERATURE_GPU", 0)
@@ -270,6 +393,23 @@ class NvmlDevices:
         if info is None:
             return None
         return MemoryInfo(total=int(info.total), used=int(info.used), free=int(info.free))
+
+    def performance_state(self, i: int) -> int | None:
+        """Performance state (0 = P0, the highest); None where unreadable."""
+        value = self._optional(i, "performance state", "nvmlDeviceGetPerformanceState")
+        if value is None or int(value) == _PSTATE_UNKNOWN:
+            return None
+        return int(value)
+
+    def state(self, i: int) -> GpuState:
+        """Memory in use, temperature, SM clock and performance state right now."""
+        mem = self.memory_bytes(i)
+        return GpuState(
+            memory_used_bytes=None if mem is None else mem.used,
+            temperature_c=self.temperature_c(i),
+            sm_clock_mhz=self.clocks_mhz(i).sm_mhz,
+            pstate=self.performance_state(i),
+        )
 
     def persistence_mode(self, i: int) -> bool | None:
         value = self._optional(i, "persistence mode", "nvmlDeviceGetPersistenceMode")
@@ -330,6 +470,7 @@ class NvmlDevices:
             "memory_total_bytes": None if mem is None else mem.total,
             "power_limit_w": self.power_limit_w(i),
             "energy_counter": self.supports_energy_counter(i),
+            "power_source": self.power_source(i),
             "persistence_mode": self.persistence_mode(i),
         }
 
