@@ -15,6 +15,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
+from llem.backends.resources import MEMORY_FIELDS, MemoryReport
 from llem.config import ExperimentConfig
 from llem.prompts.load import Prompt
 
@@ -89,8 +90,12 @@ class Backend(abc.ABC):
         """Start a fresh peak-memory measurement."""
 
     def memory_stats(self) -> dict[str, Any]:
-        """Peak memory since `reset_peak_memory` and how it was measured."""
-        return {"peak_bytes": None, "method": None, "unavailable_reason": "backend does not report memory"}
+        """Memory over the window since `reset_peak_memory`, in the shape `llem.backends.resources.MemoryReport`
+        builds: weights, peak allocated, reserved and host peak RSS bytes, each with its method or a reason."""
+        report = MemoryReport()
+        for name in MEMORY_FIELDS:
+            report.unavailable(name, f"the {self.name or type(self).__name__} backend does not report memory")
+        return report.as_dict()
 
     def effective_settings(self) -> dict[str, Any]:
         """The engine settings actually in force (after engine defaults), for the result."""

@@ -1,6 +1,12 @@
-"""Sizes and memory that engines do not report themselves: checkpoint files, process trees.
+"""Sizes and memory that engines do not report themselves: checkpoint files, process trees, and the
+one shape every backend's `memory_stats()` returns.
 
-Shared by the engine backends that run their model in other processes (vLLM, TensorRT-LLM).
+Every backend reports the same four figures, each with how it was measured or why it is null:
+
+- `weights_bytes`: the model weights as held in memory;
+- `peak_allocated_bytes`: weights + activations + KV cache actually in use, peak over the window;
+- `reserved_bytes`: the pool the engine set aside (allocator reserve, or weights + KV cache pool);
+- `host_peak_rss_bytes`: peak resident memory of this process and its engine processes over the window.
 """
 
 from __future__ import annotations
@@ -8,7 +14,11 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
+
+MEMORY_FIELDS = ("weights_bytes", "peak_allocated_bytes", "reserved_bytes", "host_peak_rss_bytes")
 
 _SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                       "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -80,6 +90,7 @@ def process_tree_gpu_bytes() -> int | None:
 
 
 def peak_rss(pid: int) -> int | None:
+    """Peak resident set size (VmHWM) of one process, None when /proc cannot tell."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as handle:
             for line in handle:
@@ -106,3 +117,120 @@ def process_tree_gpu_bytes_by_device() -> dict[int, int]:
         return out
     finally:
         pynvml.nvmlShutdown()
+
+
+class MemoryReport:
+    """Builds the `memory_stats()` dict: each figure has a method, or is null with a reason."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, int | None] = dict.fromkeys(MEMORY_FIELDS)
+        self._methods: dict[str, str] = {}
+        self._unavailable: dict[str, str] = {}
+
+    def set(self, name: str, value: int | None, method: str, missing: str | None = None) -> None:
+        """Record `value` measured by `method`; when it is None, record `missing` as the reason instead."""
+        if name not in self._values:
+            raise KeyError(f"unknown memory figure {name!r}; expected one of {MEMORY_FIELDS}")
+        if value is None:
+            if not missing:
+                raise ValueError(f"memory figure {name!r} is null without a reason")
+            self.unavailable(name, missing)
+            return
+        self._values[name] = int(value)
+        self._methods[name] = method
+        self._unavailable.pop(name, None)
+
+    def unavailable(self, name: str, reason: str) -> None:
+        if name not in self._values:
+            raise KeyError(f"unknown memory figure {name!r}; expected one of {MEMORY_FIELDS}")
+        self._values[name] = None
+        self._methods.pop(name, None)
+        self._unavailable[name] = reason
+
+    def as_dict(self) -> dict[str, Any]:
+        unavailable = dict(self._unavailable)
+        for name, value in self._values.items():
+            if value is None:
+                unavailable.setdefault(name, "not reported by this backend")
+        return {**self._values, "methods": dict(self._methods), "unavailable": unavailable}
+
+
+def _clear_peak_rss(pid: int) -> bool:
+    """Reset one process's peak RSS (VmHWM) to its current RSS (Linux `clear_refs` 5)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
+class HostPeakRss:
+    """Peak resident memory of this process and its descendants over a window.
+
+    Linux keeps a high-water mark per process; `start()` resets it to the current RSS in every
+    process of the tree, so `read()` covers the window only. Processes started during the window
+    count from their start. The figure is the sum of per-process peaks: an upper bound of the
+    simultaneous peak, and pages shared between processes count once per process.
+    """
+
+    METHOD = (
+        "sum over this process and its descendants of the peak resident set size (VmHWM) since the window "
+        "started (reset through /proc/<pid>/clear_refs); shared pages count once per process"
+    )
+
+    def __init__(self, pids: Callable[[], Iterable[int]] = engine_pids) -> None:
+        self._pids = pids
+        self._scoped = False
+        self._why = "no measurement window was started (reset_peak_memory not called)"
+
+    def start(self) -> None:
+        failed = [pid for pid in self._pids() if not _clear_peak_rss(pid)]
+        self._scoped = not failed
+        if failed:
+            self._why = f"the peak RSS of processes {failed} could not be reset (no writable /proc/<pid>/clear_refs)"
+
+    def read(self) -> tuple[int | None, str]:
+        """(bytes, reason when None)."""
+        if not self._scoped:
+            return None, self._why
+        peaks = [p for p in (peak_rss(pid) for pid in self._pids()) if p is not None]
+        if not peaks:
+            return None, "no /proc/<pid>/status to read the peak RSS from"
+        return sum(peaks), ""
+
+    def report(self, report: MemoryReport) -> None:
+        value, why = self.read()
+        report.set("host_peak_rss_bytes", value, self.METHOD, why)
+
+
+class KvCachePeak:
+    """The most KV cache blocks held by running requests at once during a window, from per-step engine stats."""
+
+    def __init__(self) -> None:
+        self.peak_blocks: int | None = None
+        self.samples = 0
+
+    def reset(self) -> None:
+        self.peak_blocks, self.samples = None, 0
+
+    def observe(self, used_blocks: int) -> None:
+        self.samples += 1
+        self.peak_blocks = used_blocks if self.peak_blocks is None else max(self.peak_blocks, used_blocks)
+
+    def summary(self, total_blocks: int | None, block_bytes: int | None, method: str) -> dict[str, Any]:
+        """For the engine settings: blocks and bytes at the peak, or why they are unknown."""
+        peak_bytes = None if self.peak_blocks is None or block_bytes is None else self.peak_blocks * block_bytes
+        why = None
+        if self.peak_blocks is None:
+            why = "the engine reported no per-step KV cache statistics during the window"
+        elif block_bytes is None:
+            why = "the size of one KV cache block is unknown for this attention layout"
+        return {
+            "peak_blocks_in_use": self.peak_blocks,
+            "total_blocks": total_blocks,
+            "peak_bytes": peak_bytes,
+            "steps_observed": self.samples,
+            "method": method,
+            "unavailable_reason": why,
+        }

@@ -1,14 +1,16 @@
-"""Energy measurement: device access, meters, telemetry, idle baseline and quality checks.
+"""Energy measurement: device access, meters, the job-level monitor, telemetry, idle baseline and quality checks.
 
 Typical use by the harness::
 
-    meter = select_meter(cfg.energy.source, cfg.energy.devices, cfg.energy.sample_interval_ms / 1000)
-    baseline = measure_baseline(meter, cfg.baseline.duration_seconds)
-    sampler = TelemetrySampler(meter.nvml_devices, interval_s)
-    sampler.start(); meter.begin_window("run"); ...; window = meter.end_window("run"); sampler.stop()
-    adjusted = adjust_window(window, baseline)
-    warnings = quality_warnings(window, tolerance_pct=..., samples=sampler.samples, ...)
-    meter.close()
+    job_gpus = ...  # CUDA indices the job's engine uses, out of visible_gpu_count(); [] for a CPU job
+    monitor = open_monitor(cfg.energy.source, job_gpus, include_host=cfg.energy.include_host,
+                           interval_s=cfg.energy.sample_interval_ms / 1000)
+    baseline = measure_baseline(monitor, cfg.baseline.duration_seconds, settle_s=cfg.baseline.settle_seconds)
+    sampler = TelemetrySampler(monitor.nvml_devices, interval_s)
+    sampler.start(); monitor.begin_window("run"); ...; window = monitor.end_window("run"); sampler.stop()
+    adjusted = adjust_window(window, baseline, monitor.baseline_key)
+    warnings = quality_warnings(window, update_periods_s=monitor.update_periods_s, samples=sampler.samples, ...)
+    monitor.close()
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from llem.energy.devices import (
     RaplDomains,
     ReadNoPermission,
     ReadNotSupported,
+    visible_gpu_count,
 )
 from llem.energy.meters import (
     CrossCheckedMeter,
@@ -41,18 +44,22 @@ from llem.energy.meters import (
     RaplMeter,
     select_meter,
 )
+from llem.energy.monitor import ComponentEnergy, EnergyMonitor, MonitorWindow, open_monitor
 from llem.energy.quality import quality_warnings
 from llem.energy.sampler import TelemetrySampler
 
 __all__ = [
     "AdjustedEnergy",
     "BaselineResult",
+    "ComponentEnergy",
     "CrossCheckedMeter",
     "DeviceLost",
     "DeviceReadError",
     "DeviceUnavailable",
     "EnergyMeter",
+    "EnergyMonitor",
     "EnergyWindow",
+    "MonitorWindow",
     "NullMeter",
     "NvmlCounterMeter",
     "NvmlDevices",
@@ -67,6 +74,8 @@ __all__ = [
     "baseline_from_window",
     "energy_per_token_j",
     "measure_baseline",
+    "open_monitor",
     "quality_warnings",
     "select_meter",
+    "visible_gpu_count",
 ]

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from llem.energy.meters.base import EnergyWindow
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-# A window should span at least this many meter update periods.
-MIN_RESOLUTION_MULTIPLE = 10
+if TYPE_CHECKING:
+    from llem.energy.monitor import MonitorWindow
+
+# A window's edges each carry up to one update period of error, so it should span
+# at least this many periods for the figure to be good to about 1-2 %.
+MIN_UPDATE_PERIODS = 100
+
+_POLLED = {
+    "instant": "integrated instant power (NVML_FI_DEV_POWER_INSTANT)",
+    "average": "integrated averaged power (nvmlDeviceGetPowerUsage, a ~1 s trailing average that lags changes)",
+    "mixed": "integrated power (instant on some GPUs, a ~1 s trailing average on others)",
+}
 
 
 def counter_polled_diff_pct(counter_j: float, polled_j: float) -> float | None:
@@ -15,37 +26,59 @@ def counter_polled_diff_pct(counter_j: float, polled_j: float) -> float | None:
     return abs(counter_j - polled_j) / counter_j * 100.0
 
 
+def _short_window(window: MonitorWindow, update_periods_s: Mapping[str, float | None]) -> str | None:
+    d = window.duration_s
+    measured = {k: v for k, v in update_periods_s.items() if v}
+    if measured:
+        device, period = max(measured.items(), key=lambda kv: kv[1])
+        if d < MIN_UPDATE_PERIODS * period:
+            return (
+                f"window of {d:.3f} s is shorter than {MIN_UPDATE_PERIODS} update periods of the GPU energy counter "
+                f"(period measured at {period * 1000:.1f} ms on {device}; at least {MIN_UPDATE_PERIODS * period:.1f} s "
+                "needed); measure more prompts or a longer window for a reliable figure"
+            )
+        return None
+    res = window.resolution_s
+    if res and d < MIN_UPDATE_PERIODS * res:
+        return (
+            f"window of {d:.3f} s is shorter than {MIN_UPDATE_PERIODS} update periods of its slowest energy source "
+            f"({res * 1000:.1f} ms, not measured; at least {MIN_UPDATE_PERIODS * res:.1f} s needed); measure more "
+            "prompts or a longer window for a reliable figure"
+        )
+    return None
+
+
 def quality_warnings(
-    window: EnergyWindow,
+    window: MonitorWindow,
     *,
-    polled_total_j: float | None = None,
+    update_periods_s: Mapping[str, float | None] | None = None,
     tolerance_pct: float = 10.0,
     samples: int | None = None,
     throttled: bool = False,
-    persistence_mode: dict[str, bool | None] | None = None,
+    persistence_mode: Mapping[str, bool | None] | None = None,
     min_samples: int = 10,
 ) -> list[str]:
     """Warnings for one measured window.
 
-    `samples` is the number of telemetry samples taken over it (None: not
-    sampled); `polled_total_j` defaults to the window's own cross-check figure.
+    `update_periods_s` are the GPU counter's update periods measured when the
+    monitor opened (`EnergyMonitor.update_periods_s`); without them the
+    window's own resolution is used. `samples` is the number of telemetry
+    samples taken over it (None: not sampled).
     """
     out: list[str] = []
-    res = window.resolution_s
-    if res and window.duration_s < MIN_RESOLUTION_MULTIPLE * res:
-        out.append(
-            f"window of {window.duration_s:.3f} s is shorter than {MIN_RESOLUTION_MULTIPLE}x the {window.source} "
-            f"meter's update period ({res:.3f} s); measure more prompts for a reliable figure"
-        )
+    short = _short_window(window, update_periods_s or {})
+    if short:
+        out.append(short)
     if samples is not None and samples < min_samples:
         out.append(f"only {samples} telemetry samples in the window (fewer than {min_samples}); lengthen the window or "
                    "shorten energy.sample_interval_ms")
-    polled = polled_total_j if polled_total_j is not None else window.polled_total_j
-    if polled is not None and window.total_j is not None:
-        diff = counter_polled_diff_pct(window.total_j, polled)
+    gpu = window.components.get("gpu")
+    if gpu is not None and gpu.joules is not None and gpu.polled_j is not None:
+        diff = counter_polled_diff_pct(gpu.joules, gpu.polled_j)
         if diff is not None and diff > tolerance_pct:
+            polled = _POLLED.get(gpu.polled_source or "", "integrated power")
             out.append(
-                f"energy counter ({window.total_j:.1f} J) and integrated power ({polled:.1f} J) differ by "
+                f"GPU energy counter ({gpu.joules:.1f} J) and {polled} ({gpu.polled_j:.1f} J) differ by "
                 f"{diff:.1f}% (tolerance {tolerance_pct:g}%)"
             )
     if throttled:

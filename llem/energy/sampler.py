@@ -2,6 +2,8 @@
 
 Energy comes from the meters; these rows explain it afterwards (a throttled
 GPU, a cold start, clocks that never ramped). Unreadable values are None.
+`power_w` is the same reading the polled cross-check integrates: instant power
+where the device offers it, else the averaged reading (`NvmlDevices.power_source`).
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ class TelemetrySampler:
         row["t_s"] = t
         row["device"] = devs.label(i)
         try:
-            row["power_w"] = devs.power_mw(i) / 1000.0
+            row["power_w"] = devs.polled_power_mw(i) / 1000.0
         except DeviceLost:
             return row
         except DeviceReadError:

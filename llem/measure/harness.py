@@ -389,7 +389,8 @@ def run_experiment(
             total=flops_total,
             per_output_token=flops_total / output_tokens if flops_total is not None and output_tokens else None,
             per_pass=flops_total / window.passes if flops_total is not None else None,
-            method=FLOPS_METHOD if arch else "unavailable: the backend did not report the model architecture",
+            method=FLOPS_METHOD if arch else "unavailable: the model's architecture cannot be counted (missing sizes or "
+            "uncountable layer types)",
         ),
         memory=memory,
         prefill=prefill,

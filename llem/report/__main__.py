@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from llem.report.collect import NotACampaign, is_campaign
-from llem.report.stats import DEFAULT_CV_THRESHOLD, DEFAULT_SEED, UnknownColumn
+from llem.report.stats import DEFAULT_BOOTSTRAP_MIN_N, DEFAULT_CV_THRESHOLD, DEFAULT_SEED, UnknownColumn
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +34,11 @@ def _parser() -> argparse.ArgumentParser:
         "--cv-threshold", type=float, default=DEFAULT_CV_THRESHOLD,
         help=f"flag groups whose coefficient of variation exceeds this (default {DEFAULT_CV_THRESHOLD})",
     )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="bootstrap seed (default %(default)s)")
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED,
+        help=f"bootstrap seed, used only for groups of {DEFAULT_BOOTSTRAP_MIN_N} or more values; smaller groups "
+        "get a Student-t interval, which needs no seed (default %(default)s)",
+    )  # fmt: skip
     return parser
 
 

@@ -20,7 +20,13 @@ import pandas as pd
 from llem.atomic import atomic_write_text
 from llem.report.collect import Campaign, collect
 from llem.report.plots import Plot, config_label, make_plots
-from llem.report.stats import DEFAULT_CV_THRESHOLD, DEFAULT_METRICS, DEFAULT_SEED, group_stats
+from llem.report.stats import (
+    DEFAULT_BOOTSTRAP_MIN_N,
+    DEFAULT_CV_THRESHOLD,
+    DEFAULT_METRICS,
+    DEFAULT_SEED,
+    group_stats,
+)
 from llem.report.summary import param_columns, summary_frame, write_frame
 
 REPORT_MD = "report.md"
@@ -98,7 +104,8 @@ def _spread(row: pd.Series, metric: str) -> str:
         return f"{fmt(mean)} (1 value)"
     cv_text = f"{cv * 100:.1f}%" if not pd.isna(cv) else "—"
     ci = f"{fmt(row[f'{metric}_ci_low'])}–{fmt(row[f'{metric}_ci_high'])}"
-    return f"{fmt(mean)} ± {fmt(std, 2)} (CV {cv_text}; CI {ci})"
+    label = "bootstrap CI" if row.get(f"{metric}_ci_method") == "bootstrap" else "CI"
+    return f"{fmt(mean)} ± {fmt(std, 2)} (CV {cv_text}; {label} {ci})"
 
 
 def _unstable_cell(row: pd.Series, metrics: Sequence[str]) -> str:
@@ -136,8 +143,9 @@ def stats_table(report: CampaignReport) -> Table:
             ]
         )
     note = (
-        "Mean ± sample standard deviation over cycles, coefficient of variation (CV) and 95% percentile "
-        f"bootstrap confidence interval of the mean. Unstable: CV above {report.cv_threshold:g}."
+        "Mean ± sample standard deviation over cycles, coefficient of variation (CV) and 95% Student-t "
+        f"confidence interval (CI) of the mean; groups of {DEFAULT_BOOTSTRAP_MIN_N} or more values use a "
+        f"percentile bootstrap instead (bootstrap CI). Unstable: CV above {report.cv_threshold:g}."
     )
     return Table("Statistics by configuration", headers, rows, note)
 

@@ -72,5 +72,11 @@ def test_pytorch_and_vllm_measure_the_same_work_with_the_same_schema(
         assert result.latency.ttft_ms.p50 and result.latency.ttft_ms.p50 > 0
         assert result.latency.itl_ms.p50 and result.latency.itl_ms.p50 > 0
         assert result.latency.itl_ms.count == 4 * 5
+        # one clock: every prompt arrives at the window start; both engines say when they took it up
+        assert result.latency.queue_ms.count == result.latency.prefill_ms.count == 4
+        assert result.latency.e2e_ms.p50 >= result.latency.ttft_ms.p50 >= result.latency.prefill_ms.p50  # type: ignore[operator]
+        assert result.passes == 1 and result.prefill is not None and result.decode is not None
+        assert result.prefill.tokens == result.input_tokens and result.decode.tokens == 4 * 5
         # weights alike; PyTorch also counts buffers (rotary inv_freq), vLLM the checkpoint's tensors
-        assert result.memory.model_bytes == pytest.approx(torch_result.memory.model_bytes, rel=1e-3)
+        assert result.memory.weights_bytes == pytest.approx(torch_result.memory.weights_bytes, rel=1e-3)
+    assert torch_result.engine_settings["stop_token_ids"] == vllm_result.engine_settings["stop_token_ids"]

@@ -118,3 +118,10 @@ def test_sampling_kwargs() -> None:
     }
     sampled = sampling_kwargs(_experiment(force_output_length=False, decoder={"do_sample": True, "top_p": 0.8}))
     assert sampled["top_p"] == 0.8 and sampled["seed"] == 42 and "min_tokens" not in sampled
+
+
+def test_sampling_kwargs_keep_the_stop_token_in_the_output() -> None:
+    free = sampling_kwargs(_experiment(force_output_length=False), stop_token_ids=[2, 9])
+    assert free["stop_token_ids"] == [2, 9] and free["include_stop_str_in_output"] is True  # counted, as elsewhere
+    forced = sampling_kwargs(_experiment(), stop_token_ids=[2, 9])
+    assert "stop_token_ids" not in forced and "include_stop_str_in_output" not in forced

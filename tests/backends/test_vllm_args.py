@@ -77,6 +77,13 @@ def test_sampling_kwargs_greedy_forced_and_sampled() -> None:
                        "top_k": 20, "seed": 5}
 
 
+def test_sampling_kwargs_pass_the_stop_set_unless_the_length_is_forced() -> None:
+    free = sampling_kwargs(_experiment(force_output_length=False), stop_token_ids=(2, 9))
+    assert free == {"n": 1, "max_tokens": 8, "repetition_penalty": 1.0, "stop_token_ids": [2, 9], "temperature": 0.0}
+    forced = sampling_kwargs(_experiment(), stop_token_ids=[2, 9])
+    assert "stop_token_ids" not in forced and forced["ignore_eos"] is True
+
+
 def test_load_key_follows_every_engine_setting_and_ignores_run_time_ones() -> None:
     base = _experiment()
     key = VLLMBackend.load_key(base)
@@ -126,4 +133,6 @@ def test_against_the_installed_vllm() -> None:
     forced = SamplingParams(**sampling_kwargs(_experiment()), output_kind=RequestOutputKind.DELTA)
     assert forced.max_tokens == forced.min_tokens == 8 and forced.ignore_eos and forced.temperature == 0.0
     sampled = SamplingParams(**sampling_kwargs(_experiment(decoder={"do_sample": True, "top_k": 5, "top_p": 0.5})))
+    stopping = SamplingParams(**sampling_kwargs(_experiment(force_output_length=False), stop_token_ids=[2, 9]))
+    assert stopping.stop_token_ids == [2, 9] and not stopping.ignore_eos and stopping.all_stop_token_ids == {2, 9}
     assert sampled.top_k == 5 and sampled.top_p == 0.5 and sampled.seed == 42 and sampled.min_tokens == 8

@@ -64,11 +64,15 @@ def test_cpu_run_writes_a_valid_result(tmp_path: Path, session: BackendSession) 
     assert s["max_num_seqs"] == 4 and s["max_model_len"] == 256 and s["enforce_eager"] is True
     assert s["num_gpu_blocks"] > 0 and s["kv_cache_bytes"] > 0 and s["block_size"] > 0
     arch = s["architecture"]
-    assert arch["num_layers"] == 2 and arch["hidden_size"] == 128 and arch["embedding_parameters"] > 0
+    assert arch["num_layers"] == 2 and arch["hidden_size"] == 128 and arch["vocab_size"] > 0 and arch["num_heads"] == 2
     cross = s["timing_cross_check"]
     assert cross["host_ttft_ms_median"] > 0 and cross["engine_first_token_latency_ms_median"] > 0
     assert result.flops.total and result.flops.total > 0
-    assert result.memory.peak_bytes and result.memory.model_bytes and result.memory.reserved_peak_bytes
+    m = result.memory
+    assert m.weights_bytes and m.reserved_bytes and m.reserved_bytes > m.weights_bytes
+    assert m.peak_allocated_bytes is not None or "peak_allocated_bytes" in m.unavailable
+    assert result.latency.queue_ms.count == result.latency.prefill_ms.count == PROMPTS  # vLLM's SCHEDULED events
+    assert result.passes == 1 and result.prefill is not None and result.prefill.tokens == result.input_tokens
     assert result.environment["versions"]["vllm"] and result.environment["versions"]["torch"]
 
 

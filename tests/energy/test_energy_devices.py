@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fakes.fake_pynvml import FakeGpu, FakeNvml
+from tests.fakes.fake_pynvml import FakeClock, FakeGpu, FakeNvml
 from tests.fakes import fake_pynvml as fk
 
 from llem.energy.devices import DeviceLost, DeviceReadError, DeviceUnavailable, ReadNoPermission, ReadNotSupported
-from llem.energy.devices.nvml import NvmlDevices
+from llem.energy.devices.nvml import NvmlDevices, visible_gpu_count
 
 
 def _open(nv: FakeNvml, indices: list[int] | None = None, env: dict[str, str] | None = None) -> NvmlDevices:
@@ -230,3 +230,133 @@ def test_real_pynvml_without_gpu_gives_reason() -> None:
     with pytest.raises(DeviceUnavailable) as info:
         NvmlDevices.open(None)
     assert info.value.reason
+
+
+# --------------------------------------------------------------------- instant power
+@pytest.mark.parametrize(
+    ("value_type", "member"),
+    [
+        (fk.NVML_VALUE_TYPE_UNSIGNED_INT, "uiVal"),
+        (fk.NVML_VALUE_TYPE_SIGNED_INT, "siVal"),
+        (fk.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, "ullVal"),
+        (fk.NVML_VALUE_TYPE_DOUBLE, "dVal"),
+    ],
+)
+def test_instant_power_is_read_by_value_type(value_type: int, member: str) -> None:
+    nv = FakeNvml([FakeGpu(instant_power_mw=412_345, instant_value_type=value_type, power_mw=300_000)])
+    devs = _open(nv)
+    assert devs.instant_power_mw(0) == 412_345
+    assert devs.power_source(0) == "instant"
+    assert devs.polled_power_mw(0) == 412_345  # not the 300 W average
+    raw = nv.nvmlDeviceGetFieldValues(nv.nvmlDeviceGetHandleByIndex(0), [fk.NVML_FI_DEV_POWER_INSTANT])[0]
+    assert getattr(raw.value, member) == pytest.approx(412_345)
+
+
+def test_unsupported_instant_field_falls_back_to_average() -> None:
+    nv = FakeNvml([FakeGpu(power_mw=[250_000, 260_000])])  # instant field unsupported (the default)
+    devs = _open(nv)
+    with pytest.raises(ReadNotSupported, match="instant power"):
+        devs.instant_power_mw(0)
+    assert devs.power_source(0) == "average"
+    assert devs.polled_power_mw(0) == 250_000
+    assert devs.polled_power_mw(0) == 260_000
+    probes = [c for c in nv.calls if c[0] == "nvmlDeviceGetFieldValues"]
+    assert len(probes) == 2  # the explicit read and one probe: the source is remembered
+
+
+def test_instant_power_checks_each_values_return_code() -> None:
+    gpu = FakeGpu(instant_power_mw=500_000, instant_power_return=[fk.NVML_SUCCESS, fk.NVML_ERROR_GPU_IS_LOST])
+    devs = _open(FakeNvml([gpu]))
+    assert devs.instant_power_mw(0) == 500_000
+    with pytest.raises(DeviceLost):
+        devs.instant_power_mw(0)  # the call succeeded, the value did not
+
+
+def test_field_values_call_failing_means_average() -> None:
+    gpu = FakeGpu(instant_power_mw=1, errors={"nvmlDeviceGetFieldValues": fk.NVMLError_FunctionNotFound})
+    devs = _open(FakeNvml([gpu]))
+    assert devs.power_source(0) == "average"
+    lost = _open(FakeNvml([FakeGpu(errors={"nvmlDeviceGetFieldValues": fk.NVMLError_GpuIsLost})]))
+    with pytest.raises(DeviceLost):
+        lost.power_source(0)
+
+
+def test_describe_records_the_power_source() -> None:
+    devs = _open(FakeNvml([FakeGpu(instant_power_mw=1), FakeGpu()]))
+    assert devs.describe(0)["power_source"] == "instant"
+    assert devs.describe(1)["power_source"] == "average"
+
+
+# --------------------------------------------------------------------- counter update period
+def _stepping(period: float, latency: float = 0.002, **kw: object) -> tuple[NvmlDevices, FakeNvml]:
+    clock = FakeClock(5.0)
+    gpu = FakeGpu(energy_mj=lambda t: int(250_000 * t), energy_update_period_s=period, **kw)  # type: ignore[arg-type]
+    nv = FakeNvml([gpu], clock=clock, call_latency_s=latency)
+    return NvmlDevices.open(None, nvml=nv, environ={}, clock=clock), nv
+
+
+@pytest.mark.parametrize("period", [0.1, 0.02, 0.05])
+def test_counter_update_period_is_measured(period: float) -> None:
+    devs, nv = _stepping(period)
+    measured = devs.counter_update_period_s(0)
+    assert measured == pytest.approx(period, abs=0.0025)  # within one read
+    assert nv.clock() - 5.0 <= 5 * period + 0.01  # stopped after the changes it needed
+
+
+def test_counter_update_period_gives_up_after_the_time_limit() -> None:
+    devs, nv = _stepping(1.0)  # too slow for the limit
+    assert devs.counter_update_period_s(0, changes=3, timeout_s=0.5) is None
+    assert nv.clock() - 5.0 == pytest.approx(0.5, abs=0.01)
+
+
+def test_counter_update_period_with_a_frozen_clock_returns() -> None:
+    nv = FakeNvml([FakeGpu(energy_mj=lambda t: int(1000 * t))])  # a FakeClock that never moves
+    devs = NvmlDevices.open(None, nvml=nv, environ={}, clock=nv.clock)
+    assert devs.counter_update_period_s(0) is None
+    assert len(nv.calls) < 2000  # gave up instead of spinning
+
+
+def test_counter_update_period_unreadable_counter_raises() -> None:
+    devs = _open(FakeNvml([FakeGpu(errors={"nvmlDeviceGetTotalEnergyConsumption": fk.NVMLError_NotSupported})]))
+    with pytest.raises(ReadNotSupported):
+        devs.counter_update_period_s(0)
+    with pytest.raises(ValueError):
+        devs.counter_update_period_s(0, changes=0)
+
+
+def test_counter_update_period_is_cached_per_uuid() -> None:
+    devs, nv = _stepping(0.1)
+    assert devs.cached_counter_update_period_s(0) == pytest.approx(0.1, abs=0.0025)
+    def counter_reads() -> int:
+        return sum(1 for name, _ in nv.calls if name == "nvmlDeviceGetTotalEnergyConsumption")
+
+    reads = counter_reads()
+    again = NvmlDevices.open(None, nvml=nv, environ={}, clock=nv.clock)
+    assert again.cached_counter_update_period_s(0) == pytest.approx(0.1, abs=0.0025)
+    assert counter_reads() == reads  # a hardware property: measured once per GPU per process
+    other, _ = _stepping(0.05, uuid="GPU-other")
+    assert other.cached_counter_update_period_s(0) == pytest.approx(0.05, abs=0.0025)
+
+
+# --------------------------------------------------------------------- state
+def test_state_for_the_baseline() -> None:
+    gpu = FakeGpu(memory_used=3 * 2**30, temperature_c=33, sm_clock_mhz=345, pstate=8)
+    devs = _open(FakeNvml([gpu, FakeGpu(pstate=fk.NVML_PSTATE_UNKNOWN, errors={
+        "nvmlDeviceGetTemperature": fk.NVMLError_NotSupported})]))
+    state = devs.state(0)
+    assert (state.memory_used_bytes, state.temperature_c, state.sm_clock_mhz, state.pstate) == (3 * 2**30, 33, 345, 8)
+    other = devs.state(1)
+    assert other.temperature_c is None and other.pstate is None
+
+
+# --------------------------------------------------------------------- visible GPUs
+def test_visible_gpu_count() -> None:
+    nv = _three()
+    assert visible_gpu_count(nvml_module=nv, environ={}) == 3
+    assert visible_gpu_count(nvml_module=nv, environ={"CUDA_VISIBLE_DEVICES": "2"}) == 1
+    assert visible_gpu_count(nvml_module=nv, environ={"CUDA_VISIBLE_DEVICES": ""}) == 0
+    assert nv.initialised == 0  # NVML released after counting
+    missing = FakeNvml([], init_error=fk.NVMLError_LibraryNotFound)
+    assert visible_gpu_count(nvml_module=missing, environ={}) == 0
+    # MIG instances are GPUs the job uses, though NVML cannot measure them
+    assert visible_gpu_count(nvml_module=nv, environ={"CUDA_VISIBLE_DEVICES": "MIG-aaaa,MIG-bbbb"}) == 2

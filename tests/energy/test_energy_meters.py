@@ -230,3 +230,47 @@ def test_null_meter_never_reports_zero() -> None:
     assert w.duration_s == pytest.approx(3.0)
     assert w.unavailable_reason == "no energy source available: test"
     assert w.to_dict()["total_j"] is None
+
+
+# --------------------------------------------------------------------- instant power and update periods
+def test_polling_integrates_instant_power_where_supported() -> None:
+    # the averaged reading lags: 100 W throughout, while the instant reading shows the step to 300 W
+    # (the first instant value is read by the probe that finds the field supported)
+    devs, clock = _devices(
+        FakeGpu(power_mw=100_000, instant_power_mw=[100_000, 100_000, 300_000, 300_000]),
+        FakeGpu(power_mw=50_000),  # no instant field on this board
+    )
+    meter = NvmlPollingMeter(devs, interval_s=1.0, clock=clock, start_thread=False)
+    assert meter.power_sources == {"gpu0": "instant", "gpu1": "average"}
+    assert meter.polled_source == "mixed"
+    meter.begin_window("run")
+    clock.advance(1.0)
+    meter.poll_once()
+    clock.advance(1.0)
+    w = meter.end_window("run")
+    assert w.per_device == {"gpu0": pytest.approx(200.0 + 300.0), "gpu1": pytest.approx(100.0)}
+    assert w.polled_source == "mixed"
+    meter.close()
+
+
+def test_cross_checked_window_records_the_polled_source() -> None:
+    clock = FakeClock()
+    devs, _ = _devices(FakeGpu(energy_mj=lambda t: 300_000 * t, instant_power_mw=300_000), clock=clock)
+    meter = CrossCheckedMeter(
+        NvmlCounterMeter(devs, clock=clock), NvmlPollingMeter(devs, interval_s=0.5, clock=clock, start_thread=False)
+    )
+    assert meter.polled_source == "instant"
+    meter.begin_window("run")
+    clock.advance(1.0)
+    w = meter.end_window("run")
+    assert w.polled_source == "instant" and w.polled_total_j == pytest.approx(300.0)
+
+
+def test_counter_resolution_is_the_slowest_measured_period() -> None:
+    devs, clock = _devices(FakeGpu(), FakeGpu(), FakeGpu())
+    assert NvmlCounterMeter(devs, update_periods_s={0: 0.02, 1: 0.05, 2: 0.03}).resolution_s == pytest.approx(0.05)
+    assert NvmlCounterMeter(devs, update_periods_s={0: 0.02, 1: None}).resolution_s == pytest.approx(0.1)
+    assert NvmlCounterMeter(devs).resolution_s == pytest.approx(0.1)
+    m = NvmlCounterMeter(devs, clock=clock, update_periods_s={0: 0.02, 1: 0.02, 2: 0.02})
+    m.begin_window("run")
+    assert m.end_window("run").resolution_s == pytest.approx(0.02)

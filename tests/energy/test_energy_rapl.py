@@ -1,4 +1,4 @@
-"""RAPL discovery, wrap-around and permission handling on a fake powercap tree."""
+"""RAPL discovery (package and DRAM domains), wrap-around and permission handling on a fake powercap tree."""
 
 from __future__ import annotations
 
@@ -8,25 +8,11 @@ from pathlib import Path
 import pytest
 
 from llem.energy.devices import DeviceUnavailable
-from llem.energy.devices.rapl import RaplDomains, delta_uj
+from llem.energy.devices.rapl import DRAM, PACKAGE, RaplDomains, delta_uj
 from llem.energy.meters import RaplMeter
 
+from tests.energy.fake_powercap import MAX, make_zone, server_tree, set_energy
 from tests.fakes.fake_pynvml import FakeClock
-
-MAX = 262_143_328_850
-
-
-def make_zone(root: Path, zone: str, name: str, energy: int, max_range: int = MAX) -> Path:
-    d = root / zone
-    d.mkdir(parents=True)
-    (d / "name").write_text(name + "\n")
-    (d / "energy_uj").write_text(f"{energy}\n")
-    (d / "max_energy_range_uj").write_text(f"{max_range}\n")
-    return d
-
-
-def set_energy(zone: Path, value: int) -> None:
-    (zone / "energy_uj").write_text(f"{value}\n")
 
 
 @pytest.fixture
@@ -46,6 +32,37 @@ def test_discovers_package_zones_only(tree: Path) -> None:
     assert [d.zone for d in rapl.domains] == ["intel-rapl:0", "intel-rapl:1"]
     assert rapl.domains[0].max_energy_range_uj == MAX
     assert rapl.read_all_uj() == {"package-0": 1_000, "package-1": 2_000}
+    assert "no 'dram' sub-zone" in rapl.missing[DRAM]
+
+
+def test_discovers_dram_sub_zones_as_separate_domains(tmp_path: Path) -> None:
+    server_tree(tmp_path)
+    rapl = RaplDomains(tmp_path)
+    assert rapl.keys(PACKAGE) == ["package-0", "package-1"]
+    assert rapl.keys(DRAM) == ["dram-0", "dram-1"]
+    assert [d.zone for d in rapl.of_kind(DRAM)] == ["intel-rapl:0:2", "intel-rapl:1:0"]
+    assert rapl.read_all_uj() == {"package-0": 1_000, "package-1": 2_000, "dram-0": 3_000, "dram-1": 4_000}
+    assert rapl.missing == {}
+
+
+def test_sub_zones_linked_at_the_top_level_are_found_once(tmp_path: Path) -> None:
+    zones = server_tree(tmp_path)
+    (tmp_path / "intel-rapl:0:2").symlink_to(zones["dram-0"])  # as /sys/class/powercap lists them
+    (tmp_path / "intel-rapl:0:0").symlink_to(zones["core-0"])
+    assert RaplDomains(tmp_path).keys(DRAM) == ["dram-0", "dram-1"]
+
+
+def test_unreadable_dram_is_explained_and_package_still_read(tmp_path: Path) -> None:
+    server_tree(tmp_path)
+
+    def reader(path: Path) -> str:
+        if path.name == "energy_uj" and path.parent.name.count(":") == 2:
+            raise PermissionError(13, "Permission denied", str(path))
+        return path.read_text()
+
+    rapl = RaplDomains(tmp_path, reader=reader)
+    assert rapl.keys() == ["package-0", "package-1"]
+    assert "permission denied" in rapl.missing[DRAM] and "intel-rapl:0:2" in rapl.missing[DRAM]
 
 
 def test_delta_uj() -> None:
@@ -71,6 +88,28 @@ def test_meter_handles_wrap_around(tree: Path) -> None:
     assert w.total_j == pytest.approx(4.0)
     assert w.duration_s == pytest.approx(0.5)
     meter.close()
+
+
+def test_meter_reads_package_and_dram_separately_with_wrap(tmp_path: Path) -> None:
+    zones = server_tree(tmp_path)
+    clock = FakeClock()
+    meter = RaplMeter(RaplDomains(tmp_path), clock=clock, wrap_guard_s=None)
+    set_energy(zones["dram-0"], MAX - 500_000)
+    meter.begin_window("run")
+    clock.advance(2.0)
+    set_energy(zones["package-0"], 1_000 + 40_000_000)  # 40 J
+    set_energy(zones["package-1"], 2_000 + 30_000_000)  # 30 J
+    set_energy(zones["dram-0"], 1_500_000)  # wrapped: 2 J
+    set_energy(zones["dram-1"], 4_000 + 5_000_000)  # 5 J
+    set_energy(zones["core-0"], 999_999_999)  # inside the package: ignored
+    set_energy(zones["psys"], 999_999_999)  # overlaps: ignored
+    w = meter.end_window("run")
+    meter.close()
+    assert w.per_device == {
+        "package-0": pytest.approx(40.0), "package-1": pytest.approx(30.0),
+        "dram-0": pytest.approx(2.0), "dram-1": pytest.approx(5.0),
+    }
+    assert w.total_j == pytest.approx(77.0)
 
 
 def test_guard_reads_catch_repeated_wraps(tmp_path: Path) -> None:

@@ -127,3 +127,12 @@ def test_stop_after_devices_closed_is_harmless() -> None:
     sampler.start()
     devs.close()
     assert len(sampler.stop()) == 1
+
+
+def test_power_column_is_instant_where_supported() -> None:
+    clock = FakeClock()
+    devs = _devices(FakeGpu(power_mw=100_000, instant_power_mw=420_000), FakeGpu(power_mw=90_000), clock=clock)
+    sampler = TelemetrySampler(devs, 1.0, clock=clock, start_thread=False)
+    sampler.sample_once()
+    by_dev = {r["device"]: r["power_w"] for r in sampler.rows}
+    assert by_dev == {"gpu0": pytest.approx(420.0), "gpu1": pytest.approx(90.0)}

@@ -3,13 +3,19 @@
 It mimics the slice of the real API that llem uses: function names and
 signatures, the NVMLError class hierarchy (a subclass per error code, and
 `NVMLError(code)` returning the matching subclass), opaque handles, and the
-memory / utilisation structs. Every reading is scripted per GPU as a constant,
-a list of successive values (the last one repeats), or a function of a fake
-clock, and any function can be told to raise.
+memory / utilisation structs, and the field-value structs of
+`nvmlDeviceGetFieldValues` (real ctypes unions, so reading the wrong member gives
+the wrong number as it would on a driver). Every reading is scripted per GPU as a
+constant, a list of successive values (the last one repeats), or a function of a
+fake clock, and any function can be told to raise. The energy counter can be made
+to move in steps like the real one (`energy_update_period_s`), and every device
+call can be made to take fake time (`call_latency_s`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +39,18 @@ NVML_CLOCK_SM = 1
 NVML_CLOCK_MEM = 2
 NVML_FEATURE_DISABLED = 0
 NVML_FEATURE_ENABLED = 1
+
+NVML_FI_DEV_POWER_AVERAGE = 185
+NVML_FI_DEV_POWER_INSTANT = 186
+NVML_VALUE_TYPE_DOUBLE = 0
+NVML_VALUE_TYPE_UNSIGNED_INT = 1
+NVML_VALUE_TYPE_UNSIGNED_LONG = 2
+NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = 3
+NVML_VALUE_TYPE_SIGNED_LONG_LONG = 4
+NVML_VALUE_TYPE_SIGNED_INT = 5
+NVML_VALUE_TYPE_UNSIGNED_SHORT = 6
+NVML_PSTATE_0 = 0
+NVML_PSTATE_UNKNOWN = 32
 
 nvmlClocksEventReasonGpuIdle = 0x01
 nvmlClocksEventReasonApplicationsClocksSetting = 0x02
@@ -119,6 +137,41 @@ class c_nvmlUtilization_t:
     memory: int
 
 
+class c_nvmlValue_t(ctypes.Union):
+    _fields_ = [
+        ("dVal", ctypes.c_double),
+        ("uiVal", ctypes.c_uint),
+        ("ulVal", ctypes.c_ulong),
+        ("ullVal", ctypes.c_ulonglong),
+        ("sllVal", ctypes.c_longlong),
+        ("siVal", ctypes.c_int),
+        ("usVal", ctypes.c_ushort),
+    ]
+
+
+class c_nvmlFieldValue_t(ctypes.Structure):
+    _fields_ = [
+        ("fieldId", ctypes.c_uint32),
+        ("scopeId", ctypes.c_uint32),
+        ("timestamp", ctypes.c_int64),
+        ("latencyUsec", ctypes.c_int64),
+        ("valueType", ctypes.c_uint),
+        ("nvmlReturn", ctypes.c_uint),
+        ("value", c_nvmlValue_t),
+    ]
+
+
+_VALUE_MEMBER = {
+    NVML_VALUE_TYPE_DOUBLE: "dVal",
+    NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+    NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+    NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+    NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+    NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+    NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
+}
+
+
 # --------------------------------------------------------------------- scripting
 class FakeClock:
     """Manual monotonic clock; pass `clock` as a meter's clock and `clock.sleep` as its sleep."""
@@ -162,12 +215,23 @@ class FakeGpu:
 
     A list advances only on calls that return a value: a call told to raise by
     `errors` does not consume an entry.
+
+    `instant_power_mw` None means the board does not offer NVML_FI_DEV_POWER_INSTANT
+    (its field value comes back with NVML_ERROR_NOT_SUPPORTED); `instant_power_return`
+    scripts the per-value nvmlReturn of a supported field, `instant_value_type` the
+    union member the driver fills. `energy_update_period_s` makes the counter hold
+    its value between updates at multiples of that period of fake time.
     """
 
     name: str = "NVIDIA H100 80GB HBM3"
     uuid: str = ""
     energy_mj: Script = 0
+    energy_update_period_s: float | None = None
     power_mw: Script = 100_000
+    instant_power_mw: Script | None = None
+    instant_power_return: Script = NVML_SUCCESS
+    instant_value_type: int = NVML_VALUE_TYPE_UNSIGNED_INT
+    pstate: Script = NVML_PSTATE_0
     temperature_c: Script = 40
     sm_clock_mhz: Script = 1980
     mem_clock_mhz: Script = 2619
@@ -219,6 +283,17 @@ class FakeNvml:
     NVML_CLOCK_MEM = NVML_CLOCK_MEM
     NVML_FEATURE_DISABLED = NVML_FEATURE_DISABLED
     NVML_FEATURE_ENABLED = NVML_FEATURE_ENABLED
+    NVML_SUCCESS = NVML_SUCCESS
+    NVML_FI_DEV_POWER_AVERAGE = NVML_FI_DEV_POWER_AVERAGE
+    NVML_FI_DEV_POWER_INSTANT = NVML_FI_DEV_POWER_INSTANT
+    NVML_VALUE_TYPE_DOUBLE = NVML_VALUE_TYPE_DOUBLE
+    NVML_VALUE_TYPE_UNSIGNED_INT = NVML_VALUE_TYPE_UNSIGNED_INT
+    NVML_VALUE_TYPE_UNSIGNED_LONG = NVML_VALUE_TYPE_UNSIGNED_LONG
+    NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+    NVML_VALUE_TYPE_SIGNED_LONG_LONG = NVML_VALUE_TYPE_SIGNED_LONG_LONG
+    NVML_VALUE_TYPE_SIGNED_INT = NVML_VALUE_TYPE_SIGNED_INT
+    NVML_VALUE_TYPE_UNSIGNED_SHORT = NVML_VALUE_TYPE_UNSIGNED_SHORT
+    NVML_PSTATE_UNKNOWN = NVML_PSTATE_UNKNOWN
     nvmlClocksEventReasonSwPowerCap = nvmlClocksEventReasonSwPowerCap
     nvmlClocksEventReasonSwThermalSlowdown = nvmlClocksEventReasonSwThermalSlowdown
     nvmlClocksEventReasonHwThermalSlowdown = nvmlClocksEventReasonHwThermalSlowdown
@@ -233,6 +308,7 @@ class FakeNvml:
         driver_version: str = "550.54.15",
         cuda_driver_version: int = 12040,
         has_event_reasons: bool = True,
+        call_latency_s: float = 0.0,
     ) -> None:
         self.gpus = list(gpus)
         for n, g in enumerate(self.gpus):
@@ -243,6 +319,7 @@ class FakeNvml:
         self.driver_version = driver_version
         self.cuda_driver_version = cuda_driver_version
         self.has_event_reasons = has_event_reasons
+        self.call_latency_s = call_latency_s  # fake time each device call takes (needs a FakeClock)
         self.initialised = 0
         self.init_calls = 0
         self.shutdown_calls = 0
@@ -255,6 +332,8 @@ class FakeNvml:
             raise NVMLError_Uninitialized()
         if handle is None:
             return
+        if self.call_latency_s:
+            self.clock.advance(self.call_latency_s)  # type: ignore[attr-defined]
         err = handle.gpu.errors.get(fn)
         if isinstance(err, list):
             k = sum(1 for name, idx in self.calls if name == fn and idx == handle.index) - 1
@@ -314,7 +393,40 @@ class FakeNvml:
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: FakeHandle) -> int:
         self._check("nvmlDeviceGetTotalEnergyConsumption", handle)
-        return int(self._v(handle, "energy_mj"))
+        t = self.clock()
+        step = handle.gpu.energy_update_period_s
+        if step:
+            t = math.floor(t / step + 1e-9) * step  # the value of the last update
+        return int(handle.gpu.value("energy_mj", t))
+
+    def nvmlDeviceGetFieldValues(self, handle: FakeHandle, fieldIds: Sequence[Any]) -> list[c_nvmlFieldValue_t]:
+        self._check("nvmlDeviceGetFieldValues", handle)
+        out = []
+        for item in fieldIds:
+            field_id, scope = (item, 0) if isinstance(item, int) else item
+            v = c_nvmlFieldValue_t(fieldId=field_id, scopeId=scope, timestamp=int(self.clock() * 1e6))
+            v.nvmlReturn = NVML_ERROR_NOT_SUPPORTED
+            gpu = handle.gpu
+            if field_id == NVML_FI_DEV_POWER_INSTANT and gpu.instant_power_mw is not None:
+                ret = int(gpu.value("instant_power_return", self.clock()))
+                v.nvmlReturn = ret
+                if ret == NVML_SUCCESS:
+                    self._set_value(v, gpu.instant_value_type, gpu.value("instant_power_mw", self.clock()))
+            elif field_id == NVML_FI_DEV_POWER_AVERAGE:
+                v.nvmlReturn = NVML_SUCCESS
+                self._set_value(v, NVML_VALUE_TYPE_UNSIGNED_INT, self._v(handle, "power_mw"))
+            out.append(v)
+        return out
+
+    @staticmethod
+    def _set_value(v: c_nvmlFieldValue_t, value_type: int, number: Any) -> None:
+        v.valueType = value_type
+        member = _VALUE_MEMBER[value_type]
+        setattr(v.value, member, float(number) if value_type == NVML_VALUE_TYPE_DOUBLE else int(number))
+
+    def nvmlDeviceGetPerformanceState(self, handle: FakeHandle) -> int:
+        self._check("nvmlDeviceGetPerformanceState", handle)
+        return int(self._v(handle, "pstate"))
 
     def nvmlDeviceGetPowerUsage(self, handle: FakeHandle) -> int:
         self._check("nvmlDeviceGetPowerUsage", handle)

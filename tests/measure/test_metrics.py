@@ -57,12 +57,15 @@ def test_empty_distribution_is_null_not_zero() -> None:
 
 
 def test_flops_hand_computed() -> None:
-    arch = Architecture(parameters=1000, embedding_parameters=200, num_layers=2, hidden_size=4)
-    # 3 input + 2 output tokens -> 4 forwarded positions; dense 2*800*4 = 6400;
-    # attention 2*2*4*(1+2+3+4) = 160
-    assert sequence_flops(arch, 3, 2) == 6400 + 160
-    assert sequence_flops(arch, 3, 0) == 2 * 800 * 3 + 2 * 2 * 4 * 6
-    assert total_flops(arch, [(3, 2), (3, 2)]) == 2 * (6400 + 160)
+    # one layer, one head of dim 2 on hidden 2, ungated MLP of 3, vocab 5
+    arch = Architecture(hidden_size=2, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=2, intermediate_size=3,
+                        vocab_size=5, gated_mlp=False)
+    # per position: q, k, v, o 4 * 2*2*2 = 32, MLP 2 * 2*2*3 = 24; QK^T + AV 4*1*2 = 8 per key; LM head 2*2*5 = 20
+    # 3 prompt + 2 generated tokens: positions 1..4 forwarded with contexts 1+2+3+4, 2 LM heads
+    assert sequence_flops(arch, 3, 2) == 4 * 56 + 8 * 10 + 2 * 20
+    # first prompt position from a prefix cache: positions 2..4 forwarded
+    assert sequence_flops(arch, 3, 2, 1) == 3 * 56 + 8 * 9 + 2 * 20
+    assert total_flops(arch, [(3, 2), (3, 2, 1)]) == sequence_flops(arch, 3, 2) + sequence_flops(arch, 3, 2, 1)
 
 
 def test_config_hash_stable_and_sensitive() -> None:

@@ -8,7 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llem.report.stats import UnknownColumn, bootstrap_ci, describe, group_stats
+from llem.report.stats import (
+    DEFAULT_BOOTSTRAP_MIN_N,
+    UnknownColumn,
+    bootstrap_ci,
+    describe,
+    group_stats,
+    t_ci,
+)
 
 from .frames import hand_frame
 
@@ -35,7 +42,9 @@ def test_mean_std_cv_by_hand() -> None:
     assert s.n == 3 and s.mean == pytest.approx(12.0)
     # sample sd: sqrt(((10-12)^2 + 0 + (14-12)^2) / (3 - 1)) = sqrt(4) = 2
     assert s.std == pytest.approx(2.0) and s.cv == pytest.approx(2.0 / 12.0)
-    assert 10.0 <= s.ci_low <= 12.0 <= s.ci_high <= 14.0
+    # t(0.975, 2 df) = 4.3027 (any t table): half width 4.3027 * 2 / sqrt(3) = 4.9683
+    assert s.ci_method == "t"
+    assert (s.ci_low, s.ci_high) == pytest.approx((12.0 - 4.9683, 12.0 + 4.9683), abs=1e-3)
     four = describe([1.0, 2.0, 3.0, 4.0])  # sd = sqrt(5/3)
     assert four.std == pytest.approx(math.sqrt(5.0 / 3.0)) and four.cv == pytest.approx(math.sqrt(5.0 / 3.0) / 2.5)
 
@@ -45,9 +54,58 @@ def test_nulls_are_ignored_and_one_value_has_no_spread() -> None:
     assert s.n == 2 and s.mean == pytest.approx(4.0) and s.std == pytest.approx(math.sqrt(2.0))
     one = describe([7.0])
     assert one.n == 1 and one.mean == 7.0
-    assert all(math.isnan(v) for v in (one.std, one.cv, one.ci_low, one.ci_high))
+    assert all(math.isnan(v) for v in (one.std, one.cv, one.ci_low, one.ci_high)) and one.ci_method is None
     none = describe(pd.Series([None, None], dtype="Float64"))
     assert none.n == 0 and math.isnan(none.mean)
+
+
+def test_t_interval_matches_the_formula_and_is_wider_than_a_small_sample_bootstrap() -> None:
+    values = np.array([10.0, 12.0, 14.0, 11.0, 19.0])
+    # mean 13.2, sd sqrt(12.7) = 3.5637, t(0.975, 4 df) = 2.7764: half width 2.7764 * 3.5637 / sqrt(5) = 4.4249
+    low, high = t_ci(values)
+    assert (low, high) == pytest.approx((13.2 - 4.4249, 13.2 + 4.4249), abs=1e-3)
+    # t(0.95, 4 df) = 2.1318 for a 90 % interval
+    assert t_ci(values, confidence=0.9) == pytest.approx((13.2 - 3.3976, 13.2 + 3.3976), abs=1e-3)
+    # the percentile bootstrap of so few values is much narrower: what made "95 %" intervals miss
+    boot_low, boot_high = bootstrap_ci(values, seed=0)
+    assert boot_high - boot_low < 0.8 * (high - low)
+    s = describe(values)
+    assert s.ci_method == "t" and (s.ci_low, s.ci_high) == pytest.approx((low, high))
+    assert t_ci(np.array([3.0, 3.0, 3.0])) == (3.0, 3.0)
+    with pytest.raises(ValueError, match="two values"):
+        t_ci(np.array([1.0]))
+    with pytest.raises(ValueError, match="confidence"):
+        describe(values, confidence=95)
+
+
+TRIALS = 2000
+
+
+def _coverage(n: int, interval: object, rng: np.random.Generator) -> float:
+    """Share of TRIALS normal samples of size n whose interval holds the true mean 10."""
+    samples = rng.normal(loc=10.0, scale=2.0, size=(TRIALS, n))
+    bounds = np.array([interval(row) for row in samples])  # type: ignore[operator]
+    return float(np.mean((bounds[:, 0] <= 10.0) & (10.0 <= bounds[:, 1])))
+
+
+@pytest.mark.parametrize("n", [3, 5, 10])
+def test_ci_covers_the_true_mean_at_small_n(n: int) -> None:
+    """A 95 % interval must hold the true mean about 95 % of the time; with 2000 trials the
+    estimate's standard error is 0.5 %, so 93 % is four standard errors below nominal."""
+    rng = np.random.default_rng(20 + n)
+    assert _coverage(n, t_ci, rng) >= 0.93
+    # the same check rejects the percentile bootstrap (about 73 %, 84 %, 89 % at n = 3, 5, 10)
+    assert _coverage(n, lambda row: bootstrap_ci(row, n_resamples=500), rng) < 0.93
+
+
+def test_bootstrap_only_from_bootstrap_min_n_values() -> None:
+    rng = np.random.default_rng(4)
+    small, large = rng.normal(5.0, 1.0, size=DEFAULT_BOOTSTRAP_MIN_N - 1), rng.normal(5.0, 1.0, size=40)
+    assert describe(small).ci_method == "t"
+    big = describe(large, seed=9)
+    assert big.ci_method == "bootstrap" and (big.ci_low, big.ci_high) == bootstrap_ci(large, seed=9)
+    assert describe(large, bootstrap_min_n=None).ci_method == "t"
+    assert describe(small, bootstrap_min_n=3).ci_method == "bootstrap"
 
 
 def test_bootstrap_is_seeded_percentile_of_resampled_means() -> None:
@@ -73,7 +131,10 @@ def test_group_stats_by_configuration() -> None:
     assert a["throughput_tokens_per_s_mean"] == pytest.approx(12.0)
     assert a["throughput_tokens_per_s_std"] == pytest.approx(2.0)
     assert a["throughput_tokens_per_s_cv"] == pytest.approx(1 / 6)
-    assert a["throughput_tokens_per_s_ci_low"] < 12.0 < a["throughput_tokens_per_s_ci_high"]
+    assert (a["throughput_tokens_per_s_ci_low"], a["throughput_tokens_per_s_ci_high"]) == pytest.approx(
+        t_ci(np.array([10.0, 12.0, 14.0]))
+    )
+    assert a["throughput_tokens_per_s_ci_method"] == "t"
     assert bool(a["throughput_tokens_per_s_unstable"]) and bool(a["unstable"])
     # TTFT 1, 2, 3: CV 0.5 -> unstable too; energy constant: sd 0, CI collapses onto the mean
     assert bool(a["ttft_ms_p50_unstable"])
@@ -84,6 +145,7 @@ def test_group_stats_by_configuration() -> None:
     assert pd.isna(b["energy_per_output_token_j_unstable"])  # unknown, not "stable"
     assert c["throughput_tokens_per_s_mean"] == 50.0 and math.isnan(c["throughput_tokens_per_s_std"])
     assert math.isnan(c["throughput_tokens_per_s_ci_low"]) and pd.isna(c["throughput_tokens_per_s_unstable"])
+    assert pd.isna(c["throughput_tokens_per_s_ci_method"])
     assert not bool(c["unstable"])
 
 
@@ -92,8 +154,19 @@ def test_threshold_and_seed_are_honoured() -> None:
     assert not loose["unstable"].any()
     tight = group_stats(_frame(), cv_threshold=0.005).set_index("config_hash")
     assert bool(tight.loc["b", "unstable"])
-    first, again = group_stats(_frame(), seed=3), group_stats(_frame(), seed=3)
+    # t intervals (the default below 30 cycles) do not depend on the seed
+    pd.testing.assert_frame_equal(group_stats(_frame(), seed=3), group_stats(_frame(), seed=4))
+    # bootstrap intervals do, and the same seed gives the same intervals
+    first, again = group_stats(_frame(), seed=3, bootstrap_min_n=3), group_stats(_frame(), seed=3, bootstrap_min_n=3)
     pd.testing.assert_frame_equal(first, again)
+    assert (first["throughput_tokens_per_s_ci_method"].dropna() == "bootstrap").all()
+    five = _frame().iloc[[0, 1, 2, 2, 2]].assign(throughput_tokens_per_s=[10.0, 12.0, 14.0, 11.0, 19.0])
+    by_seed = {seed: group_stats(five, seed=seed, bootstrap_min_n=5).iloc[0] for seed in (7, 8)}
+    for seed, row in by_seed.items():
+        expected = bootstrap_ci(np.array([10.0, 12.0, 14.0, 11.0, 19.0]), seed=seed)
+        assert (row["throughput_tokens_per_s_ci_low"], row["throughput_tokens_per_s_ci_high"]) == expected
+    bounds = ["throughput_tokens_per_s_ci_low", "throughput_tokens_per_s_ci_high"]
+    assert list(by_seed[7][bounds]) != list(by_seed[8][bounds])
 
 
 def test_group_by_splits_configurations() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import resource
+import os
 import time
 from typing import Any
 
@@ -15,7 +15,10 @@ from transformers.generation.streamers import BaseStreamer
 
 from llem.backends.base import Backend, GenerationOutput, LoadInfo, SequenceTiming
 from llem.backends.errors import HardwareUnsupported
+from llem.backends.resources import HostPeakRss, MemoryReport
+from llem.backends.stop_tokens import stop_token_ids
 from llem.config import ExperimentConfig, PyTorchConfig
+from llem.measure.flops import architecture_dict
 from llem.models.resolve import resolve_model_path
 from llem.prompts.load import Prompt
 
@@ -45,17 +48,6 @@ class _StepClock(BaseStreamer):
         pass
 
 
-def _architecture(model: Any) -> dict[str, int] | None:
-    """Sizes the analytic FLOPs count needs; None for models that do not expose them."""
-    config = model.config
-    layers = getattr(config, "num_hidden_layers", None)
-    hidden = getattr(config, "hidden_size", None)
-    embeddings = model.get_input_embeddings()
-    if layers is None or hidden is None or embeddings is None:
-        return None
-    return {"num_layers": int(layers), "hidden_size": int(hidden), "embedding_parameters": embeddings.weight.numel()}
-
-
 def _pytorch_settings(experiment: ExperimentConfig) -> PyTorchConfig:
     backend = experiment.backend
     assert isinstance(backend, PyTorchConfig)
@@ -72,6 +64,9 @@ class PyTorchBackend(Backend):
         self._tokenizer: Any = None
         self._device = torch.device("cpu")
         self._settings: dict[str, Any] = {}
+        self._stop_ids: list[int] = []
+        self._weights_bytes: int | None = None
+        self._host_rss = HostPeakRss(lambda: [os.getpid()])  # transformers runs in this process
 
     @staticmethod
     def load_key(experiment: ExperimentConfig) -> str:
@@ -115,6 +110,7 @@ class PyTorchBackend(Backend):
         transformers.utils.logging.disable_progress_bar()
         start = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        stop_ids = stop_token_ids(path, experiment.model.revision, experiment.model.trust_remote_code, tokenizer)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -138,11 +134,12 @@ class PyTorchBackend(Backend):
         model.eval()
         if b.torch_compile:
             model.forward = torch.compile(model.forward, mode=b.torch_compile_mode)
-        self._model, self._tokenizer = model, tokenizer
+        self._model, self._tokenizer, self._stop_ids = model, tokenizer, stop_ids
         self.synchronize()
         load_s = time.perf_counter() - start
         params = sum(p.numel() for p in model.parameters())
         model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        self._weights_bytes = model.get_memory_footprint(return_buffers=False)
         self._settings = {
             "model_path": str(path),
             "device": str(self._device),
@@ -153,8 +150,9 @@ class PyTorchBackend(Backend):
             "batch_size": b.batch_size,
             "sort_by_length": b.sort_by_length,
             "use_cache": b.use_cache,
+            "stop_token_ids": list(stop_ids),
             "torch_threads": torch.get_num_threads(),
-            "architecture": _architecture(model),
+            "architecture": architecture_dict(model.config),
         }
         return LoadInfo(
             load_s=load_s, model_bytes=model_bytes, parameters=params, device=str(self._device), settings=self._settings
@@ -185,7 +183,7 @@ class PyTorchBackend(Backend):
             "do_sample": d.do_sample,
             "repetition_penalty": d.repetition_penalty,
             "pad_token_id": self._tokenizer.pad_token_id,
-            "eos_token_id": self._tokenizer.eos_token_id,
+            "eos_token_id": list(self._stop_ids) or None,
             "use_cache": _pytorch_settings(experiment).use_cache,
         }
         if experiment.force_output_length:
@@ -197,14 +195,14 @@ class PyTorchBackend(Backend):
         return kwargs
 
     def _count_new_tokens(self, new_ids: torch.Tensor, forced: bool) -> list[int]:
-        """Tokens each sequence really generated: up to and including its first EOS unless forced."""
+        """Tokens each sequence really generated: up to and including its first stop token unless forced."""
         steps = new_ids.shape[1]
         if forced:
             return [steps] * new_ids.shape[0]
-        eos = self._tokenizer.eos_token_id
+        stops = set(self._stop_ids)
         counts = []
         for row in new_ids.tolist():
-            counts.append(row.index(eos) + 1 if eos in row else steps)
+            counts.append(next((i + 1 for i, token in enumerate(row) if token in stops), steps))
         return counts
 
     def generate(self, prompts: list[Prompt], experiment: ExperimentConfig) -> GenerationOutput:
@@ -242,6 +240,7 @@ class PyTorchBackend(Backend):
     def unload(self) -> None:
         self._model = None
         self._tokenizer = None
+        self._weights_bytes = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -253,21 +252,37 @@ class PyTorchBackend(Backend):
     def reset_peak_memory(self) -> None:
         if self._device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self._device)
+        self._host_rss.start()
 
     def memory_stats(self) -> dict[str, Any]:
+        report = MemoryReport()
+        report.set(
+            "weights_bytes",
+            self._weights_bytes,
+            "bytes of the model's parameters as loaded (elements x element size; packed for 4/8-bit)",
+            "model not loaded",
+        )
         if self._device.type == "cuda":
-            return {
-                "peak_bytes": int(torch.cuda.max_memory_allocated(self._device)),
-                "reserved_peak_bytes": int(torch.cuda.max_memory_reserved(self._device)),
-                "method": "torch.cuda.max_memory_allocated over the measured window",
-                "unavailable_reason": None,
-            }
-        return {
-            "peak_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
-            "reserved_peak_bytes": None,
-            "method": "peak resident set size of the process (CPU; includes everything since process start)",
-            "unavailable_reason": None,
-        }
+            report.set(
+                "peak_allocated_bytes",
+                int(torch.cuda.max_memory_allocated(self._device)),
+                "torch.cuda.max_memory_allocated since the window started (weights, activations, KV cache)",
+            )
+            report.set(
+                "reserved_bytes",
+                int(torch.cuda.max_memory_reserved(self._device)),
+                "torch.cuda.max_memory_reserved since the window started (the caching allocator's pool)",
+            )
+        else:
+            report.unavailable(
+                "peak_allocated_bytes",
+                "PyTorch's CPU allocator keeps no allocation statistics; host_peak_rss_bytes is the process figure",
+            )
+            report.unavailable(
+                "reserved_bytes", "on CPU PyTorch keeps no memory pool: freed memory goes back to the system allocator"
+            )
+        self._host_rss.report(report)
+        return report.as_dict()
 
     def effective_settings(self) -> dict[str, Any]:
         return dict(self._settings)

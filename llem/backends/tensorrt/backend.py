@@ -21,14 +21,17 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from llem.backends.base import Backend, GenerationOutput, LoadInfo, SequenceTiming
 from llem.backends.errors import HardwareUnsupported
 from llem.backends.sampling import engine_sampling_kwargs
-from llem.backends.resources import checkpoint_sizes, process_tree_gpu_bytes
+from llem.backends.resources import HostPeakRss, KvCachePeak, MemoryReport, checkpoint_sizes
+from llem.backends.stop_tokens import stop_token_ids
 from llem.config import ConfigError, ExperimentConfig, TensorRTConfig
+from llem.measure.flops import architecture_dict
 from llem.models.resolve import resolve_model_path
 from llem.models.tiny import default_cache_dir
 from llem.prompts.load import Prompt
@@ -152,25 +155,59 @@ def check_build_args(build_args: dict[str, Any], known: frozenset[str]) -> None:
     raise BuildArgsError(f"backend.build_args: TensorRT-LLM BuildConfig has no {', '.join(problems)}", problems)
 
 
-def sampling_kwargs(experiment: ExperimentConfig) -> dict[str, Any]:
-    """TensorRT-LLM `SamplingParams` keyword arguments: the experiment's decoder, as the other backends apply it."""
-    return engine_sampling_kwargs(experiment, greedy={"top_k": 1})
+def sampling_kwargs(experiment: ExperimentConfig, stop_token_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    """TensorRT-LLM `SamplingParams` keyword arguments: the experiment's decoder, as the other backends apply it.
+
+    TensorRT-LLM drops a matched stop token from the output ids unless `include_stop_str_in_output`;
+    it is kept, so a sequence's length counts its stop token as on the other engines.
+    """
+    kwargs = engine_sampling_kwargs(experiment, greedy={"top_k": 1}, stop_token_ids=stop_token_ids)
+    if "stop_token_ids" in kwargs:
+        kwargs["include_stop_str_in_output"] = True
+    return kwargs
 
 
-def _architecture(path: str, experiment: ExperimentConfig) -> dict[str, int] | None:
+def kv_bytes_per_token(config: Any, element_bytes: int) -> int | None:
+    """Keys and values of one token across all layers, from a Hugging Face config (standard attention)."""
+    layers = getattr(config, "num_hidden_layers", None)
+    heads = getattr(config, "num_attention_heads", None)
+    if layers is None or not heads:
+        return None
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or getattr(config, "hidden_size", 0) // heads
+    if not head_dim:
+        return None
+    return 2 * int(layers) * int(kv_heads) * int(head_dim) * element_bytes
+
+
+def kv_cache_block_stats(stats: Iterable[dict[str, Any] | str]) -> tuple[list[int], int | None, int | None]:
+    """(used blocks per iteration, pool blocks, tokens per block) from TensorRT-LLM iteration stats
+    (`LLM.get_stats()`, dicts or their JSON text)."""
+    used: list[int] = []
+    pool = tokens = None
+    for entry in stats:
+        record = json.loads(entry) if isinstance(entry, str) else entry
+        kv = record.get("kvCacheStats") or {}
+        if kv.get("usedNumBlocks") is not None:
+            used.append(int(kv["usedNumBlocks"]))
+        if kv.get("maxNumBlocks") is not None:
+            pool = int(kv["maxNumBlocks"])
+        if kv.get("tokensPerBlock") is not None:
+            tokens = int(kv["tokensPerBlock"])
+    return used, pool, tokens
+
+
+def _hf_config(path: str, experiment: ExperimentConfig) -> Any:
+    """The model's (text) Hugging Face config, None when it has none."""
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(
             path, revision=experiment.model.revision, trust_remote_code=experiment.model.trust_remote_code
         )
-    except Exception:  # noqa: BLE001 - no HF config: FLOPs unavailable
+    except Exception:  # noqa: BLE001 - no HF config: FLOPs and KV sizes unavailable
         return None
-    config = getattr(config, "text_config", None) or config
-    layers, hidden, vocab = (getattr(config, k, None) for k in ("num_hidden_layers", "hidden_size", "vocab_size"))
-    if layers is None or hidden is None or vocab is None:
-        return None
-    return {"num_layers": int(layers), "hidden_size": int(hidden), "embedding_parameters": int(vocab) * int(hidden)}
+    return getattr(config, "text_config", None) or config
 
 
 class TensorRTBackend(Backend):
@@ -183,6 +220,13 @@ class TensorRTBackend(Backend):
         self._tokenizer: Any = None
         self._settings: dict[str, Any] = {}
         self._model_bytes: int | None = None
+        self._weights_missing = "model not loaded"
+        self._stop_ids: list[int] = []
+        self._kv_token_bytes: int | None = None
+        self._kv_peak = KvCachePeak()
+        self._kv_pool: tuple[int | None, int | None] = (None, None)  # (blocks, tokens per block)
+        self._kv_window: dict[str, Any] = {}
+        self._host_rss = HostPeakRss()
 
     @staticmethod
     def load_key(experiment: ExperimentConfig) -> str:
@@ -213,6 +257,7 @@ class TensorRTBackend(Backend):
         tokenizer = AutoTokenizer.from_pretrained(
             path, revision=experiment.model.revision, trust_remote_code=experiment.model.trust_remote_code
         )
+        stop_ids = stop_token_ids(path, experiment.model.revision, experiment.model.trust_remote_code, tokenizer)
         kwargs = self._llm_kwargs(experiment, path, llm_cls, build_config)
         llm = llm_cls(model=str(engine_dir) if cached else path, **kwargs)
         build_s = None
@@ -220,10 +265,18 @@ class TensorRTBackend(Backend):
             build_s = time.perf_counter() - start
             self._save_engine(llm, engine_dir, build_settings(experiment, tensorrt_llm.__version__, gpu))
         load_s = time.perf_counter() - start
-        self._llm, self._tokenizer = llm, tokenizer
+        self._llm, self._tokenizer, self._stop_ids = llm, tokenizer, stop_ids
         sizes = checkpoint_sizes(path, experiment.model.revision)
         parameters = None if sizes is None or sizes[2] else sizes[0]
         self._model_bytes = parameters * _DTYPE_BYTES[experiment.fp_precision] if parameters and not b.quantization else None
+        self._weights_missing = (
+            "weights quantised at build time: TensorRT-LLM does not report their in-memory size"
+            if b.quantization or (sizes is not None and sizes[2])
+            else "no local safetensors checkpoint to read the weight sizes from"
+        )
+        hf_config = _hf_config(path, experiment)
+        element = 1 if b.kv_cache_dtype in KV_CACHE_QUANT_ALGOS else _DTYPE_BYTES[experiment.fp_precision]
+        self._kv_token_bytes = None if hf_config is None else kv_bytes_per_token(hf_config, element)
         self._settings = {
             "model_path": path,
             "device": "cuda",
@@ -244,7 +297,8 @@ class TensorRTBackend(Backend):
             "kv_cache_free_gpu_memory_fraction": b.kv_cache_free_gpu_memory_fraction,
             "enable_chunked_context": b.enable_chunked_context,
             "build_args": dict(b.build_args),
-            "architecture": _architecture(path, experiment),
+            "stop_token_ids": list(stop_ids),
+            "architecture": architecture_dict(hf_config),
         }
         self._settings.update(_engine_build_config(engine_dir))
         return LoadInfo(
@@ -386,27 +440,67 @@ class TensorRTBackend(Backend):
     def synchronize(self) -> None:
         """Streaming returns a token only once it is on the host, so nothing is left in flight."""
 
-    def reset_peak_memory(self) -> None:
+    def _iteration_stats(self, timeout_s: float) -> list[Any] | None:
+        """Iteration stats queued since the last call (the LLM API hands each out once); None if unavailable."""
         try:
-            import torch
+            return list(self._llm.get_stats(timeout=timeout_s))
+        except Exception:  # noqa: BLE001 - stats are best effort: older versions or disabled collection
+            return None
 
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-        except ImportError:
-            pass
+    def reset_peak_memory(self) -> None:
+        if self._llm is not None:
+            self._iteration_stats(0.5)  # drop what warmup left queued
+        self._kv_peak.reset()
+        self._host_rss.start()
 
     def memory_stats(self) -> dict[str, Any]:
-        used = process_tree_gpu_bytes()
-        return {
-            "peak_bytes": used,
-            "reserved_peak_bytes": None,
-            "method": "GPU memory used by this process and TensorRT-LLM's workers (NVML, end of window; the KV "
-            "cache is reserved up front, so this is the peak)",
-            "unavailable_reason": None if used else "TensorRT-LLM's processes not visible to NVML from here",
-        }
+        report = MemoryReport()
+        weights = self._model_bytes
+        report.set(
+            "weights_bytes",
+            weights,
+            "safetensors checkpoint headers: parameter count x bytes of the run precision",
+            self._weights_missing,
+        )
+        stats = self._iteration_stats(2.0) if self._llm is not None else None
+        used, pool_blocks, tokens_per_block = kv_cache_block_stats(stats or [])
+        for blocks in used:
+            self._kv_peak.observe(blocks)
+        if pool_blocks is not None:
+            self._kv_pool = (pool_blocks, tokens_per_block)
+        block_bytes = (
+            None if self._kv_token_bytes is None or self._kv_pool[1] is None else self._kv_pool[1] * self._kv_token_bytes
+        )
+        pool_bytes = None if block_bytes is None or self._kv_pool[0] is None else self._kv_pool[0] * block_bytes
+        if weights is None:
+            why = "the size of the weights is unknown (see weights_bytes)"
+        elif stats is None:
+            why = "TensorRT-LLM returned no iteration stats (LLM.get_stats), so its KV cache pool size is unknown"
+        else:
+            why = "the KV cache pool size is unknown (no kvCacheStats in the iteration stats, or no model config)"
+        report.set(
+            "reserved_bytes",
+            None if weights is None or pool_bytes is None else weights + pool_bytes,
+            "weights + the KV cache pool (kvCacheStats.maxNumBlocks x tokensPerBlock x KV bytes per token of the "
+            "whole model, each rank holding its share of every block); the engine's activation workspace is not "
+            "included",
+            why,
+        )
+        report.unavailable(
+            "peak_allocated_bytes",
+            "TensorRT-LLM does not report the activation memory of its engine, so weights + activations + KV cache "
+            "in use cannot be summed; the KV cache in use at its peak is in engine_settings.kv_cache_usage",
+        )
+        self._host_rss.report(report)
+        self._kv_window = self._kv_peak.summary(
+            self._kv_pool[0],
+            block_bytes,
+            "TensorRT-LLM iteration stats (kvCacheStats.usedNumBlocks, highest over the window's iterations)",
+        )
+        return report.as_dict()
 
     def effective_settings(self) -> dict[str, Any]:
-        return dict(self._settings)
+        return {**self._settings, "kv_cache_usage": dict(self._kv_window)}
 
     def versions(self) -> dict[str, str]:
         import tensorrt_llm

@@ -19,14 +19,16 @@ import multiprocessing
 import os
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from llem.backends.base import Backend, GenerationOutput, LoadInfo, SequenceTiming
 from llem.backends.errors import HardwareUnsupported
 from llem.backends.sampling import engine_sampling_kwargs
-from llem.backends.resources import checkpoint_sizes, engine_pids, peak_rss, process_tree_gpu_bytes
+from llem.backends.resources import HostPeakRss, KvCachePeak, MemoryReport, checkpoint_sizes
+from llem.backends.stop_tokens import stop_token_ids
 from llem.config import ConfigError, ExperimentConfig, VLLMConfig
+from llem.measure.flops import architecture_dict
 from llem.models.resolve import resolve_model_path
 from llem.prompts.load import Prompt
 
@@ -117,9 +119,57 @@ def engine_kwargs(experiment: ExperimentConfig, model_path: str, known: Iterable
     return kwargs
 
 
-def sampling_kwargs(experiment: ExperimentConfig) -> dict[str, Any]:
-    """`SamplingParams` keyword arguments: the experiment's decoder, applied as the PyTorch backend does."""
-    return engine_sampling_kwargs(experiment, greedy={"temperature": 0.0})
+def sampling_kwargs(experiment: ExperimentConfig, stop_token_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    """`SamplingParams` keyword arguments: the experiment's decoder, applied as the PyTorch backend does.
+
+    vLLM keeps a stop token in the output ids, as the PyTorch backend counts it.
+    """
+    return engine_sampling_kwargs(experiment, greedy={"temperature": 0.0}, stop_token_ids=stop_token_ids)
+
+
+def engine_stop_ids(stop_ids: Sequence[int], generation_config: dict[str, Any], tokenizer_eos: int | None) -> set[int]:
+    """The ids a request with `stop_token_ids=stop_ids` really stops on: vLLM adds the tokenizer's eos id and the
+    `eos_token_id` of the generation config it loaded, as its input processor does for every request."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=1, stop_token_ids=list(stop_ids))
+    params.update_from_generation_config(generation_config, tokenizer_eos)
+    return set(params.all_stop_token_ids)
+
+
+def check_stop_ids(stop_ids: Sequence[int], generation_config: dict[str, Any], tokenizer_eos: int | None) -> None:
+    """Refuse settings under which vLLM would stop on ids the other engines do not (a different generation config)."""
+    extra = sorted(engine_stop_ids(stop_ids, generation_config, tokenizer_eos) - set(stop_ids))
+    if extra:
+        raise EngineArgsError(
+            f"vLLM would also stop on token ids {extra} (from the generation config it was given), which the model's "
+            f"stop set {list(stop_ids)} lacks; leave engine_args.generation_config unset so every engine stops alike",
+            [f"stop ids {extra}"],
+        )
+
+
+def _kv_usage_logger(peak: KvCachePeak, num_blocks: Callable[[], int | None]) -> Callable[[Any, int], Any]:
+    """A vLLM stat-logger factory feeding `peak` the KV cache blocks in use after every engine step.
+
+    vLLM reports usage as a fraction of its blocks (one of them a reserved null block), sampled when
+    a step's outputs are processed, after finished requests have released theirs.
+    """
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class KvUsageLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+            total = num_blocks()
+            usage = getattr(scheduler_stats, "kv_cache_usage", None)
+            if usage is not None and total:
+                peak.observe(round(float(usage) * (total - 1)))
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return KvUsageLogger
 
 
 def _import_vllm() -> Any:
@@ -186,28 +236,22 @@ def _plain(value: Any) -> Any:
     return str(value).removeprefix("torch.")
 
 
-def _kv_cache_bytes(vllm_config: Any) -> int | None:
-    """KV cache size from the block count and the model's shape (standard attention layers)."""
+def _kv_block_bytes(vllm_config: Any) -> int | None:
+    """Bytes of one KV cache block (keys and values of every layer), for standard attention layers."""
     mc, cc, pc = vllm_config.model_config, vllm_config.cache_config, vllm_config.parallel_config
     try:
-        if cc.num_gpu_blocks is None:
-            return None
         dtype = str(cc.cache_dtype)
         element = 1 if dtype.startswith(("fp8", "int8")) else _DTYPE_BYTES.get(str(mc.dtype).removeprefix("torch."), 2)
         per_token = 2 * mc.get_num_layers(pc) * mc.get_num_kv_heads(pc) * mc.get_head_size() * element
-        return int(cc.num_gpu_blocks * cc.block_size * per_token)
+        return int(cc.block_size * per_token)
     except Exception:  # noqa: BLE001 - unusual attention layouts: size unknown
         return None
 
 
-def _architecture(hf_config: Any) -> dict[str, int] | None:
-    """Sizes the analytic FLOPs count needs, from the Hugging Face config."""
-    layers = getattr(hf_config, "num_hidden_layers", None)
-    hidden = getattr(hf_config, "hidden_size", None)
-    vocab = getattr(hf_config, "vocab_size", None)
-    if layers is None or hidden is None or vocab is None:
-        return None
-    return {"num_layers": int(layers), "hidden_size": int(hidden), "embedding_parameters": int(vocab) * int(hidden)}
+def _kv_cache_bytes(vllm_config: Any) -> int | None:
+    """KV cache pool size from the block count and the model's shape (standard attention layers)."""
+    blocks, block_bytes = vllm_config.cache_config.num_gpu_blocks, _kv_block_bytes(vllm_config)
+    return None if blocks is None or block_bytes is None else int(blocks * block_bytes)
 
 
 _NO_SCHEDULE_TIME = "vLLM reported no SCHEDULED event for the request (engine stats disabled?)"
@@ -228,9 +272,13 @@ class VLLMBackend(Backend):
         self._device = "cpu"
         self._settings: dict[str, Any] = {}
         self._requests = 0
-        self._peak_reset = False
         self._cross_check: dict[str, Any] = {}
         self._model_bytes: int | None = None
+        self._weights_missing = "model not loaded"
+        self._stop_ids: list[int] = []
+        self._kv_peak = KvCachePeak()
+        self._kv_window: dict[str, Any] = {}
+        self._host_rss = HostPeakRss()
 
     @staticmethod
     def load_key(experiment: ExperimentConfig) -> str:
@@ -267,9 +315,16 @@ class VLLMBackend(Backend):
             vllm_config = EngineArgs(**kwargs).create_engine_config(UsageContext.LLM_CLASS)
         except (TypeError, ValueError) as error:
             raise EngineArgsError(f"vLLM {vllm.__version__} rejected the engine settings: {error}", [str(error)]) from None
+        stop_ids = stop_token_ids(path, experiment.model.revision, experiment.model.trust_remote_code, tokenizer)
+        check_stop_ids(stop_ids, vllm_config.model_config.try_get_generation_config(), tokenizer.eos_token_id)
+        self._kv_peak.reset()
+        kv_logger = _kv_usage_logger(self._kv_peak, lambda: vllm_config.cache_config.num_gpu_blocks)
         try:
             engine = LLMEngine.from_vllm_config(
-                vllm_config, usage_context=UsageContext.LLM_CLASS, disable_log_stats=bool(kwargs["disable_log_stats"])
+                vllm_config,
+                usage_context=UsageContext.LLM_CLASS,
+                stat_loggers=[kv_logger],
+                disable_log_stats=bool(kwargs["disable_log_stats"]),
             )
         except Exception as error:
             hint = (
@@ -280,9 +335,14 @@ class VLLMBackend(Backend):
                 f"vLLM engine failed to start on {self._device}: {error} (root cause in the engine log above){hint}"
             ) from error
         load_s = time.perf_counter() - start
-        self._engine, self._tokenizer = engine, tokenizer
+        self._engine, self._tokenizer, self._stop_ids = engine, tokenizer, stop_ids
         parameters, model_bytes = self._model_size(path, experiment)
         self._model_bytes = model_bytes
+        self._weights_missing = (
+            "weights quantised on load: vLLM does not report their in-memory size"
+            if b.quantization is not None
+            else "no local safetensors checkpoint to read the weight sizes from"
+        )
         self._settings = self._read_settings(path, experiment)
         return LoadInfo(
             load_s=load_s, model_bytes=model_bytes, parameters=parameters, device=self._device, settings=self._settings
@@ -331,8 +391,9 @@ class VLLMBackend(Backend):
             "compilation_mode": vc.compilation_config.mode,
             "seed": mc.seed,
             "engine_args": dict(_vllm_settings(experiment).engine_args),
+            "stop_token_ids": list(self._stop_ids),
             "prefix_cache_reset_per_generate": True,
-            "architecture": _architecture(mc.hf_text_config),
+            "architecture": architecture_dict(mc.hf_text_config),
         }
         return {key: _plain(value) for key, value in settings.items()}
 
@@ -445,62 +506,47 @@ class VLLMBackend(Backend):
             torch.cuda.empty_cache()
 
     def reset_peak_memory(self) -> None:
-        if self._device == "cuda":
-            import torch
-
-            torch.cuda.reset_peak_memory_stats()
-            return
-        self._peak_reset = True
-        for pid in engine_pids():
-            try:
-                with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as handle:
-                    handle.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-            except OSError:
-                self._peak_reset = False
+        self._kv_peak.reset()
+        self._host_rss.start()
 
     def memory_stats(self) -> dict[str, Any]:
-        if self._device == "cuda":
-            return self._cuda_memory()
-        peaks = [p for p in (peak_rss(pid) for pid in engine_pids()) if p is not None]
-        since = "over the measured window" if self._peak_reset else "since each process started"
-        return {
-            "peak_bytes": sum(peaks) if peaks else None,
-            "reserved_peak_bytes": self._settings.get("kv_cache_bytes"),
-            "method": f"sum of the peak resident set sizes (VmHWM) of this process and vLLM's engine processes "
-            f"{since}; reserved_peak_bytes is the KV cache vLLM reserved",
-            "unavailable_reason": None if peaks else "no /proc status to read peak RSS from",
-        }
+        report = MemoryReport()
+        weights = self._model_bytes
+        report.set(
+            "weights_bytes",
+            weights,
+            "safetensors checkpoint headers: parameter count x bytes of the run precision",
+            self._weights_missing,
+        )
+        kv_pool = self._settings.get("kv_cache_bytes")
+        report.set(
+            "reserved_bytes",
+            None if weights is None or kv_pool is None else weights + kv_pool,
+            "weights + the KV cache pool vLLM allocated (num_gpu_blocks x bytes per block); the headroom it keeps "
+            "for activations within gpu_memory_utilization is not included",
+            "the size of the weights is unknown (see weights_bytes)" if weights is None
+            else "the KV cache pool size is unknown for this attention layout",
+        )
+        report.unavailable(
+            "peak_allocated_bytes",
+            "vLLM does not report the activation memory of its forward passes, so weights + activations + KV cache "
+            "in use cannot be summed; the KV cache in use at its peak is in engine_settings.kv_cache_usage",
+        )
+        self._host_rss.report(report)
+        self._kv_window = self._kv_usage()  # the window ends here; later runs (e.g. a prefill pass) do not count
+        return report.as_dict()
 
-    def _cuda_memory(self) -> dict[str, Any]:
-        """Device memory of the engine's processes (NVML), else this process's allocator peak or weights + KV cache."""
-        kv = self._settings.get("kv_cache_bytes")
-        used = process_tree_gpu_bytes()
-        if used:
-            return {
-                "peak_bytes": used,
-                "reserved_peak_bytes": kv,
-                "method": "GPU memory used by vLLM's processes (NVML, end of window; vLLM reserves its KV cache up "
-                "front, so this is its peak); reserved_peak_bytes is the KV cache",
-                "unavailable_reason": None,
-            }
-        import torch
-
-        allocated = int(torch.cuda.max_memory_allocated())
-        if allocated:
-            method = "torch.cuda.max_memory_allocated in this process (engine core in process)"
-            peak: int | None = allocated
-        else:
-            method = "weights + KV cache reserved (engine processes not visible to NVML from here)"
-            peak = kv + self._model_bytes if kv is not None and self._model_bytes else None
-        return {
-            "peak_bytes": peak,
-            "reserved_peak_bytes": kv,
-            "method": method,
-            "unavailable_reason": None if peak else "engine processes not visible to NVML from here",
-        }
+    def _kv_usage(self) -> dict[str, Any]:
+        vc = self._engine.vllm_config if self._engine is not None else None
+        return self._kv_peak.summary(
+            None if vc is None else vc.cache_config.num_gpu_blocks,
+            None if vc is None else _kv_block_bytes(vc),
+            "vLLM's per-step scheduler statistics (kv_cache_usage x blocks), read after each engine step of the "
+            "window; blocks of requests finishing in a step are already released when it is read",
+        )
 
     def effective_settings(self) -> dict[str, Any]:
-        return {**self._settings, "timing_cross_check": dict(self._cross_check)}
+        return {**self._settings, "timing_cross_check": dict(self._cross_check), "kv_cache_usage": dict(self._kv_window)}
 
     def versions(self) -> dict[str, str]:
         import torch

@@ -46,6 +46,7 @@ from llem.energy.devices.nvml import (  # noqa: E402
     ThrottleReasons,
     Utilization,
     forget_counter_update_periods,
+    visible_gpu_count,
 )
 from llem.energy.devices.rapl import RaplDomain, RaplDomains, delta_uj  # noqa: E402
 
@@ -65,4 +66,5 @@ __all__ = [
     "Utilization",
     "delta_uj",
     "forget_counter_update_periods",
+    "visible_gpu_count",
 ]

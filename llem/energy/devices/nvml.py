@@ -46,10 +46,11 @@ _VALUE_MEMBERS = (
     ("NVML_VALUE_TYPE_UNSIGNED_SHORT", 6, "usVal"),
 )
 _PSTATE_UNKNOWN = 32
+_FROZEN_CLOCK_READS = 1000
 
 # The energy counter's update period is a property of the board, so it is measured once per GPU
-# (by UUID) per process; None records a counter that did not move within the time limit.
-_UPDATE_PERIODS: dict[str, float | None] = {}
+# (by UUID) per process.
+_UPDATE_PERIODS: dict[str, float] = {}
 _UPDATE_PERIODS_LOCK = threading.Lock()
 
 
@@ -305,25 +306,29 @@ class NvmlDevices:
         start = clock()
         last = self.energy_mj(i)
         stamps: list[float] = []
+        reads = 0
         while len(stamps) < changes + 1:
             value = self.energy_mj(i)
             now = clock()
+            reads += 1
             if value != last:
                 stamps.append(now)
                 last = value
-            if now - start > timeout_s and len(stamps) < changes + 1:
+            frozen = now == start and reads >= _FROZEN_CLOCK_READS  # a clock that never moves would spin forever
+            if len(stamps) < changes + 1 and (now - start > timeout_s or frozen):
                 return None
         return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
 
     def cached_counter_update_period_s(self, i: int, changes: int = 3, timeout_s: float = 2.0) -> float | None:
-        """`counter_update_period_s`, measured once per GPU UUID per process (it is a hardware property)."""
+        """`counter_update_period_s`, kept per GPU UUID for the rest of the process (it is a hardware property)."""
         uuid = self.uuid(i)
         with _UPDATE_PERIODS_LOCK:
             if uuid in _UPDATE_PERIODS:
                 return _UPDATE_PERIODS[uuid]
         period = self.counter_update_period_s(i, changes, timeout_s)
-        with _UPDATE_PERIODS_LOCK:
-            _UPDATE_PERIODS[uuid] = period
+        if period is not None:  # a counter that did not move is tried again next time
+            with _UPDATE_PERIODS_LOCK:
+                _UPDATE_PERIODS[uuid] = period
         return period
 
     def power_mw(self, i: int) -> int:
@@ -486,6 +491,28 @@ class NvmlDevices:
             return convert(func())
         except nv.NVMLError:
             return None
+
+
+def visible_gpu_count(*, nvml_module: ModuleType | Any | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """NVIDIA GPUs this process can use (after CUDA_VISIBLE_DEVICES); 0 where NVML cannot be used.
+
+    MIG instances count as GPUs the job uses, although NVML cannot measure their energy:
+    the energy monitor then reports the GPU component unavailable with that reason.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        devices = NvmlDevices.open(None, nvml=nvml_module, environ=env)
+    except (DeviceUnavailable, DeviceReadError):
+        tokens = []
+        for token in (t.strip() for t in (env.get("CUDA_VISIBLE_DEVICES") or "").split(",")):
+            if not token:
+                break
+            tokens.append(token)
+        return len(tokens) if tokens and any(t.startswith("MIG-") for t in tokens) else 0
+    try:
+        return len(devices.indices)
+    finally:
+        devices.close()
 
 
 def _cuda_version(value: Any) -> str:

@@ -20,7 +20,7 @@ SOURCES = ("nvml", "nvml_polling", "rapl", "none")
 
 @dataclass
 class EnergyWindow:
-    """Energy over one named window; per_device keys look like 'gpu0' or 'package-0'."""
+    """Energy over one named window; per_device keys look like 'gpu0', 'package-0' or 'dram-0'."""
 
     source: str
     duration_s: float
@@ -33,6 +33,8 @@ class EnergyWindow:
     # Filled when a counter meter is cross-checked against integrated power.
     polled_total_j: float | None = None
     polled_per_device: dict[str, float | None] | None = None
+    # Which NVML power reading was integrated: "instant", "average" or "mixed"; None when no power was polled.
+    polled_source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

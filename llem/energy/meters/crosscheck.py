@@ -27,6 +27,10 @@ class CrossCheckedMeter(EnergyMeter):
     def nvml_devices(self) -> NvmlDevices:
         return self.counter.nvml_devices
 
+    @property
+    def polled_source(self) -> str:
+        return self.polling.polled_source
+
     def _begin(self, name: str) -> None:
         # Polling opens first and closes last so it spans the counter's window.
         self.polling.begin_window(name)
@@ -43,6 +47,7 @@ class CrossCheckedMeter(EnergyMeter):
             polled = self.polling.end_window(name)
         window.polled_total_j = polled.total_j
         window.polled_per_device = polled.per_device
+        window.polled_source = polled.polled_source
         window.samples = polled.samples
         return window
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from llem.energy.devices import DeviceReadError
 from llem.energy.devices.nvml import NvmlDevices
 from llem.energy.meters.base import EnergyMeter, EnergyWindow, total_of
 
-# The counter updates every ~20-100 ms depending on the GPU; take the slow end.
+# The counter updates every ~20-100 ms depending on the board; the slow end stands in where it was not measured.
 COUNTER_RESOLUTION_S = 0.1
 
 
@@ -22,7 +22,12 @@ class _Reading:
 
 
 class NvmlCounterMeter(EnergyMeter):
-    """Per-device difference of nvmlDeviceGetTotalEnergyConsumption (mJ -> J)."""
+    """Per-device difference of nvmlDeviceGetTotalEnergyConsumption (mJ -> J).
+
+    `update_periods_s` are the counter update periods measured per CUDA index;
+    the meter's resolution is the slowest of them (COUNTER_RESOLUTION_S where
+    a period is unknown).
+    """
 
     source = "nvml"
     resolution_s = COUNTER_RESOLUTION_S
@@ -33,11 +38,18 @@ class NvmlCounterMeter(EnergyMeter):
         *,
         clock: Callable[[], float] = time.monotonic,
         owns_devices: bool = False,
+        update_periods_s: Mapping[int, float | None] | None = None,
     ) -> None:
         super().__init__()
         self._devices = devices
         self._clock = clock
         self._owns = owns_devices
+        periods = dict(update_periods_s or {})
+        self.update_periods_s: dict[int, float | None] = {i: periods.get(i) for i in devices.indices}
+        self.resolution_s = max(
+            (COUNTER_RESOLUTION_S if p is None else p for p in self.update_periods_s.values()),
+            default=COUNTER_RESOLUTION_S,
+        )
 
     @property
     def nvml_devices(self) -> NvmlDevices:

@@ -1,8 +1,11 @@
-"""GPU energy by integrating polled power: the fallback for GPUs without an energy counter.
+"""GPU energy by integrating polled power: the cross-check of the counter, and the fallback without one.
 
 A background thread reads board power every `interval_s` while any window is
 open; each window also takes a reading at its begin and end so the trapezoid
 covers the whole window, not just the span between the first and last poll.
+Power is the instant reading where the device offers it; the averaged reading
+(~1 s trailing on Ampere and newer) lags every change, so `polled_source` says
+which was integrated.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ class NvmlPollingMeter(EnergyMeter):
         self._dropped = 0  # absolute index of self._samples[0]
         self._starts: list[int] = []  # absolute begin indices of open windows
         self._last_error: dict[int, str] = {}
+        self.power_sources: dict[str, str] = {devices.label(i): devices.power_source(i) for i in self._indices}
+        kinds = set(self.power_sources.values())
+        self.polled_source: str = kinds.pop() if len(kinds) == 1 else "mixed"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if start_thread:
@@ -66,7 +72,7 @@ class NvmlPollingMeter(EnergyMeter):
         t = self._clock()
         for i in self._indices:
             try:
-                watts.append(self._devices.power_mw(i) / 1000.0)
+                watts.append(self._devices.polled_power_mw(i) / 1000.0)
             except DeviceReadError as exc:
                 watts.append(None)
                 self._last_error[i] = exc.reason
@@ -136,6 +142,7 @@ class NvmlPollingMeter(EnergyMeter):
             samples=len(window),
             unavailable_reason=reason,
             resolution_s=self.resolution_s,
+            polled_source=self.polled_source,
         )
 
     def close(self) -> None:

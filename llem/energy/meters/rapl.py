@@ -1,6 +1,6 @@
-"""CPU package energy from RAPL, for CPU-only runs.
+"""CPU package and DRAM energy from RAPL, one entry per domain ('package-0', 'dram-0').
 
-The sysfs counter wraps at `max_energy_range_uj` (minutes at high power), so
+Package and DRAM are separate counters, so their energies add up. The sysfs counter wraps at `max_energy_range_uj` (minutes at high power), so
 the meter keeps an unwrapped running total: it reads at every window edge and,
 from a low-rate thread, often enough that at most one wrap happens between reads.
 """

@@ -1,4 +1,7 @@
-"""Pick an energy meter from `energy.source`, falling back in a fixed order for `auto`.
+"""Pick one energy meter from `energy.source`, falling back in a fixed order for `auto`.
+
+This chooses a single source for a fixed device set; `llem.energy.monitor.open_monitor`
+is the job-level API (the job's own GPUs plus CPU package and DRAM in one window).
 
 `auto` prefers the NVML energy counter, then integrated NVML power, then RAPL,
 and ends with a NullMeter whose reason says why each source was rejected, so a
@@ -37,7 +40,7 @@ def _power_problem(devices: NvmlDevices) -> str | None:
     problems = []
     for i in devices.indices:
         try:
-            devices.power_mw(i)
+            devices.polled_power_mw(i)
         except DeviceLost:
             raise
         except DeviceReadError as exc:
