@@ -20,8 +20,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from llem.config import ExperimentConfig
-from llem.energy import select_meter
-from llem.measure.harness import _measure
+from llem.energy import open_monitor
+from llem.measure.harness import measure_main_window
 from llem.measure.session import BackendSession
 from llem.models.tiny import ensure_tiny_model
 from llem.prompts.load import load_prompts
@@ -98,12 +98,12 @@ def main() -> None:
         bare, harness = [], []
         for _ in range(args.repeats):
             bare.append(tokens / _bare_loop(model, backend.tokenizer, batches, args.max_new_tokens))
-            meter = select_meter("auto", None, experiment.energy.sample_interval_ms / 1000.0)
+            monitor = open_monitor("auto", [], interval_s=experiment.energy.sample_interval_ms / 1000.0)
             try:
-                window = _measure(backend, experiment, prompts, meter)
+                window, _ = measure_main_window(backend, experiment, prompts, monitor, 0.0)  # one pass
             finally:
-                meter.close()
-            measured = sum(s.output_tokens for s in window.output.sequences)
+                monitor.close()
+            measured = sum(s.output_tokens for s in window.sequences)
             assert measured == tokens, (measured, tokens)
             harness.append(measured / window.duration_s)
         session.release()

@@ -113,11 +113,6 @@ def whole_periods(window_s: float, period_s: float) -> bool:
     return ratio >= 1 and abs(ratio - round(ratio)) < 1e-6
 
 
-def square_wave_phase_on(t: float, period_s: float, duty: float) -> bool:
-    """Whether a square wave that switched on at t = 0 is in its on phase at time t."""
-    return (t % period_s) < duty * period_s
-
-
 def abba(repeats: int) -> list[bool]:
     """Run order for an A/B timing (True = B): ABBA blocks cancel a linear drift between the two."""
     order: list[bool] = []
@@ -229,15 +224,16 @@ BASELINE_STATES = ("no_context", "context_alloc", "loaded_right_after_load", "lo
 def baseline_outcome(
     states_w: Mapping[str, Mapping[str, float | None] | None], tolerance_pct: float = BASELINE_TOLERANCE_PCT
 ) -> Outcome:
-    """Idle power (W per GPU) by state. Passes when a loaded idle engine draws what a bare context
-    draws (so a warm worker's baseline matches a cold one's) and when idle power right after load
-    has settled to the cooled figure (so the baseline does not depend on what ran just before)."""
-    threshold = f"loaded ≈ context and just loaded ≈ cooled, within {tolerance_pct:g} %"
+    """Idle power (W per GPU) by state. Passes when, on every GPU, a loaded idle engine draws what a
+    bare context draws (so a warm worker's baseline matches a cold one's) and idle power right after
+    load has settled to the cooled figure (so the baseline does not depend on what ran just before)."""
+    threshold = f"loaded ≈ context and just loaded ≈ cooled, within {tolerance_pct:g} % per GPU"
     total = {s: _sum_w(states_w.get(s)) for s in BASELINE_STATES}
     measured = ", ".join(f"{s} {_fmt(w, ' W')}" for s, w in total.items() if w is not None) or "—"
+    labels = list(dict.fromkeys(k for per_gpu in states_w.values() for k in (per_gpu or {})))
     problems = []
     pairs = (
-        ("loaded_after_cooldown", "context_alloc", "a loaded idle engine draws {d:.1f} % more than a bare context"),
+        ("loaded_after_cooldown", "context_alloc", "a loaded idle engine differs from a bare context by {d:.1f} %"),
         (
             "loaded_right_after_load",
             "loaded_after_cooldown",
@@ -245,11 +241,15 @@ def baseline_outcome(
         ),
     )
     for state, reference, message in pairs:
-        d = diff_pct(total[state], total[reference])
-        if d is None:
-            problems.append(f"{state} or {reference} not measured")
-        elif d > tolerance_pct:
-            problems.append(message.format(d=d))
+        now, then = states_w.get(state) or {}, states_w.get(reference) or {}
+        diffs = {k: diff_pct(now.get(k), then.get(k)) for k in labels}
+        missing = [k for k, d in diffs.items() if d is None]
+        if missing or not labels:
+            problems.append(f"{state} or {reference} not measured on {', '.join(missing) or 'any GPU'}")
+            continue
+        worst = max(diffs, key=lambda k: diffs[k] or 0.0)
+        if (diffs[worst] or 0.0) > tolerance_pct:
+            problems.append(message.format(d=diffs[worst]) + f" on {worst}")
     context_cost = diff_pct(total["context_alloc"], total["no_context"])
     note = "" if context_cost is None else f"context + allocation adds {context_cost:.1f} % over no context"
     if problems:
@@ -310,7 +310,8 @@ def ttft_outcome(shares: Mapping[str, float | None], tolerance_pct: float = TTFT
         return Outcome(FAIL, measured, threshold, "latency missing for an engine")
     d = diff_pct(values[1], values[0])
     if d is None or d > tolerance_pct:
-        return Outcome(FAIL, measured, threshold, f"shares differ by {_fmt(d, ' %')}: the engines time TTFT differently")
+        detail = f"shares differ by {_fmt(d, ' %')}: the engines time TTFT differently"
+        return Outcome(FAIL, measured, threshold, detail)
     return Outcome(PASS, measured, threshold, f"shares differ by {d:.1f} %")
 
 
@@ -389,7 +390,11 @@ class TorchLoad:
             thread = threading.Thread(target=self._run, args=(torch, i, ready), daemon=True)
             thread.start()
             self._threads.append(thread)
-        ready.wait(timeout=60)  # operands allocated: the load starts now
+        try:
+            ready.wait(timeout=60)  # operands allocated on every GPU: the load starts now
+        except threading.BrokenBarrierError:
+            self.stop()  # raises with the reason when a GPU failed
+            raise RuntimeError("GPU load did not start within 60 s") from None
 
     def _run(self, torch: Any, i: int, ready: threading.Barrier) -> None:
         try:
@@ -571,7 +576,9 @@ class Run:
         """Stop the check unless `seconds` more fit in its budget."""
         left = self.budget_s - self.elapsed()
         if seconds > left:
-            raise OutOfTime(f"budget of {self.budget_s:g} s ran out before {what} ({left:.0f} s left, {seconds:g} s needed)")
+            raise OutOfTime(
+                f"budget of {self.budget_s:g} s ran out before {what} ({left:.0f} s left, {seconds:g} s needed)"
+            )
 
 
 @dataclass
@@ -608,7 +615,9 @@ class Ctx:
             environ=self.rig.environ,
         )
 
-    def window(self, monitor: EnergyMonitor, name: str, seconds: float, during: Callable[[], None] | None = None) -> Any:
+    def window(
+        self, monitor: EnergyMonitor, name: str, seconds: float, during: Callable[[], None] | None = None
+    ) -> Any:
         """One monitor window `seconds` long; `during` runs right after it opens."""
         monitor.begin_window(name)
         try:
@@ -959,7 +968,8 @@ def check_device_scope(ctx: Ctx, run: Run) -> Outcome:
     try:
         for label, devices in (("unpinned", None), ("pinned", [0])):
             run.need(0, f"the {label} job")
-            result = experiments.run(experiment_config(ctx.args, devices=devices), ctx.workdir / "scope" / label, session)
+            experiment = experiment_config(ctx.args, devices=devices)
+            result = experiments.run(experiment, ctx.workdir / "scope" / label, session)
             run.rows.append(_experiment_row(label, result))
             sides[label] = {"devices": measured_gpus(result), "per_token_j": per_token_j(result)}
     finally:
@@ -1230,7 +1240,10 @@ def main(argv: Sequence[str] | None = None, *, rig: Rig | None = None, console: 
         write_report(args.json, report(results, devices, args, started_at))
         console.print(f"report written to {args.json}")
     failed = [r.name for r in results if r.verdict in (FAIL, ERROR)]
-    print(f"gpu_check: FAILED: {', '.join(failed)}" if failed else "gpu_check: OK", file=sys.stderr if failed else sys.stdout)
+    if failed:
+        print(f"gpu_check: FAILED: {', '.join(failed)}", file=sys.stderr)
+    else:
+        print("gpu_check: OK")
     return code
 
 

@@ -42,7 +42,6 @@ from llem.energy.meters import (
     NvmlCounterMeter,
     NvmlPollingMeter,
     RaplMeter,
-    select_meter,
 )
 from llem.energy.monitor import ComponentEnergy, EnergyMonitor, MonitorWindow, open_monitor
 from llem.energy.quality import quality_warnings
@@ -76,6 +75,5 @@ __all__ = [
     "measure_baseline",
     "open_monitor",
     "quality_warnings",
-    "select_meter",
     "visible_gpu_count",
 ]

@@ -239,6 +239,20 @@ def _latency_section(window: Window) -> Latency:
     )
 
 
+def measure_main_window(
+    backend: Backend, experiment: ExperimentConfig, prompts: list[Prompt], monitor: EnergyMonitor, min_window_s: float
+) -> tuple[Window, TelemetrySampler]:
+    """The main window with device telemetry beside it and a fresh peak-memory measurement."""
+    sampler = TelemetrySampler(monitor.nvml_devices, experiment.energy.sample_interval_ms / 1000.0)
+    backend.reset_peak_memory()
+    sampler.start()
+    try:
+        window = run_window("measure", backend, prompts, experiment, monitor, min_window_s)
+    finally:
+        sampler.stop()
+    return window, sampler
+
+
 def _acquire_baseline(
     experiment: ExperimentConfig,
     monitor: EnergyMonitor,
@@ -303,13 +317,7 @@ def run_experiment(
         if worker_warmup is not None:
             warmup_info["campaign_worker"] = worker_warmup
         min_window = _min_window_s(experiment, monitor)
-        sampler = TelemetrySampler(devices, experiment.energy.sample_interval_ms / 1000.0)
-        backend.reset_peak_memory()
-        sampler.start()
-        try:
-            window = run_window("measure", backend, prompts, experiment, monitor, min_window)
-        finally:
-            sampler.stop()
+        window, sampler = measure_main_window(backend, experiment, prompts, monitor, min_window)
         memory = _memory_section(backend, load_info)
         if experiment.measure.phase_split:
             prefill_window = run_window("prefill", backend, prompts, _prefill_only(experiment), monitor, min_window)

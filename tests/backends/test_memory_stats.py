@@ -109,7 +109,8 @@ def test_tensorrt_kv_helpers_and_unloaded_stats() -> None:
 
     config = AutoConfig.from_pretrained(ensure_tiny_model())
     per_token = kv_bytes_per_token(config, 2)
-    assert per_token == 2 * TINY_SPEC["num_hidden_layers"] * TINY_SPEC["num_key_value_heads"] * TINY_SPEC["head_dim"] * 2
+    spec = TINY_SPEC
+    assert per_token == 2 * spec["num_hidden_layers"] * spec["num_key_value_heads"] * spec["head_dim"] * 2
     stats = [
         {"iter": 1, "kvCacheStats": {"usedNumBlocks": 3, "maxNumBlocks": 100, "tokensPerBlock": 32}},
         json.dumps({"iter": 2, "kvCacheStats": {"usedNumBlocks": 7, "maxNumBlocks": 100, "tokensPerBlock": 32}}),

@@ -145,7 +145,8 @@ def test_pytorch_stops_on_every_id_of_the_generation_config(two_stop_model: dict
     try:
         info = backend.load(experiment)
         out = backend.generate(two_stop_model["prompts"], experiment)
-        forced = backend.generate(two_stop_model["prompts"], experiment.model_copy(update={"force_output_length": True}))
+        forced_experiment = experiment.model_copy(update={"force_output_length": True})
+        forced = backend.generate(two_stop_model["prompts"], forced_experiment)
     finally:
         backend.unload()
     assert info.settings["stop_token_ids"] == two_stop_model["stop_ids"]

@@ -25,7 +25,6 @@ def _experiment(**overrides: Any) -> ExperimentConfig:
         "num_input_prompts": 4,
         "max_input_tokens": 32,
         "max_output_tokens": 6,
-        "warmup": {"num_prompts": 1},
         "baseline": {"duration_seconds": 0.3},
         "backend": {"name": "pytorch", "batch_size": 2},
     }
@@ -54,10 +53,22 @@ def test_cpu_run_writes_a_valid_result(tmp_path: Path, session: BackendSession) 
     # this machine has no GPU and no RAPL: every energy figure is null, with a reason
     e = result.energy
     assert e.source == "none" and e.total_j is None and e.adjusted_j is None and e.per_output_token_j is None
-    assert e.unavailable_reason and "no energy source available" in e.unavailable_reason
+    assert e.unavailable_reason and "RAPL not available" in e.unavailable_reason
     assert e.baseline_power_w is None and e.baseline_unavailable_reason
+    assert e.scope["excluded"]["gpu"] == "job uses no GPU"  # a CPU job measures CPU sources
     assert result.flops.total and result.flops.total > 0 and result.flops.per_output_token
-    assert result.memory.model_bytes and result.memory.peak_bytes
+    assert result.flops.method.startswith("llem-flops/2")
+    m = result.memory
+    assert m.weights_bytes and m.host_peak_rss_bytes and m.comparable == "peak_allocated_bytes"
+    assert m.peak_allocated_bytes is None and m.unavailable["peak_allocated_bytes"]  # CPU: null with a reason
+    # one pass (CPU default), a full-pass warmup, and prefill apart from decode
+    assert result.passes == 1 and result.warmup["mode"] == "full_pass" and result.warmup["prompts"] == 4
+    assert result.prefill is not None and result.decode is not None
+    assert result.prefill.tokens == result.input_tokens and result.decode.tokens == 4 * 5
+    assert result.prefill.duration_s and result.decode.duration_s
+    assert result.prefill.duration_s + result.decode.duration_s == pytest.approx(result.duration_s)
+    assert result.prefill.energy_j is None and result.decode.energy_j is None and result.decode.unavailable_reason
+    assert result.latency.queue_ms.count == result.latency.prefill_ms.count == 4
     assert result.engine_settings["device"] == "cpu" and result.engine_settings["batch_size"] == 2
     assert result.environment["versions"]["torch"] and result.environment["gpus"] == []
     assert result.config["backend"]["batch_size"] == 2 and len(result.config_hash) == 16
@@ -84,7 +95,7 @@ def test_unforced_length_counts_real_tokens(tmp_path: Path, session: BackendSess
 
 
 def test_explicit_unavailable_energy_source_fails_clearly(tmp_path: Path, session: BackendSession) -> None:
-    with pytest.raises(MeasurementError, match="energy.source=nvml is not available here: .*NVML"):
+    with pytest.raises(MeasurementError, match="energy.source=nvml is not available here: .*uses no GPU"):
         run_experiment(_experiment(energy={"source": "nvml"}), tmp_path, session)
     assert not (tmp_path / "result.json").exists()
 
@@ -111,8 +122,8 @@ class _PhasedPower:
 
 def test_energy_with_scripted_nvml_subtracts_baseline(tmp_path: Path, session: BackendSession) -> None:
     power = _PhasedPower()
-    gpu = FakeGpu(energy_mj=power.energy, power_mw=lambda t: power.power_mw())
-    fake = FakeNvml([gpu], clock=time.monotonic)
+    gpu_spec = FakeGpu(energy_mj=power.energy, power_mw=lambda t: power.power_mw())
+    fake = FakeNvml([gpu_spec], clock=time.monotonic)
 
     def idle_sleep(seconds: float) -> None:
         power.energy(time.monotonic())
@@ -122,7 +133,11 @@ def test_energy_with_scripted_nvml_subtracts_baseline(tmp_path: Path, session: B
         power.idle = False
 
     session.release()
-    exp = _experiment(energy={"source": "auto", "sample_interval_ms": 20})
+    exp = _experiment(
+        energy={"source": "auto", "sample_interval_ms": 20},
+        baseline={"duration_seconds": 0.3, "settle_seconds": 0.0},
+        measure={"min_window_seconds": 0.0},
+    )
     result = run_experiment(exp, tmp_path, session, sleep=idle_sleep, nvml_module=fake)
     e = result.energy
     assert e.source == "nvml" and e.unavailable_reason is None
@@ -130,10 +145,83 @@ def test_energy_with_scripted_nvml_subtracts_baseline(tmp_path: Path, session: B
     assert e.total_j == pytest.approx(200.0 * result.duration_s, rel=0.05)
     assert e.adjusted_j == pytest.approx(e.total_j - 50.0 * result.duration_s, rel=0.05)  # type: ignore[operator]
     assert e.per_output_token_j == pytest.approx(e.adjusted_j / result.output_tokens)  # type: ignore[operator]
-    assert set(e.per_device) == {"gpu0"} and e.per_device["gpu0"]["baseline_power_w"] == pytest.approx(50.0, rel=0.02)
+    gpu = e.components["gpu"]
+    assert gpu is not None and gpu.devices == ["gpu0"] and set(gpu.per_device) == {"gpu0"}
+    assert gpu.baseline_power_w == pytest.approx(50.0, rel=0.02)
     assert e.polled_total_j == pytest.approx(e.total_j, rel=0.25)
-    assert result.environment["gpus"][0]["name"] == gpu.name
+    assert e.baseline and e.baseline["reused"] is False and e.baseline["device_state"]["model"] == "none loaded"
+    assert result.environment["gpus"][0]["name"] == gpu_spec.name
     assert result.timeseries_file == "timeseries.parquet"
     frame = pd.read_parquet(tmp_path / "timeseries.parquet")
     assert len(frame) >= 1 and set(frame["device"]) == {"gpu0"} and (frame["power_w"] > 0).all()
     assert isinstance(read_result(tmp_path / "result.json"), ExperimentResult)
+    # prefill and decode split the energy above idle as they split the time
+    assert result.prefill and result.decode and result.prefill.energy_j and result.decode.energy_j
+    assert result.prefill.energy_j + result.decode.energy_j == pytest.approx(e.adjusted_j)
+
+
+def _scripted_node(gpus: int, power: _PhasedPower) -> FakeNvml:
+    return FakeNvml(
+        [FakeGpu(energy_mj=power.energy, power_mw=lambda t: power.power_mw()) for _ in range(gpus)],
+        clock=time.monotonic,
+    )
+
+
+def _idle_sleep(power: _PhasedPower) -> Any:
+    """A baseline sleep during which the scripted GPUs draw idle power."""
+
+    def sleep(seconds: float) -> None:
+        power.energy(time.monotonic())
+        power.idle = True
+        time.sleep(seconds)
+        power.energy(time.monotonic())
+        power.idle = False
+
+    return sleep
+
+
+def test_one_gpu_job_on_a_four_gpu_node_measures_its_own_gpu(tmp_path: Path, session: BackendSession) -> None:
+    power = _PhasedPower()
+    fake = _scripted_node(4, power)
+    session.release()
+    fast = {"baseline": {"duration_seconds": 0.2, "settle_seconds": 0.0}, "measure": {"min_window_seconds": 0.0}}
+    sleep = _idle_sleep(power)
+    one = run_experiment(_experiment(**fast), tmp_path / "one", session, nvml_module=fake, sleep=sleep)
+    assert one.energy.scope["devices"]["gpu"] == ["gpu0"] and one.energy.scope["cuda_indices"] == [0]
+    assert one.energy.components["gpu"].per_device.keys() == {"gpu0"}  # type: ignore[union-attr]
+    assert [g["label"] for g in one.environment["gpus"]] == ["gpu0"]
+    # pinned to two GPUs on the same warm model: a baseline for this device set is taken, never the old one
+    pinned = _experiment(**fast, energy={"devices": [0, 1]})
+    two = run_experiment(pinned, tmp_path / "two", session, nvml_module=fake, sleep=sleep)
+    assert two.model_reused and two.energy.scope["devices"]["gpu"] == ["gpu0", "gpu1"]
+    assert two.energy.baseline and two.energy.baseline["reused"] is False
+    assert two.energy.baseline["device_state"]["model"].startswith("loaded and idle")
+    assert two.energy.components["gpu"].baseline_power_w == pytest.approx(100.0, rel=0.05)  # type: ignore[union-attr]
+    assert two.energy.adjusted_j is not None and two.energy.adjusted_j > 0
+    # back to GPU 0 alone: its own baseline is reused
+    again = run_experiment(_experiment(**fast), tmp_path / "again", session, nvml_module=fake, sleep=sleep)
+    assert again.energy.baseline and again.energy.baseline["reused"] is True
+    assert again.energy.baseline_power_w == pytest.approx(50.0, rel=0.05)
+
+
+def test_energy_below_idle_is_null_with_a_warning_not_zero(tmp_path: Path, session: BackendSession) -> None:
+    power = _PhasedPower()
+    power.power_mw = lambda: 200_000.0 if power.idle else 50_000.0  # type: ignore[method-assign]
+    fake = _scripted_node(1, power)
+    session.release()
+    exp = _experiment(baseline={"duration_seconds": 0.3, "settle_seconds": 0.0}, measure={"min_window_seconds": 0.0})
+    result = run_experiment(exp, tmp_path, session, sleep=_idle_sleep(power), nvml_module=fake)
+    e = result.energy
+    assert e.total_j and e.total_j > 0 and e.baseline_power_w == pytest.approx(200.0, rel=0.05)
+    assert e.adjusted_j is None and e.per_output_token_j is None and e.unavailable_reason
+    assert any("idle" in w for w in result.warnings)
+
+
+def test_min_window_repeats_whole_passes(tmp_path: Path, session: BackendSession) -> None:
+    exp = _experiment(measure={"min_window_seconds": 3.0, "phase_split": False})
+    result = run_experiment(exp, tmp_path, session)
+    assert result.duration_s >= 3.0 and result.passes >= 2
+    assert result.num_prompts == 4 * result.passes and result.output_tokens == 4 * 6 * result.passes
+    assert result.latency.ttft_ms.count == 4 * result.passes
+    assert result.flops.per_pass and result.flops.total == pytest.approx(result.flops.per_pass * result.passes)
+    assert result.prefill is None and result.phase_split == {"enabled": False}

@@ -30,7 +30,7 @@ def test_report_files_exist_and_plots_are_pngs(report_dir: Path, campaign_dir: P
         assert f"](plots/{png.name})" in md
     # energy is not measured on this machine: a note stands in for its plot
     assert "Energy per output token (J): not measured in any completed job" in md
-    assert "Energy: not measured — no energy source available" in md
+    assert "Energy: not measured — cpu: RAPL not available" in md
     assert "| completed | 6 |" in md and "| failed | 1 |" in md and "| pending | 1 |" in md
     assert md.count("pytorch · backend.batch_size=2 |") == 1 + 3  # stats row + three job rows
     assert "### Statistics by configuration" in md and "CV above 0.1" in md

@@ -45,7 +45,7 @@ def test_summary_has_one_row_per_completed_job(campaign_dir: Path) -> None:
     assert (frame["output_tokens"] == 24).all() and (frame["warnings_count"] >= 0).all()
     assert frame["model_reused"].dtype == "boolean" and frame["model_reused"].iloc[1:].all()
     assert (frame["energy_source"] == "none").all()
-    assert frame["energy_unavailable_reason"].str.contains("no energy source available").all()
+    assert frame["energy_unavailable_reason"].str.contains("RAPL not available").all()
 
 
 def test_unmeasured_energy_is_null_never_zero(campaign_dir: Path) -> None:

@@ -468,10 +468,9 @@ class TensorRTBackend(Backend):
             self._kv_peak.observe(blocks)
         if pool_blocks is not None:
             self._kv_pool = (pool_blocks, tokens_per_block)
-        block_bytes = (
-            None if self._kv_token_bytes is None or self._kv_pool[1] is None else self._kv_pool[1] * self._kv_token_bytes
-        )
-        pool_bytes = None if block_bytes is None or self._kv_pool[0] is None else self._kv_pool[0] * block_bytes
+        pool_blocks, tokens_per_block = self._kv_pool
+        block_bytes = None if self._kv_token_bytes is None or tokens_per_block is None else tokens_per_block * self._kv_token_bytes
+        pool_bytes = None if block_bytes is None or pool_blocks is None else pool_blocks * block_bytes
         if weights is None:
             why = "the size of the weights is unknown (see weights_bytes)"
         elif stats is None:

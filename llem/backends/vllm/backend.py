@@ -160,7 +160,9 @@ def _kv_usage_logger(peak: KvCachePeak, num_blocks: Callable[[], int | None]) ->
         def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
             pass
 
-        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+        def record(
+            self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0
+        ) -> None:
             total = num_blocks()
             usage = getattr(scheduler_stats, "kv_cache_usage", None)
             if usage is not None and total:
@@ -546,7 +548,8 @@ class VLLMBackend(Backend):
         )
 
     def effective_settings(self) -> dict[str, Any]:
-        return {**self._settings, "timing_cross_check": dict(self._cross_check), "kv_cache_usage": dict(self._kv_window)}
+        window = {"timing_cross_check": dict(self._cross_check), "kv_cache_usage": dict(self._kv_window)}
+        return {**self._settings, **window}
 
     def versions(self) -> dict[str, str]:
         import torch

@@ -8,7 +8,6 @@ from llem.energy.meters.null import NullMeter
 from llem.energy.meters.nvml_counter import NvmlCounterMeter
 from llem.energy.meters.nvml_polling import NvmlPollingMeter, trapezoid_j
 from llem.energy.meters.rapl import RaplMeter
-from llem.energy.meters.select import select_meter
 
 __all__ = [
     "SOURCES",
@@ -19,6 +18,5 @@ __all__ = [
     "NvmlCounterMeter",
     "NvmlPollingMeter",
     "RaplMeter",
-    "select_meter",
     "trapezoid_j",
 ]
