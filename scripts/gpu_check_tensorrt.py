@@ -73,7 +73,9 @@ def main() -> int:
                 build_s=result.engine_settings.get("build_s"),
                 model_load_s=result.model_load_s,
                 itl_count=result.latency.itl_ms.count,
-                peak_bytes=result.memory.peak_bytes,
+                memory=result.memory.model_dump(include={"weights_bytes", "kv_cache_peak_bytes", "reserved_bytes"}),
+                stop_token_ids=result.engine_settings.get("stop_token_ids"),
+                queue_ms=result.latency.queue_ms.model_dump(),
             )
             print(json.dumps({run: summary}, indent=2, default=str))
             expected = args.prompts * args.max_output_tokens

@@ -18,7 +18,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-MEMORY_FIELDS = ("weights_bytes", "peak_allocated_bytes", "reserved_bytes", "host_peak_rss_bytes")
+MEMORY_FIELDS = (
+    "weights_bytes", "peak_allocated_bytes", "reserved_bytes", "kv_cache_peak_bytes", "host_peak_rss_bytes"
+)
 
 _SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                       "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -69,24 +71,6 @@ def engine_pids() -> list[int]:
 
     me = psutil.Process()
     return [me.pid, *(child.pid for child in me.children(recursive=True))]
-
-
-def process_tree_gpu_bytes() -> int | None:
-    """GPU memory NVML attributes to this process and its descendants (None when NVML cannot tell)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        pids = set(engine_pids())
-        used = 0
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if proc.pid in pids and proc.usedGpuMemory:
-                    used += int(proc.usedGpuMemory)
-        return used or None
-    except Exception:  # noqa: BLE001 - no NVML, or PIDs from another namespace
-        return None
 
 
 def peak_rss(pid: int) -> int | None:
@@ -166,23 +150,24 @@ def _clear_peak_rss(pid: int) -> bool:
 
 
 class HostPeakRss:
-    """Peak resident memory of this process and its descendants over a window.
+    """Peak resident memory of a set of processes over a window (by default this one and its descendants).
 
     Linux keeps a high-water mark per process; `start()` resets it to the current RSS in every
-    process of the tree, so `read()` covers the window only. Processes started during the window
-    count from their start. The figure is the sum of per-process peaks: an upper bound of the
-    simultaneous peak, and pages shared between processes count once per process.
+    process, so `read()` covers the window only. Processes started during the window count from
+    their start. With several processes the figure is the sum of their peaks: an upper bound of the
+    simultaneous peak, and pages they share count once per process.
     """
 
-    METHOD = (
-        "sum over this process and its descendants of the peak resident set size (VmHWM) since the window "
-        "started (reset through /proc/<pid>/clear_refs); shared pages count once per process"
-    )
-
-    def __init__(self, pids: Callable[[], Iterable[int]] = engine_pids) -> None:
+    def __init__(
+        self, pids: Callable[[], Iterable[int]] = engine_pids, scope: str = "this process and its descendants"
+    ) -> None:
         self._pids = pids
         self._scoped = False
         self._why = "no measurement window was started (reset_peak_memory not called)"
+        self.method = (
+            f"peak resident set size (VmHWM) of {scope} since the window started (reset through "
+            "/proc/<pid>/clear_refs), summed over processes; shared pages count once per process"
+        )
 
     def start(self) -> None:
         failed = [pid for pid in self._pids() if not _clear_peak_rss(pid)]
@@ -201,7 +186,7 @@ class HostPeakRss:
 
     def report(self, report: MemoryReport) -> None:
         value, why = self.read()
-        report.set("host_peak_rss_bytes", value, self.METHOD, why)
+        report.set("host_peak_rss_bytes", value, self.method, why)
 
 
 class KvCachePeak:

@@ -212,8 +212,16 @@ def _memory_section(backend: Backend, load_info: LoadInfo) -> Memory:
         weights = load_info.model_bytes
         unavailable.pop("weights_bytes", None)
         methods.setdefault("weights_bytes", "size of the loaded weights")
+    kv = stats.get("kv_cache_peak_bytes")
+    state = None if weights is None or kv is None else weights + kv
+    if state is None:
+        unavailable["weights_kv_peak_bytes"] = "needs both weights_bytes and kv_cache_peak_bytes"
+    else:
+        methods["weights_kv_peak_bytes"] = "weights_bytes + kv_cache_peak_bytes"
     return Memory(
         weights_bytes=weights,
+        kv_cache_peak_bytes=kv,
+        weights_kv_peak_bytes=state,
         peak_allocated_bytes=stats.get("peak_allocated_bytes"),
         reserved_bytes=stats.get("reserved_bytes"),
         host_peak_rss_bytes=stats.get("host_peak_rss_bytes"),

@@ -93,12 +93,17 @@ class Memory(_ResultModel):
     """Memory figures that mean the same on every engine; each null has a reason in `unavailable`."""
 
     weights_bytes: int | None = Field(description="Model weights as held in memory.")
+    kv_cache_peak_bytes: int | None = Field(None, description="Most KV cache holding tokens at once in the window.")
+    weights_kv_peak_bytes: int | None = Field(
+        None, description="weights_bytes + kv_cache_peak_bytes: the model state the workload needed (the comparable one)."
+    )
     peak_allocated_bytes: int | None = Field(
-        description="Peak over the window of weights + activations + KV cache actually used (the comparable one)."
+        description="Peak over the window of weights + activations + KV cache actually used, where the engine's "
+        "allocator can tell."
     )
     reserved_bytes: int | None = Field(description="Memory the engine reserved as its pool.")
     host_peak_rss_bytes: int | None = Field(None, description="Peak resident memory of the host processes.")
-    comparable: str = Field("peak_allocated_bytes", description="The figure summaries and reports compare.")
+    comparable: str = Field("weights_kv_peak_bytes", description="The figure summaries and reports compare.")
     methods: dict[str, str] = Field(default_factory=dict)
     unavailable: dict[str, str] = Field(default_factory=dict)
 

@@ -111,6 +111,7 @@ def metric_values(result: ExperimentResult) -> dict[str, Any]:
         "flops_total": result.flops.total,
         "flops_per_output_token": result.flops.per_output_token,
         "memory_weights_bytes": mem.weights_bytes,
+        "memory_weights_kv_peak_bytes": mem.weights_kv_peak_bytes,
         "memory_peak_allocated_bytes": mem.peak_allocated_bytes,
         "memory_reserved_bytes": mem.reserved_bytes,
         "model_reused": result.model_reused,

@@ -154,11 +154,11 @@ def jobs_table(frame: pd.DataFrame) -> Table:
     params = param_columns(frame)
     headers = [
         "Job", "Cycle", "Configuration", "Energy/token (J)", "Throughput (tok/s)", "TTFT p50 (ms)",
-        "TTFT p95 (ms)", "ITL p50 (ms)", "ITL p95 (ms)", "Peak allocated (MiB)", "Reused", "Warnings",
+        "TTFT p95 (ms)", "ITL p50 (ms)", "ITL p95 (ms)", "Weights + KV peak (MiB)", "Reused", "Warnings",
     ]  # fmt: skip
     rows = []
     for _, row in frame.head(MAX_JOB_ROWS).iterrows():
-        memory = row["memory_peak_allocated_bytes"]
+        memory = row["memory_weights_kv_peak_bytes"]
         rows.append(
             [
                 fmt(row["job_num"]),

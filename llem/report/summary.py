@@ -60,6 +60,7 @@ METRIC_COLUMNS: dict[str, str] = {
     "flops_total": "float64",
     "flops_per_output_token": "float64",
     "memory_weights_bytes": "Int64",
+    "memory_weights_kv_peak_bytes": "Int64",
     "memory_peak_allocated_bytes": "Int64",
     "memory_reserved_bytes": "Int64",
     "model_reused": "boolean",

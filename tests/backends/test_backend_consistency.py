@@ -17,7 +17,9 @@ from tests.backends._vllm import VLLM_CPU_BACKEND, needs_vllm
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, needs_vllm]
 
 # Subtrees that describe the engine itself, so their keys legitimately differ between backends.
-ENGINE_SPECIFIC = {("engine_settings",), ("config", "backend"), ("environment", "versions")}
+ENGINE_SPECIFIC = {
+    ("engine_settings",), ("config", "backend"), ("environment", "versions"), ("memory", "methods"), ("memory", "unavailable"),
+}
 
 
 def _experiment(backend: dict[str, Any]) -> ExperimentConfig:
@@ -79,4 +81,8 @@ def test_pytorch_and_vllm_measure_the_same_work_with_the_same_schema(
         assert result.prefill.tokens == result.input_tokens and result.decode.tokens == 4 * 5
         # weights alike; PyTorch also counts buffers (rotary inv_freq), vLLM the checkpoint's tensors
         assert result.memory.weights_bytes == pytest.approx(torch_result.memory.weights_bytes, rel=1e-3)
+        assert result.memory.comparable == "weights_kv_peak_bytes" and result.memory.kv_cache_peak_bytes
+    # the KV cache held at peak: the same tokens on both (vLLM rounds up to whole blocks, PyTorch pads prompts)
+    kv_torch, kv_vllm = torch_result.memory.kv_cache_peak_bytes, vllm_result.memory.kv_cache_peak_bytes
+    assert kv_torch and kv_vllm and 0.5 < kv_torch / kv_vllm < 2.0, (kv_torch, kv_vllm)
     assert torch_result.engine_settings["stop_token_ids"] == vllm_result.engine_settings["stop_token_ids"]

@@ -59,7 +59,8 @@ def test_cpu_run_writes_a_valid_result(tmp_path: Path, session: BackendSession) 
     assert result.flops.total and result.flops.total > 0 and result.flops.per_output_token
     assert result.flops.method.startswith("llem-flops/2")
     m = result.memory
-    assert m.weights_bytes and m.host_peak_rss_bytes and m.comparable == "peak_allocated_bytes"
+    assert m.weights_bytes and m.host_peak_rss_bytes and m.comparable == "weights_kv_peak_bytes"
+    assert m.kv_cache_peak_bytes and m.weights_kv_peak_bytes == m.weights_bytes + m.kv_cache_peak_bytes
     assert m.peak_allocated_bytes is None and m.unavailable["peak_allocated_bytes"]  # CPU: null with a reason
     # one pass (CPU default), a full-pass warmup, and prefill apart from decode
     assert result.passes == 1 and result.warmup["mode"] == "full_pass" and result.warmup["prompts"] == 4

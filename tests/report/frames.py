@@ -54,6 +54,7 @@ def hand_frame() -> pd.DataFrame:
                         "flops_total": 1e12,
                         "flops_per_output_token": 1e10,
                         "memory_weights_bytes": 2**29,
+                        "memory_weights_kv_peak_bytes": 2**29 + 2**27,
                         "memory_peak_allocated_bytes": 2**30,
                         "memory_reserved_bytes": 2**31,
                         "model_reused": cycle > 0,

@@ -41,6 +41,7 @@ def test_summary_has_one_row_per_completed_job(campaign_dir: Path) -> None:
     assert (frame["throughput_tokens_per_s"] > 0).all() and (frame["ttft_ms_p50"] > 0).all()
     assert (frame["flops_total"] > 0).all() and (frame["memory_weights_bytes"] > 0).all()
     assert frame["memory_peak_allocated_bytes"].isna().all()  # CPU: no device allocator to read, null not 0
+    assert (frame["memory_weights_kv_peak_bytes"] > frame["memory_weights_bytes"]).all()
     assert (frame["prefill_ms_p50"] > 0).all() and (frame["queue_ms_p50"] >= 0).all()
     assert (frame["output_tokens"] == 24).all() and (frame["warnings_count"] >= 0).all()
     assert frame["model_reused"].dtype == "boolean" and frame["model_reused"].iloc[1:].all()

@@ -54,6 +54,18 @@ def _pytorch_settings(experiment: ExperimentConfig) -> PyTorchConfig:
     return backend
 
 
+def _cache_bytes(cache: Any) -> int:
+    """Bytes of the key/value tensors a transformers cache holds (0 when there is none)."""
+    if cache is None:
+        return 0
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        tensors = [t for layer in layers for t in (getattr(layer, "keys", None), getattr(layer, "values", None))]
+    else:  # legacy tuple of (key, value) per layer
+        tensors = [t for pair in cache for t in pair]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
 class PyTorchBackend(Backend):
     """transformers `AutoModelForCausalLM` + `generate`, batched by `backend.batch_size`."""
 
@@ -66,7 +78,8 @@ class PyTorchBackend(Backend):
         self._settings: dict[str, Any] = {}
         self._stop_ids: list[int] = []
         self._weights_bytes: int | None = None
-        self._host_rss = HostPeakRss(lambda: [os.getpid()])  # transformers runs in this process
+        self._kv_peak_bytes: int | None = None
+        self._host_rss = HostPeakRss(lambda: [os.getpid()], "this process (transformers runs in it)")
 
     @staticmethod
     def load_key(experiment: ExperimentConfig) -> str:
@@ -224,8 +237,11 @@ class PyTorchBackend(Backend):
             ids, mask = self._batch_tensors(batch)
             clock = _StepClock()
             with torch.inference_mode():
-                out = self._model.generate(input_ids=ids, attention_mask=mask, streamer=clock, **kwargs)
-            new_ids = out[:, ids.shape[1] :]
+                out = self._model.generate(
+                    input_ids=ids, attention_mask=mask, streamer=clock, return_dict_in_generate=True, **kwargs
+                )
+            self._kv_peak_bytes = max(self._kv_peak_bytes or 0, _cache_bytes(out.past_key_values)) or None
+            new_ids = out.sequences[:, ids.shape[1] :]
             counts = self._count_new_tokens(new_ids, experiment.force_output_length)
             for row, index in enumerate(indices):
                 timings[index] = SequenceTiming(
@@ -253,6 +269,7 @@ class PyTorchBackend(Backend):
         if self._device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self._device)
         self._host_rss.start()
+        self._kv_peak_bytes = None
 
     def memory_stats(self) -> dict[str, Any]:
         report = MemoryReport()
@@ -281,6 +298,13 @@ class PyTorchBackend(Backend):
             report.unavailable(
                 "reserved_bytes", "on CPU PyTorch keeps no memory pool: freed memory goes back to the system allocator"
             )
+        report.set(
+            "kv_cache_peak_bytes",
+            self._kv_peak_bytes,
+            "largest KV cache of one batch in the window: bytes of the key and value tensors generate() returned "
+            "(padded prompt width + generated tokens, every row)",
+            "no KV cache in the window (backend.use_cache=false, or no generate call since the window started)",
+        )
         self._host_rss.report(report)
         return report.as_dict()
 

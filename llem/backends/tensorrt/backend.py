@@ -226,7 +226,7 @@ class TensorRTBackend(Backend):
         self._kv_peak = KvCachePeak()
         self._kv_pool: tuple[int | None, int | None] = (None, None)  # (blocks, tokens per block)
         self._kv_window: dict[str, Any] = {}
-        self._host_rss = HostPeakRss()
+        self._host_rss = HostPeakRss(scope="this process and TensorRT-LLM's worker processes (its descendants)")
 
     @staticmethod
     def load_key(experiment: ExperimentConfig) -> str:
@@ -378,7 +378,7 @@ class TensorRTBackend(Backend):
             raise RuntimeError("model not loaded")
         from tensorrt_llm.llmapi import SamplingParams
 
-        kwargs = sampling_kwargs(experiment)
+        kwargs = sampling_kwargs(experiment, self._stop_ids)
         if "return_perf_metrics" in _field_names(SamplingParams):
             kwargs["return_perf_metrics"] = True  # per-request timing, for when each request was first scheduled
         params = SamplingParams(**kwargs)
@@ -469,7 +469,9 @@ class TensorRTBackend(Backend):
         if pool_blocks is not None:
             self._kv_pool = (pool_blocks, tokens_per_block)
         pool_blocks, tokens_per_block = self._kv_pool
-        block_bytes = None if self._kv_token_bytes is None or tokens_per_block is None else tokens_per_block * self._kv_token_bytes
+        block_bytes = None
+        if self._kv_token_bytes is not None and tokens_per_block is not None:
+            block_bytes = tokens_per_block * self._kv_token_bytes
         pool_bytes = None if block_bytes is None or pool_blocks is None else pool_blocks * block_bytes
         if weights is None:
             why = "the size of the weights is unknown (see weights_bytes)"
@@ -495,6 +497,12 @@ class TensorRTBackend(Backend):
             self._kv_pool[0],
             block_bytes,
             "TensorRT-LLM iteration stats (kvCacheStats.usedNumBlocks, highest over the window's iterations)",
+        )
+        report.set(
+            "kv_cache_peak_bytes",
+            self._kv_window.get("peak_bytes"),
+            "most KV cache blocks in use at once (kvCacheStats.usedNumBlocks) x bytes per block",
+            self._kv_window.get("unavailable_reason") or "KV cache use not reported",
         )
         return report.as_dict()
 

@@ -280,7 +280,7 @@ class VLLMBackend(Backend):
         self._stop_ids: list[int] = []
         self._kv_peak = KvCachePeak()
         self._kv_window: dict[str, Any] = {}
-        self._host_rss = HostPeakRss()
+        self._host_rss = HostPeakRss(scope="this process and vLLM's engine processes (its descendants)")
 
     @staticmethod
     def load_key(experiment: ExperimentConfig) -> str:
@@ -424,7 +424,7 @@ class VLLMBackend(Backend):
         engine = self._engine
         # Each window starts with an empty prefix cache, so warmup or earlier runs cannot shorten its prefills.
         engine.reset_prefix_cache()
-        params = SamplingParams(**sampling_kwargs(experiment), output_kind=RequestOutputKind.DELTA)
+        params = SamplingParams(**sampling_kwargs(experiment, self._stop_ids), output_kind=RequestOutputKind.DELTA)
         self._requests += 1
         ids = {f"llem-{self._requests}-{i}": i for i in range(len(prompts))}
         times: list[list[float]] = [[] for _ in prompts]
@@ -536,6 +536,12 @@ class VLLMBackend(Backend):
         )
         self._host_rss.report(report)
         self._kv_window = self._kv_usage()  # the window ends here; later runs (e.g. a prefill pass) do not count
+        report.set(
+            "kv_cache_peak_bytes",
+            self._kv_window.get("peak_bytes"),
+            "most KV cache blocks in use at once (vLLM's per-step scheduler statistics) x bytes per block",
+            self._kv_window.get("unavailable_reason") or "KV cache use not reported",
+        )
         return report.as_dict()
 
     def _kv_usage(self) -> dict[str, Any]:
