@@ -82,7 +82,15 @@ def test_pytorch_and_vllm_measure_the_same_work_with_the_same_schema(
         # weights alike; PyTorch also counts buffers (rotary inv_freq), vLLM the checkpoint's tensors
         assert result.memory.weights_bytes == pytest.approx(torch_result.memory.weights_bytes, rel=1e-3)
         assert result.memory.comparable == "weights_kv_peak_bytes" and result.memory.kv_cache_peak_bytes
-    # the KV cache held at peak: the same tokens on both (vLLM rounds up to whole blocks, PyTorch pads prompts)
+    # the KV cache held at peak, from each engine's own accounting: PyTorch holds every row at the padded width
+    # plus the generated tokens but the last; vLLM holds whole blocks per sequence
+    arch = torch_result.engine_settings["architecture"]
+    per_token = 2 * arch["num_layers"] * arch["num_kv_heads"] * arch["head_dim"] * 4  # float32 keys and values
     kv_torch, kv_vllm = torch_result.memory.kv_cache_peak_bytes, vllm_result.memory.kv_cache_peak_bytes
-    assert kv_torch and kv_vllm and 0.5 < kv_torch / kv_vllm < 2.0, (kv_torch, kv_vllm)
+    assert kv_torch and kv_torch % (4 * per_token) == 0
+    width = kv_torch // (4 * per_token) - 5
+    assert 0 < width <= 32  # the longest prompt of the batch
+    block = vllm_result.engine_settings["block_size"] * per_token
+    assert kv_vllm and kv_vllm % block == 0
+    assert 4 <= kv_vllm // block <= 4 * -(-(32 + 5) // vllm_result.engine_settings["block_size"])
     assert torch_result.engine_settings["stop_token_ids"] == vllm_result.engine_settings["stop_token_ids"]

@@ -73,11 +73,15 @@ def test_sequential_batches_wait_in_ttft_but_not_in_prefill(torch_session: Backe
 def test_pytorch_and_vllm_ttft_agree_with_the_same_concurrency(
     torch_session: BackendSession, vllm_session: BackendSession
 ) -> None:
-    torch_seqs = _timed_sequences(torch_session, _experiment({"name": "pytorch", "batch_size": 4}))
-    vllm_seqs = _timed_sequences(vllm_session, _experiment(VLLM_CPU_BACKEND))  # max_num_seqs=4
-    torch_ttft = statistics.median(latency.ttft_ms(torch_seqs))
-    vllm_ttft = statistics.median(latency.ttft_ms(vllm_seqs))
-    assert 0.5 < torch_ttft / vllm_ttft < 2.0, (torch_ttft, vllm_ttft)
+    # alternate the engines, so a burst of load on this shared machine hits both alike; compare medians
+    torch_p50, vllm_p50 = [], []
+    for _ in range(3):
+        torch_seqs = _timed_sequences(torch_session, _experiment({"name": "pytorch", "batch_size": 4}))
+        vllm_seqs = _timed_sequences(vllm_session, _experiment(VLLM_CPU_BACKEND))  # max_num_seqs=4
+        torch_p50.append(statistics.median(latency.ttft_ms(torch_seqs)))
+        vllm_p50.append(statistics.median(latency.ttft_ms(vllm_seqs)))
+    torch_ttft, vllm_ttft = statistics.median(torch_p50), statistics.median(vllm_p50)
+    assert 0.5 < torch_ttft / vllm_ttft < 2.0, (torch_p50, vllm_p50)
     # vLLM says when its scheduler took each request up: the first four at once, the rest after a wait
     queue = sorted(latency.queue_ms(vllm_seqs))
     assert len(queue) == 8 and latency.scheduled_unavailable(vllm_seqs) is None
