@@ -153,8 +153,9 @@ def stats_table(report: CampaignReport) -> Table:
 def jobs_table(frame: pd.DataFrame) -> Table:
     params = param_columns(frame)
     headers = [
-        "Job", "Cycle", "Configuration", "Energy/token (J)", "Throughput (tok/s)", "TTFT p50 (ms)",
-        "TTFT p95 (ms)", "ITL p50 (ms)", "ITL p95 (ms)", "Weights + KV peak (MiB)", "Reused", "Warnings",
+        "Job", "Cycle", "Configuration", "Energy/token (J)", "Prefill J/token", "Decode J/token",
+        "Throughput (tok/s)", "TTFT p50 (ms)", "TTFT p95 (ms)", "Queue p50 (ms)", "Prefill p50 (ms)",
+        "ITL p50 (ms)", "ITL p95 (ms)", "Weights + KV peak (MiB)", "Reused", "Warnings",
     ]  # fmt: skip
     rows = []
     for _, row in frame.head(MAX_JOB_ROWS).iterrows():
@@ -165,9 +166,13 @@ def jobs_table(frame: pd.DataFrame) -> Table:
                 fmt(row["cycle"]),
                 config_label(row, params),
                 fmt(row["energy_per_output_token_j"]),
+                fmt(row["prefill_energy_per_token_j"]),
+                fmt(row["decode_energy_per_token_j"]),
                 fmt(row["throughput_tokens_per_s"]),
                 fmt(row["ttft_ms_p50"]),
                 fmt(row["ttft_ms_p95"]),
+                fmt(row["queue_ms_p50"]),
+                fmt(row["prefill_ms_p50"]),
                 fmt(row["itl_ms_p50"]),
                 fmt(row["itl_ms_p95"]),
                 "—" if pd.isna(memory) else fmt(float(memory) / 2**20),
@@ -175,7 +180,13 @@ def jobs_table(frame: pd.DataFrame) -> Table:
                 fmt(row["warnings_count"]),
             ]
         )
-    note = f"First {MAX_JOB_ROWS} of {len(frame)} jobs; all are in summary.csv." if len(frame) > MAX_JOB_ROWS else None
+    note = (
+        "TTFT counts from each prompt's arrival at the start of its pass; queue = wait until the engine took the "
+        "prompt up, prefill = from then to its first token. Memory: weights + KV cache in use at its peak, the "
+        "figure every engine reports alike."
+    )
+    if len(frame) > MAX_JOB_ROWS:
+        note += f" First {MAX_JOB_ROWS} of {len(frame)} jobs; all are in summary.csv."
     return Table("Completed jobs", headers, rows, note)
 
 

@@ -125,14 +125,7 @@ def test_energy_with_scripted_nvml_subtracts_baseline(tmp_path: Path, session: B
     power = _PhasedPower()
     gpu_spec = FakeGpu(energy_mj=power.energy, power_mw=lambda t: power.power_mw())
     fake = FakeNvml([gpu_spec], clock=time.monotonic)
-
-    def idle_sleep(seconds: float) -> None:
-        power.energy(time.monotonic())
-        power.idle = True
-        time.sleep(seconds)
-        power.energy(time.monotonic())
-        power.idle = False
-
+    idle_sleep = _idle_sleep(power)
     session.release()
     exp = _experiment(
         energy={"source": "auto", "sample_interval_ms": 20},
