@@ -16,16 +16,13 @@ PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# compat editable mode puts the checkout on sys.path, so Hydra finds the plugins in hydra_plugins/
-EDITABLE := --config-settings editable_mode=compat
-
 $(VENV)/.stamp-run: pyproject.toml | $(BIN)/python
 	$(PIP) "$(TORCH_SPEC)"
-	$(PIP) $(EDITABLE) -e ".[pytorch]"
+	$(PIP) -e ".[pytorch]"
 	touch $@
 
 $(VENV)/.stamp-test: pyproject.toml scripts/setup_test_deps.sh scripts/deps/podman.sh scripts/deps/chromium.sh $(VENV)/.stamp-run
-	$(PIP) $(EDITABLE) -e ".[pytorch,dev,campaign]"
+	$(PIP) -e ".[pytorch,dev,campaign]"
 	bash scripts/setup_test_deps.sh "$(BIN)/python"
 	touch $@
 

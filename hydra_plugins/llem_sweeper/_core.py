@@ -18,13 +18,14 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 from llem.atomic import atomic_write_text, remove_stale_temps
-from llem.composed import validate_campaign
 from llem.config import CampaignSettings, ConfigError
-from llem.config.campaign import CampaignDaemonConfig
+from llem.config.campaign import CampaignDaemonConfig, campaign_id
+from llem.launch.runner import result_path_of
+from llem.notify import Notifier, notifier_for
+from llem.plan import schedule
+from llem.plan.campaign_file import CampaignFileError, load_settings
 from llem.plan.compose import FastComposer
 from llem.plan.expand import Axis, PlanError
-from llem.launch.runner import result_path_of
-from llem.plan import schedule
 from llem.plan.files import attach_config_files, collect_results, write_job_configs
 from llem.plan.lock import CampaignLock, CampaignLocked
 from llem.plan.manifest import (
@@ -123,14 +124,24 @@ def _generic_sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobRetur
     return returns
 
 
+def _group_options(loader: Any, group: str) -> set[str]:
+    try:
+        return set(loader.get_group_options(group))
+    except Exception:  # noqa: BLE001 - an app without that config group
+        return set()
+
+
 def _plan(sweeper: Any, arguments: list[str]) -> tuple[Plan, CampaignSettings, FastComposer]:
     config: DictConfig = sweeper.config
     loader = sweeper.hydra_context.config_loader
     axes = parse_axes(arguments, loader)
-    _, experiment_axes = _campaign_axes(axes)
+    campaign_axes, experiment_axes = _campaign_axes(axes)
+    section = OmegaConf.to_container(config.campaign, resolve=True) if "campaign" in config else None
+    cwd = Path(str(OmegaConf.select(config, "hydra.runtime.cwd", default=None) or os.getcwd()))
     try:
-        settings = validate_campaign(OmegaConf.to_container(config.campaign, resolve=True) if "campaign" in config else None)
-    except ConfigError as error:
+        # a campaign file sits beneath the command line: its campaign.* overrides are applied again on top
+        settings = load_settings(section, [a.choices[0] for a in campaign_axes], cwd=cwd)  # type: ignore[arg-type]
+    except (ConfigError, CampaignFileError) as error:
         raise SweepError(str(error)) from None
     # jobs never carry campaign overrides, so the campaign section is not part of what is validated
     settings = _recorded_seed(config, settings)
@@ -138,19 +149,23 @@ def _plan(sweeper: Any, arguments: list[str]) -> tuple[Plan, CampaignSettings, F
         loader, config.hydra.job.config_name, list(config.hydra.overrides.hydra), drop_keys=("campaign",)
     )
     try:
-        model_options = set(loader.get_group_options("model"))
-    except Exception:  # noqa: BLE001 - an app without a model group
-        model_options = set()
-    try:
         plan = make_plan(
             experiment_axes,
             settings,
             composer.compose,
             default_backend=str(OmegaConf.select(config, "backend.name")),
-            model_options=model_options,
+            model_options=_group_options(loader, "model"),
+            dataset_options=_group_options(loader, "dataset"),
         )
     except PlanError as error:
         raise SweepError(f"llem: {error}") from None
+    if settings.group_by:
+        from llem.report.stats import UnknownColumn, check_group_by
+
+        try:
+            check_group_by(settings.group_by, {k for job in plan.jobs for k in job.config.params})
+        except UnknownColumn as error:
+            raise SweepError(f"llem: campaign.{error}") from None
     return plan, settings, composer
 
 
@@ -228,6 +243,8 @@ def _run_locked(
         except PlanChanged as error:
             raise SweepError(f"llem: {error}") from None
         attach_config_files(manifest, sweep_dir, settings.io)
+        manifest.campaign_id = campaign_id(manifest.campaign_name)
+        manifest.group_by = list(settings.group_by)  # how results are grouped never changes what is measured
         if not sweeper.dry_run:
             manifest.events.append({"at": utc_now(), "kind": "resumed", "pid": os.getpid(), "detail": report.lines()})
             write_manifest(path, manifest)
@@ -247,24 +264,33 @@ def _run_locked(
     launcher = sweeper.launcher
     sweeper.io_settings = settings.io
     sweeper.sweep_dir = sweep_dir
+    sweeper.notifier = notifier_for(settings, manifest.campaign_name)  # shared with the llem launcher's runner
     try:
-        if settings.daemon is not None and settings.daemon.enabled:
-            returns = _run_daemon(sweeper, settings, path)
-        elif settings.schedule.at is not None:  # older files: one run, started at a wall-clock time
-            one_shot = CampaignDaemonConfig(enabled=True, at=settings.schedule.at)
-            returns = _run_daemon(sweeper, settings.model_copy(update={"daemon": one_shot}), path)
-        else:
-            returns = _run_repetition(sweeper, settings, path, repetition=0)
-    except KeyboardInterrupt:
-        _interrupted(path)
+        try:
+            if settings.daemon is not None and settings.daemon.enabled:
+                returns = _run_daemon(sweeper, settings, path)
+            elif settings.schedule.restricts_start:  # one run, started at a time and/or on an allowed day
+                one_shot = CampaignDaemonConfig(enabled=True, at=settings.schedule.at)
+                returns = _run_daemon(sweeper, settings.model_copy(update={"daemon": one_shot}), path)
+            else:
+                returns = _run_repetition(sweeper, settings, path, repetition=0)
+        except KeyboardInterrupt:
+            _interrupted(path)
+            if hasattr(launcher, "finish"):
+                launcher.finish()
+            if sweeper.notifier is not None:
+                sweeper.notifier.campaign_ended(
+                    outcome="interrupted", counts=read_manifest(path).counts(), summary_path=None, manifest_path=path
+                )
+            print(f"llem: campaign interrupted; finished jobs are kept. Resume by running the same command with "
+                  f"hydra.sweep.dir={sweep_dir}", file=sys.stderr)
+            sys.exit(130)
         if hasattr(launcher, "finish"):
             launcher.finish()
-        print(f"llem: campaign interrupted; finished jobs are kept. Resume by running the same command with "
-              f"hydra.sweep.dir={sweep_dir}", file=sys.stderr)
-        sys.exit(130)
-    if hasattr(launcher, "finish"):
-        launcher.finish()
-    _finish(path, settings)
+        _finish(path, settings, sweeper.notifier)
+    finally:
+        if sweeper.notifier is not None:
+            sweeper.notifier.close()  # waits for queued events at most the notification timeout
     return returns
 
 
@@ -293,11 +319,24 @@ def _launch_jobs(sweeper: Any, jobs: list[ManifestJob], path: Path) -> list[Sequ
         results = launcher.launch([list(j.overrides) for j in batch], initial_job_idx=batch[0].job_num)
         if not managed:
             current = {j.job_num: j.attempts for j in read_manifest(path).jobs}
-            update_jobs(
-                path, {j.job_num: {**_job_outcome(r), "attempts": current[j.job_num] + 1} for j, r in zip(batch, results)}
-            )
+            outcomes = {j.job_num: {**_job_outcome(r), "attempts": current[j.job_num] + 1} for j, r in zip(batch, results)}
+            update_jobs(path, outcomes)
+            _notify_jobs(getattr(sweeper, "notifier", None), batch, outcomes)
         returns.append(results)
     return returns
+
+
+def _notify_jobs(notifier: Notifier | None, jobs: list[ManifestJob], outcomes: dict[int, dict[str, Any]]) -> None:
+    """Job events for launchers that do not send their own (the llem launchers do, as each job ends)."""
+    if notifier is None:
+        return
+    for job in jobs:
+        done = outcomes[job.job_num]
+        notifier.job_finished(
+            job_num=job.job_num, overrides=job.overrides, status=done["status"], error=done["error"],
+            result_path=done["result_path"], cycle=job.cycle, repetition=job.repetition, attempt=done["attempts"],
+            backend=job.backend,
+        )
 
 
 def _run_repetition(sweeper: Any, settings: CampaignSettings, path: Path, repetition: int) -> list[Any]:
@@ -364,7 +403,8 @@ def _run_daemon(sweeper: Any, settings: CampaignSettings, path: Path) -> list[An
     """Repeat the whole campaign on the daemon schedule; the schedule survives restarts."""
     daemon = settings.daemon
     assert daemon is not None
-    state = read_manifest(path).schedule or schedule.initial_state(daemon, dt.datetime.now(dt.timezone.utc))
+    calendar = schedule.Calendar.of(settings.schedule, at=daemon.at)
+    state = read_manifest(path).schedule or schedule.initial_state(daemon, dt.datetime.now(dt.timezone.utc), calendar)
     _save_schedule(path, state)
     returns: list[Any] = []
     while schedule.may_start(state):
@@ -377,7 +417,7 @@ def _run_daemon(sweeper: Any, settings: CampaignSettings, path: Path) -> list[An
         _add_repetition(path, repetition)
         print(f"llem: daemon repetition {repetition} starting", file=sys.stderr)
         returns += _run_repetition(sweeper, settings, path, repetition)
-        state = schedule.after_repetition(state, dt.datetime.now(dt.timezone.utc))
+        state = schedule.after_repetition(state, dt.datetime.now(dt.timezone.utc), calendar)
         _save_schedule(path, state)
     print(f"llem: daemon schedule finished after {state['repetitions_done']} repetition(s)", file=sys.stderr)
     return returns
@@ -390,10 +430,11 @@ def _interrupted(path: Path) -> None:
         update_jobs(path, {n: {"status": "interrupted", "error": "interrupted by the user"} for n in running})
 
 
-def _finish(path: Path, settings: CampaignSettings) -> None:
+def _finish(path: Path, settings: CampaignSettings, notifier: Notifier | None = None) -> None:
     manifest = read_manifest(path)
     counts = manifest.counts()
     collect_results(manifest, Path(manifest.sweep_dir), settings.io)
+    csv_path: Path | None = None
     try:
         from llem.report.summary import write_summary
 
@@ -401,8 +442,12 @@ def _finish(path: Path, settings: CampaignSettings) -> None:
         print(f"llem: summary written to {csv_path}", file=sys.stderr)
     except ImportError:
         pass
+    failed = counts.get("failed", 0) + counts.get("interrupted", 0)
+    if notifier is not None:
+        notifier.campaign_ended(
+            outcome="failed" if failed else "completed", counts=counts, summary_path=csv_path, manifest_path=path
+        )
     text = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(f"llem: campaign '{manifest.campaign_name}' finished: {text}; manifest {path}", file=sys.stderr)
-    failed = counts.get("failed", 0) + counts.get("interrupted", 0)
     if failed:
         raise SweepError(f"llem: {failed} job(s) failed; their errors are in {path}")

@@ -27,6 +27,7 @@ class LlemSweeper(Sweeper):
         self.hydra_context: Optional[HydraContext] = None
         self.config: Optional[DictConfig] = None
         self.launcher: Any = None
+        self.notifier: Any = None  # the campaign's webhook notifier, while a campaign runs
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins

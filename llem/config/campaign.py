@@ -1,19 +1,27 @@
 """Campaign models: how many experiments, in which order, on what schedule, kept where.
 
 A campaign is a grid (backends x shared axes x per-backend axes), explicit
-experiments, and/or a list of experiment YAML files, plus execution settings.
+experiments, and/or a list of experiment YAML files, plus execution settings. The
+models accept LLenergyMeasure's campaign files key for key (campaign-wide `model`,
+`dataset`, `num_samples`, `schedule.days`, `group_by`), so those files run unchanged.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import re
+import zoneinfo
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from llem.config._base import StrictModel
 from llem.config.backends import BACKEND_NAMES
+from llem.config.errors import describe_errors
+from llem.config.experiment import DatasetConfig
 
 __all__ = [
     "CampaignColdStartConfig",
@@ -24,11 +32,21 @@ __all__ = [
     "CampaignGridConfig",
     "CampaignHealthCheckConfig",
     "CampaignIOConfig",
+    "CampaignNotificationsConfig",
     "CampaignScheduleConfig",
     "CampaignSettings",
+    "WEEKDAYS",
+    "campaign_id",
+    "parse_days",
     "parse_duration",
     "validate_hhmm",
+    "validate_timezone",
 ]
+
+WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_DAY_GROUPS: dict[str, tuple[str, ...]] = {"weekdays": WEEKDAYS[:5], "weekends": WEEKDAYS[5:], "daily": WEEKDAYS}
+_FULL_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([hms])$")
@@ -41,6 +59,55 @@ def validate_hhmm(value: str | None) -> str | None:
         return None
     if not isinstance(value, str) or not _HHMM.match(value):
         raise ValueError(f"expected a time as HH:MM in 24-hour form (e.g. '03:30'), got {value!r}")
+    return value
+
+
+def campaign_id(name: str) -> str:
+    """A short stable id for a campaign name: the first 8 hex digits of its MD5 (as LLenergyMeasure's)."""
+    return hashlib.md5(name.encode("utf-8")).hexdigest()[:8]
+
+
+def parse_days(value: Any) -> list[str] | None:
+    """Days as sorted three-letter names: `[mon, wed]`, `weekdays`, `weekends`, `daily` or full names."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(f"expected a list of days such as [mon, wed] or 'weekdays', got {value!r}")
+    days: set[str] = set()
+    known = [*WEEKDAYS, *_DAY_GROUPS, *_FULL_DAY_NAMES]
+    for item in items:
+        name = str(item).strip().lower()
+        if name in _DAY_GROUPS:
+            days.update(_DAY_GROUPS[name])
+        elif name in WEEKDAYS:
+            days.add(name)
+        elif name in _FULL_DAY_NAMES:
+            days.add(WEEKDAYS[_FULL_DAY_NAMES.index(name)])
+        else:
+            close = difflib.get_close_matches(name, known, n=2)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"unknown day {item!r}: use mon..sun, weekdays, weekends or daily{hint}")
+    if not days:
+        raise ValueError("days is empty: the campaign would never start (null: any day)")
+    return [d for d in WEEKDAYS if d in days]
+
+
+@lru_cache(maxsize=1)
+def _zone_names() -> tuple[str, ...]:
+    return tuple(sorted(zoneinfo.available_timezones()))
+
+
+def validate_timezone(value: str | None) -> str | None:
+    """An IANA time zone name such as 'Europe/London' (null: the machine's local time)."""
+    if value is None:
+        return None
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        close = difflib.get_close_matches(value, _zone_names(), n=2) if isinstance(value, str) else []
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown time zone {value!r}: use an IANA name such as 'Europe/London'{hint}") from None
     return value
 
 
@@ -76,14 +143,40 @@ class CampaignExecutionConfig(StrictModel):
 
 
 class CampaignScheduleConfig(StrictModel):
-    """Older one-shot schedule: start the campaign at a wall-clock time."""
+    """When the campaign may start: a one-shot start time, the days it may start on, and the time zone.
 
-    at: str | None = Field(None, description="Local start time, HH:MM (24-hour).")
+    `days` and `timezone` also govern the daemon: its repetitions start only on these days.
+    """
+
+    at: str | None = Field(None, description="Start time, HH:MM (24-hour), in `timezone` (null: now).")
+    days: list[str] | None = Field(
+        None,
+        description="Days a run may start on: e.g. [mon, wed], weekdays, weekends (null: any day). Also limits "
+        "the daemon's repetitions.",
+    )
+    timezone: str | None = Field(
+        None, description="IANA time zone of `at`, `daemon.at` and `days`, e.g. Europe/London (null: local time)."
+    )
 
     @field_validator("at")
     @classmethod
     def _check_at(cls, value: str | None) -> str | None:
         return validate_hhmm(value)
+
+    @field_validator("days", mode="before")
+    @classmethod
+    def _check_days(cls, value: Any) -> list[str] | None:
+        return parse_days(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str | None) -> str | None:
+        return validate_timezone(value)
+
+    @property
+    def restricts_start(self) -> bool:
+        """Whether a run waits for a time or a day instead of starting now."""
+        return self.at is not None or self.days is not None
 
 
 class CampaignGridConfig(StrictModel):
@@ -200,6 +293,57 @@ class CampaignIOConfig(StrictModel):
         return Path(self.state_dir) / self.manifest_filename
 
 
+class _DatasetSection(StrictModel):
+    """A full `dataset` section given as a campaign-wide prompt source (validated like an experiment's)."""
+
+    dataset: DatasetConfig
+
+
+class CampaignNotificationsConfig(StrictModel):
+    """Webhook notifications: a JSON POST per finished job and at the end of the campaign.
+
+    Give the URL through `webhook_url_env` (the name of an environment variable) so a secret
+    URL stays out of configs, manifests and logs; it is read when each notification is sent.
+    """
+
+    webhook_url: str | None = Field(
+        None, description="http(s) URL to POST events to (written into the multirun's config: prefer webhook_url_env)."
+    )
+    webhook_url_env: str | None = Field(
+        None, description="Name of an environment variable holding the URL, read at send time."
+    )
+    on_complete: bool = Field(True, description="Send an event when a job completes.")
+    on_failure: bool = Field(True, description="Send an event when a job fails.")
+    on_campaign_end: bool = Field(True, description="Send an event when the campaign ends.")
+    timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="Give up on one notification after this long; never delays the campaign more."
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    @field_validator("webhook_url_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.match(value):
+            raise ValueError(f"expected the name of an environment variable (e.g. LLEM_WEBHOOK_URL), got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "CampaignNotificationsConfig":
+        if self.webhook_url is not None and self.webhook_url_env is not None:
+            raise ValueError("give webhook_url or webhook_url_env, not both")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.webhook_url is not None or self.webhook_url_env is not None
+
+
 class CampaignSettings(StrictModel):
     """How a multirun's jobs run (cycles, gaps, health checks, files), with or without a job definition.
 
@@ -208,6 +352,27 @@ class CampaignSettings(StrictModel):
     """
 
     campaign_name: str | None = Field(None, description="Name recorded in the manifest and results.")
+    file: str | None = Field(
+        None,
+        description="A campaign YAML (llem's or LLenergyMeasure's format) to load; command-line campaign.* "
+        "overrides win over it, and its relative paths are resolved from its own directory.",
+    )
+    model: str | None = Field(
+        None,
+        description="Default model of every job: a `model` config-group option or a Hugging Face id / path "
+        "(jobs that choose a model keep theirs).",
+    )
+    dataset: str | dict[str, Any] | None = Field(
+        None,
+        description="Prompt source of every job: a `dataset` option (builtin, synthetic), a known alias "
+        "(ai_energy_score, alpaca, gsm8k, mmlu), a .txt/.jsonl file, a Hugging Face id, or a full dataset section.",
+    )
+    num_samples: int | None = Field(None, ge=1, description="Prompts per job (num_input_prompts) for every job.")
+    group_by: list[str] = Field(
+        default_factory=list,
+        description="Keys the summary and report statistics are grouped by, e.g. [backend, fp_precision] "
+        "(empty: by the swept keys, one group per configuration).",
+    )
     configs: list[str] = Field(default_factory=list, description="Experiment YAML files, each one job.")
     grid: CampaignGridConfig | None = Field(None, description="Cartesian grid of experiments.")
     experiments: list[CampaignExplicitExperiment] = Field(
@@ -229,6 +394,49 @@ class CampaignSettings(StrictModel):
         default_factory=CampaignDaemonConfig, description="Repeat on a schedule (daemon.enabled=true)."
     )
     io: CampaignIOConfig = Field(default_factory=CampaignIOConfig, description="Where files go.")
+    notifications: CampaignNotificationsConfig = Field(
+        default_factory=CampaignNotificationsConfig, description="Webhook events for jobs and the campaign's end."
+    )
+
+    @field_validator("schedule", "notifications", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError("dataset is empty")
+            return value.strip()
+        if isinstance(value, dict):
+            try:
+                return _DatasetSection.model_validate({"dataset": value}).dataset.model_dump(mode="json")
+            except ValidationError as error:
+                problems = [
+                    p.removeprefix("dataset.").removeprefix("dataset: ")
+                    for p in describe_errors(_DatasetSection, error)
+                ]
+                raise ValueError("; ".join(problems)) from None
+        return value
+
+    @field_validator("group_by", mode="before")
+    @classmethod
+    def _group_by_list(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("group_by")
+    @classmethod
+    def _distinct_group_keys(cls, value: list[str]) -> list[str]:
+        blank = [k for k in value if not k.strip()]
+        if blank:
+            raise ValueError("group_by has an empty key")
+        if len(set(value)) != len(value):
+            raise ValueError(f"group_by lists a key twice: {value}")
+        return value
 
     @property
     def defines_jobs(self) -> bool:
@@ -248,6 +456,10 @@ class CampaignConfig(CampaignSettings):
     """A whole campaign: what to run (grid, experiments, configs) and how."""
 
     campaign_name: str = Field(..., min_length=1, description="Name recorded in the manifest and results.")
+
+    @property
+    def campaign_id(self) -> str:
+        return campaign_id(self.campaign_name)
 
     @model_validator(mode="after")
     def _something_to_run(self) -> "CampaignConfig":

@@ -20,6 +20,7 @@ from llem.config import CampaignSettings
 from llem.launch import protocol
 from llem.launch.handle import WorkerDied, WorkerHandle, WorkerTimeout
 from llem.measure.result import RESULT_FILENAME
+from llem.notify import Notifier, notifier_for
 from llem.plan.manifest import read_manifest, record_event, update_jobs, utc_now
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,11 @@ class CampaignContext:
     manifest_path: Path | None = None
     settings: CampaignSettings | None = None
     cycles: dict[int, int] = field(default_factory=dict)
+    repetitions: dict[int, int] = field(default_factory=dict)
+    backends: dict[int, str] = field(default_factory=dict)
     attempts: dict[int, int] = field(default_factory=dict)
+    campaign_name: str | None = None
+    notifier: Notifier | None = None
 
 
 class CampaignRunner:
@@ -82,9 +87,22 @@ class CampaignRunner:
         self.context.manifest_path = manifest_path
         self.context.settings = settings
         if manifest_path is not None and Path(manifest_path).exists():
-            jobs = read_manifest(manifest_path).jobs
+            manifest = read_manifest(manifest_path)
+            jobs = manifest.jobs
             self.context.cycles = {j.job_num: j.cycle for j in jobs}
+            self.context.repetitions = {j.job_num: j.repetition for j in jobs}
+            self.context.backends = {j.job_num: j.backend for j in jobs}
             self.context.attempts = {j.job_num: j.attempts for j in jobs}
+            self.context.campaign_name = manifest.campaign_name
+        if self.context.campaign_name is not None:
+            self.context.notifier = notifier_for(settings, self.context.campaign_name)
+
+    def _notify_with(self, config: DictConfig) -> None:
+        """Without the llem sweeper, the campaign is named by its settings or the Hydra job."""
+        if self.context.campaign_name is None:
+            settings = self.context.settings
+            self.context.campaign_name = (settings.campaign_name if settings else None) or str(config.hydra.job.name)
+            self.context.notifier = notifier_for(settings, self.context.campaign_name)
 
     def _event(self, **event: Any) -> None:
         log.info("llem: %s", " ".join(f"{k}={v}" for k, v in event.items()))
@@ -244,6 +262,7 @@ class CampaignRunner:
     ) -> JobReturn:
         """Run one composed job on its worker. `while_waiting` runs once the job is dispatched."""
         job_num = int(config.hydra.job.num)
+        self._notify_with(config)
         key = str(OmegaConf.select(config, self.options.route_by, default=None) or "default")
         state = self._state(key)
         self._current_attempts = self._attempts(job_num) + 1  # every hand-over counts, even one we fail ourselves
@@ -314,13 +333,22 @@ class CampaignRunner:
         path = result_path_of(ret)
         if path is not None:
             done["result_path"] = path
+        error: str | None = None
         if ret.status == JobStatus.COMPLETED:
             self._update(job_num, status="completed", error=None, **done)
         else:
             err = ret._return_value
-            self._update(job_num, status="failed", error=f"{type(err).__name__}: {err}", **done)
+            error = f"{type(err).__name__}: {err}"
+            self._update(job_num, status="failed", error=error, **done)
+        status = "completed" if ret.status == JobStatus.COMPLETED else "failed"
         if self.progress is not None:
-            self.progress.job_finished(job_num, "completed" if ret.status == JobStatus.COMPLETED else "failed")
+            self.progress.job_finished(job_num, status)
+        if self.context.notifier is not None:
+            self.context.notifier.job_finished(
+                job_num=job_num, overrides=list(ret.overrides or []), status=status, error=error, result_path=path,
+                cycle=self.context.cycles.get(job_num), repetition=self.context.repetitions.get(job_num),
+                attempt=self._current_attempts, backend=self.context.backends.get(job_num),
+            )
         return ret
 
     def compose_failed(self, job_num: int, overrides: Sequence[str], error: Exception) -> JobReturn:

@@ -138,6 +138,9 @@ def _warmup(backend: Backend, experiment: ExperimentConfig, prompts: list[Prompt
         if n > 0:
             full_length = experiment.model_copy(update={"force_output_length": True})
             backend.generate([prompts[i % len(prompts)] for i in range(n)], full_length)
+            if experiment.measure.phase_split:  # the prefill-only shape must not compile inside its window
+                backend.generate([prompts[i % len(prompts)] for i in range(n)], _prefill_only(experiment))
+                info["prefill_pass"] = True
     backend.synchronize()
     info["duration_s"] = time.perf_counter() - start if (n is None or n > 0) else None
     if experiment.warmup.thermal_floor_seconds > 0:
@@ -278,7 +281,7 @@ def _acquire_baseline(
     if will_reuse:
         cached = session.cached_baseline(key)
         if cached is not None:
-            return cached, None, {**cached.to_info(), "reused": True}
+            return cached, cached.unavailable_reason, {**cached.to_info(), "reused": True}
         baseline, reason = _baseline(experiment, monitor, sleep, "loaded and idle (warm worker)")
     else:
         session.release()
@@ -364,7 +367,12 @@ def run_experiment(
     phase_split: dict[str, Any] = {"enabled": experiment.measure.phase_split}
     if prefill_window is not None:
         prefill_adjusted = adjust_window(prefill_window.energy, baseline, monitor.baseline_key)
-        warnings.extend(f"prefill window: {w}" for w in prefill_adjusted.warnings)
+        prefill_quality = quality_warnings(
+            prefill_window.energy,
+            update_periods_s=monitor.update_periods_s,
+            tolerance_pct=experiment.energy.cross_check_tolerance_pct,
+        )
+        warnings.extend(f"prefill window: {w}" for w in [*prefill_quality, *prefill_adjusted.warnings])
         prefill_seqs = prefill_window.sequences
         prefill, decode, phase_warnings = split_phases(
             WindowFigures(window.passes, window.duration_s, adjusted.total_j, adjusted.unavailable_reason),

@@ -3,6 +3,10 @@
 Each configuration is a list of ordinary Hydra overrides. Keys under `backend.` are
 backend-scoped: they are applied only to backends whose schema has the field, which
 is what lets one multirun sweep `batch_size` for PyTorch and `max_num_seqs` for vLLM.
+
+Precedence, lowest first: the campaign-wide `model` (only for jobs that choose no model),
+experiment files, the campaign-wide `dataset` and `num_samples`, inline experiment
+overrides and grid axes, the command line.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ import yaml
 
 from llem.config.backends import BACKEND_CLASSES, BACKEND_NAMES, backends_with_field
 from llem.config.campaign import CampaignSettings
+from llem.plan.campaign_defaults import DefaultsError, model_overrides, prompt_overrides
 from llem.plan.experiment_file import experiment_file_overrides
 from llem.plan.values import render_override
 
 BACKEND_PREFIX = "backend."
+# Config groups of llem's conf: selecting one replaces every key set inside it.
+CONFIG_GROUPS = ("backend", "model", "dataset")
 
 
 class PlanError(Exception):
@@ -78,9 +85,47 @@ def _product(base: list[str], axes: Sequence[Axis], backend: str, origin: str) -
 
 
 def _merge_axes(base: list[Axis], top: list[Axis]) -> list[Axis]:
-    """`top` axes replace `base` axes with the same key (command line beats campaign file)."""
+    """`top` axes replace `base` axes with the same key (command line beats campaign file); a
+    config-group selection in `top` (e.g. `dataset=synthetic`) also drops `base` keys inside that group."""
     keys = {a.key for a in top}
-    return [a for a in base if a.key not in keys] + top
+    groups = tuple(f"{k}." for k in keys if k in CONFIG_GROUPS)
+    return [a for a in base if a.key not in keys and not a.key.startswith(groups or ("\0",))] + top
+
+
+def _lines_as_axes(lines: Iterable[str]) -> list[Axis]:
+    """Fixed overrides as one-choice axes, later lines replacing earlier ones for the same key."""
+    axes: list[Axis] = []
+    for line in lines:
+        axes = _merge_axes(axes, [Axis(override_key(line), [line])])
+    return axes
+
+
+def _sets_model(axes: list[Axis]) -> bool:
+    return any(a.key == "model" or a.key.startswith("model.") for a in axes)
+
+
+@dataclass
+class CampaignDefaults:
+    """The campaign-wide model (a default) and prompt source and count (they replace experiment files')."""
+
+    model: list[Axis]
+    prompts: list[Axis]
+
+    @classmethod
+    def of(cls, campaign: CampaignSettings, model_options: set[str], dataset_options: set[str]) -> "CampaignDefaults":
+        try:
+            model = model_overrides(campaign.model, model_options) if campaign.model else []
+            prompts = prompt_overrides(campaign.dataset, campaign.num_samples, dataset_options)
+        except DefaultsError as error:
+            raise PlanError(str(error)) from None
+        return cls(_lines_as_axes(model), _lines_as_axes(prompts))
+
+    def under(self, axes: list[Axis]) -> list[Axis]:
+        """`axes` with the model default beneath them (after a backend choice) when they choose no model."""
+        if _sets_model(axes) or not self.model:
+            return axes
+        lead = 1 if axes and axes[0].key == "backend" else 0
+        return axes[:lead] + self.model + axes[lead:]
 
 
 def _scoped_for(backend: str, axes: list[Axis]) -> list[Axis]:
@@ -131,7 +176,9 @@ class CliAxes:
         return values
 
 
-def _grid_configs(campaign: CampaignSettings, cli: CliAxes, model_options: set[str]) -> list[PlannedConfig]:
+def _grid_configs(
+    campaign: CampaignSettings, cli: CliAxes, model_options: set[str], defaults: CampaignDefaults
+) -> list[PlannedConfig]:
     grid = campaign.grid
     assert grid is not None
     backends = cli.backend_values() or list(grid.backends)
@@ -139,12 +186,13 @@ def _grid_configs(campaign: CampaignSettings, cli: CliAxes, model_options: set[s
     out: list[PlannedConfig] = []
     for backend in backends:
         axes: list[Axis] = [Axis("backend", [f"backend={backend}"])]
-        if grid.models:
-            axes.append(_model_axis(grid.models, model_options))
+        axes += [_model_axis(grid.models, model_options)] if grid.models else defaults.model
+        axes += defaults.prompts
+        grid_axes: list[Axis] = []
         for key, values in grid.shared.items():
             if key.startswith(BACKEND_PREFIX) and not _backend_has(backend, key[len(BACKEND_PREFIX) :]):
                 continue
-            axes.append(_grid_value_axis(key, values))
+            grid_axes.append(_grid_value_axis(key, values))
         for key, values in grid.backend_overrides.get(backend, {}).items():
             full = key if key.startswith(BACKEND_PREFIX) else BACKEND_PREFIX + key
             if not _backend_has(backend, full[len(BACKEND_PREFIX) :]):
@@ -152,13 +200,15 @@ def _grid_configs(campaign: CampaignSettings, cli: CliAxes, model_options: set[s
                     f"grid.backend_overrides.{backend}.{key}: '{backend}' has no parameter "
                     f"'{full[len(BACKEND_PREFIX):]}'"
                 )
-            axes.append(_grid_value_axis(full, values if isinstance(values, list) else [values]))
-        axes = _merge_axes(axes, cli.generic + _scoped_for(backend, cli.scoped))
+            grid_axes.append(_grid_value_axis(full, values if isinstance(values, list) else [values]))
+        axes = _merge_axes(_merge_axes(axes, grid_axes), cli.generic + _scoped_for(backend, cli.scoped))
         out.extend(_product([], axes, backend, "grid"))
     return out
 
 
-def _explicit_configs(campaign: CampaignSettings, cli: CliAxes, default_backend: str) -> list[PlannedConfig]:
+def _explicit_configs(
+    campaign: CampaignSettings, cli: CliAxes, default_backend: str, defaults: CampaignDefaults
+) -> list[PlannedConfig]:
     out: list[PlannedConfig] = []
     sources: list[tuple[str, str, dict[str, Any]]] = [(p, f"configs[{i}]", {}) for i, p in enumerate(campaign.configs)]
     sources += [(e.config, f"experiments[{i}]", e.overrides) for i, e in enumerate(campaign.experiments)]
@@ -169,24 +219,26 @@ def _explicit_configs(campaign: CampaignSettings, cli: CliAxes, default_backend:
             raise PlanError(f"{origin}: cannot read experiment file {path}: {error}") from None
         if not isinstance(data, dict):
             raise PlanError(f"{origin}: {path} must hold a mapping of config keys")
-        base = experiment_file_overrides(data)
-        base += [render_override(k, v) for k, v in inline.items()]
-        backend = next((override_value(o) for o in reversed(base) if override_key(o) == "backend"), default_backend)
-        own: list[Axis] = []
-        for line in base:  # inline overrides come last and replace the file's value for their key
+        own = _merge_axes(_lines_as_axes(experiment_file_overrides(data)), defaults.prompts)
+        # inline overrides come last and replace the file's (and the campaign's) value for their key
+        for line in (render_override(k, v) for k, v in inline.items()):
             own = _merge_axes(own, [Axis(override_key(line), [line])])
+        own = defaults.under(own)
+        chosen = next((a for a in own if a.key == "backend"), None)
+        backend = override_value(chosen.choices[0]) if chosen is not None else default_backend
         axes = _merge_axes(own, cli.generic + _scoped_for(backend, cli.scoped))
         out.extend(_product([], axes, backend, origin))
     return out
 
 
-def _cli_configs(cli: CliAxes, default_backend: str) -> list[PlannedConfig]:
+def _cli_configs(cli: CliAxes, default_backend: str, defaults: CampaignDefaults) -> list[PlannedConfig]:
     backends = cli.backend_values()
     selected = backends or [default_backend]
     _check_scoped_keys(cli.scoped, selected)
     out: list[PlannedConfig] = []
     for backend in selected:
-        axes = ([Axis("backend", [f"backend={backend}"])] if backends else []) + cli.generic
+        own = _merge_axes(defaults.prompts, cli.generic)
+        axes = ([Axis("backend", [f"backend={backend}"])] if backends else []) + defaults.under(own)
         axes += _scoped_for(backend, cli.scoped)
         out.extend(_product([], axes, backend, "command line"))
     return out
@@ -198,15 +250,17 @@ def expand(
     *,
     default_backend: str,
     model_options: set[str],
+    dataset_options: Iterable[str] = (),
 ) -> list[PlannedConfig]:
     """Every distinct configuration the campaign and command line ask for, in plan order."""
     cli = CliAxes.split(cli_axes)
+    defaults = CampaignDefaults.of(campaign, model_options, set(dataset_options))
     if not campaign.defines_jobs:
-        return _cli_configs(cli, default_backend)
+        return _cli_configs(cli, default_backend, defaults)
     configs: list[PlannedConfig] = []
     if campaign.grid is not None:
-        configs += _grid_configs(campaign, cli, model_options)
+        configs += _grid_configs(campaign, cli, model_options, defaults)
     if campaign.configs or campaign.experiments:
         _check_scoped_keys(cli.scoped, list(BACKEND_NAMES))
-        configs += _explicit_configs(campaign, cli, default_backend)
+        configs += _explicit_configs(campaign, cli, default_backend, defaults)
     return configs

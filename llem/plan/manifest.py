@@ -62,6 +62,7 @@ class Duplicate(_Model):
 class CampaignManifest(_Model):
     schema_version: str = MANIFEST_SCHEMA_VERSION
     campaign_name: str
+    campaign_id: str | None = Field(None, description="First 8 hex digits of the MD5 of the campaign name.")
     config_hash: str = Field(description="Hash of the planned job set (configs, cycles, order).")
     created_at: str
     updated_at: str
@@ -70,6 +71,9 @@ class CampaignManifest(_Model):
     structure: str
     shuffle_seed: int | None = None
     swept_keys: list[str] = Field(default_factory=list, description="Keys that vary between jobs.")
+    group_by: list[str] = Field(
+        default_factory=list, description="Keys statistics are grouped by (empty: the swept keys)."
+    )
     duplicates: list[Duplicate] = Field(default_factory=list)
     events: list[dict[str, Any]] = Field(default_factory=list, description="Health checks, restarts, interruptions.")
     schedule: dict[str, Any] = Field(default_factory=dict, description="Daemon schedule state.")

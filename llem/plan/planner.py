@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from llem.config import ConfigError, ExperimentConfig, validate_or_raise
-from llem.config.campaign import CampaignSettings
+from llem.config.campaign import CampaignSettings, campaign_id
 from llem.config.hashing import canonical_json, config_hash
 from llem.plan.compose import ComposeError
 from llem.plan.expand import Axis, PlannedConfig, expand
@@ -97,9 +97,12 @@ def make_plan(
     *,
     default_backend: str,
     model_options: set[str],
+    dataset_options: Iterable[str] = (),
 ) -> Plan:
     """Expand, compose and validate every configuration, drop duplicates, and order the jobs."""
-    configs = expand(cli_axes, settings, default_backend=default_backend, model_options=model_options)
+    configs = expand(
+        cli_axes, settings, default_backend=default_backend, model_options=model_options, dataset_options=dataset_options
+    )
     valid: list[tuple[PlannedConfig, str]] = []
     invalid: list[tuple[PlannedConfig, str]] = []
     first_by_hash: dict[str, PlannedConfig] = {}
@@ -164,6 +167,7 @@ def build_manifest(plan: Plan, *, campaign_name: str, sweep_dir: Path, result_na
     ]
     return CampaignManifest(
         campaign_name=campaign_name,
+        campaign_id=campaign_id(campaign_name),
         config_hash=plan.plan_hash(),
         created_at=now,
         updated_at=now,
@@ -172,6 +176,7 @@ def build_manifest(plan: Plan, *, campaign_name: str, sweep_dir: Path, result_na
         structure=plan.settings.execution.structure,
         shuffle_seed=plan.shuffle_seed,
         swept_keys=plan.swept_keys,
+        group_by=list(plan.settings.group_by),
         duplicates=plan.duplicates,
         jobs=jobs,
     )

@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--group-by", nargs="+", action="extend", default=[], metavar="KEY",
-        help="summary columns to split statistics by, besides the configuration (e.g. model_reused)",
+        help="keys to group statistics by, e.g. backend fp_precision model_reused (default: the campaign's "
+        "group_by, else one group per configuration, named by its swept keys)",
     )  # fmt: skip
     parser.add_argument(
         "--cv-threshold", type=float, default=DEFAULT_CV_THRESHOLD,

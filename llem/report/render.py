@@ -26,8 +26,9 @@ from llem.report.stats import (
     DEFAULT_METRICS,
     DEFAULT_SEED,
     group_stats,
+    resolve_group_by,
 )
-from llem.report.summary import param_columns, summary_frame, write_frame
+from llem.report.summary import campaign_group_by, param_columns, summary_frame, write_frame, write_stats
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -128,26 +129,41 @@ def status_table(campaign: Campaign) -> Table:
 
 
 def stats_table(report: CampaignReport) -> Table:
+    """One row per group: by configuration (named by its swept values), or by the `group_by` keys."""
     stats, params = report.stats, param_columns(report.frame)
-    extra = [k for k in report.group_by if k != "config_hash"]
-    headers = ["Configuration", *extra, "Cycles", *(STAT_LABELS.get(m, m) for m in DEFAULT_METRICS), "Unstable"]
+    metrics = [STAT_LABELS.get(m, m) for m in DEFAULT_METRICS]
+    spread = (
+        "Mean ± sample standard deviation, coefficient of variation (CV) and 95% Student-t "
+        f"confidence interval (CI) of the mean; groups of {DEFAULT_BOOTSTRAP_MIN_N} or more values use a "
+        f"percentile bootstrap instead (bootstrap CI). Unstable: CV above {report.cv_threshold:g}."
+    )
     rows = []
+    if not report.group_by:
+        for _, row in stats.iterrows():
+            rows.append(
+                [
+                    config_label(row, params),
+                    str(row["cycles"]),
+                    *(_spread(row, m) for m in DEFAULT_METRICS),
+                    _unstable_cell(row, DEFAULT_METRICS),
+                ]
+            )
+        headers = ["Configuration", "Cycles", *metrics, "Unstable"]
+        return Table("Statistics by configuration", headers, rows, f"Over cycles. {spread}")
+    keys = resolve_group_by(report.group_by, report.frame.columns)
     for _, row in stats.iterrows():
         rows.append(
             [
-                config_label(row, params),
-                *(fmt(row[k]) for k in extra),
+                *(fmt(row[k]) for k in keys),
+                str(row["configs"]),
                 str(row["cycles"]),
                 *(_spread(row, m) for m in DEFAULT_METRICS),
                 _unstable_cell(row, DEFAULT_METRICS),
             ]
         )
-    note = (
-        "Mean ± sample standard deviation over cycles, coefficient of variation (CV) and 95% Student-t "
-        f"confidence interval (CI) of the mean; groups of {DEFAULT_BOOTSTRAP_MIN_N} or more values use a "
-        f"percentile bootstrap instead (bootstrap CI). Unstable: CV above {report.cv_threshold:g}."
-    )
-    return Table("Statistics by configuration", headers, rows, note)
+    headers = [*keys, "Configurations", "Runs", *metrics, "Unstable"]
+    note = f"Each group pools every run of the configurations that share its values. {spread}"
+    return Table(f"Statistics by {', '.join(keys)}", headers, rows, note)
 
 
 def jobs_table(frame: pd.DataFrame) -> Table:
@@ -190,8 +206,15 @@ def jobs_table(frame: pd.DataFrame) -> Table:
     return Table("Completed jobs", headers, rows, note)
 
 
-def _median_of_means(stats: pd.DataFrame, metric: str) -> str:
-    values = stats[f"{metric}_mean"].dropna() if len(stats) else pd.Series(dtype=float)
+def config_means(frame: pd.DataFrame, metric: str) -> pd.Series:
+    """Each configuration's mean of `metric` over its runs, by config hash (nulls ignored)."""
+    if not len(frame):
+        return pd.Series(dtype=float)
+    return pd.to_numeric(frame[metric], errors="coerce").astype(float).groupby(frame["config_hash"], sort=False).mean()
+
+
+def _median_of_means(frame: pd.DataFrame, metric: str) -> str:
+    values = config_means(frame, metric).dropna()
     return fmt(float(values.median())) if len(values) else "—"
 
 
@@ -210,7 +233,7 @@ def comparison_table(reports: Sequence[CampaignReport]) -> Table:
                 f"{c.counts.get('completed', 0)} / {c.total}",
                 str(c.counts.get("failed", 0)),
                 str(report.frame["config_hash"].nunique()),
-                *(_median_of_means(report.stats, m) for m in DEFAULT_METRICS),
+                *(_median_of_means(report.frame, m) for m in DEFAULT_METRICS),
                 str(int(report.stats["unstable"].sum())) if len(report.stats) else "0",
             ]
         )
@@ -222,7 +245,7 @@ def shared_configs_table(reports: Sequence[CampaignReport]) -> Table | None:
     """Configurations (same config hash) measured in more than one campaign, side by side."""
     seen: dict[str, list[int]] = {}
     for i, report in enumerate(reports):
-        for config_hash in report.stats["config_hash"].unique() if len(report.stats) else []:
+        for config_hash in report.frame["config_hash"].dropna().unique() if len(report.frame) else []:
             seen.setdefault(str(config_hash), []).append(i)
     shared = [h for h, where in seen.items() if len(set(where)) > 1]
     if not shared:
@@ -230,20 +253,17 @@ def shared_configs_table(reports: Sequence[CampaignReport]) -> Table | None:
     headers = ["Configuration"]
     for i, report in enumerate(reports):
         headers += [f"{report.campaign.name} [{i + 1}] tok/s", f"{report.campaign.name} [{i + 1}] J/token"]
+    means = [
+        (config_means(r.frame, "throughput_tokens_per_s"), config_means(r.frame, "energy_per_output_token_j"))
+        for r in reports
+    ]
     rows = []
     for config_hash in shared:
-        first = next(r for r in reports if config_hash in set(r.stats["config_hash"]))
-        label_row = first.stats[first.stats["config_hash"] == config_hash].iloc[0]
+        first = next(r for r in reports if config_hash in set(r.frame["config_hash"]))
+        label_row = first.frame[first.frame["config_hash"] == config_hash].iloc[0]
         row = [config_label(label_row, param_columns(first.frame))]
-        for report in reports:
-            match = report.stats[report.stats["config_hash"] == config_hash] if len(report.stats) else report.stats
-            if len(match):
-                row += [
-                    fmt(match["throughput_tokens_per_s_mean"].mean()),
-                    fmt(match["energy_per_output_token_j_mean"].mean()),
-                ]
-            else:
-                row += ["—", "—"]
+        for throughput, energy in means:
+            row += [fmt(throughput.get(config_hash)), fmt(energy.get(config_hash))]
         rows.append(row)
     return Table("Configurations measured in several campaigns", headers, rows, "Means over cycles.")
 
@@ -402,18 +422,24 @@ def build_campaign_report(
     seed: int = DEFAULT_SEED,
     write_summaries: bool = True,
 ) -> CampaignReport:
-    """Read, summarise (refreshing `<sweep_dir>/summary.*`), compute statistics and draw plots."""
+    """Read, summarise (refreshing `<sweep_dir>/summary*`), compute statistics and draw plots.
+
+    Statistics are grouped by `group_by`, else by the campaign's `group_by` (in its manifest),
+    else one group per configuration.
+    """
     campaign = collect(Path(sweep_dir))
     frame = summary_frame(campaign)
-    stats = group_stats(frame, group_by=group_by, cv_threshold=cv_threshold, seed=seed)
+    keys = campaign_group_by(campaign, group_by)
+    stats = group_stats(frame, group_by=keys, cv_threshold=cv_threshold, seed=seed)
     summary_paths = None
     if write_summaries:
         try:
             summary_paths = write_frame(frame, campaign.sweep_dir)
+            write_stats(stats, campaign.sweep_dir)
         except OSError as error:
             campaign.problems.append(f"could not write summary files into {campaign.sweep_dir}: {error}")
     plots = make_plots(frame, plots_dir)
-    return CampaignReport(campaign, frame, stats, plots, cv_threshold, list(group_by), summary_paths)
+    return CampaignReport(campaign, frame, stats, plots, cv_threshold, keys, summary_paths)
 
 
 def _slug(text: str) -> str:

@@ -23,13 +23,15 @@ cycles or a quieter machine.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
 import pandas as pd
 
-from llem.report.summary import param_columns
+from llem.report.summary import FIXED_COLUMNS, param_column, param_columns
 
 DEFAULT_METRICS: tuple[str, ...] = (
     "energy_per_output_token_j",
@@ -137,12 +139,58 @@ def describe(
     return MetricStats(int(array.size), mean, std, cv, low, high, method)
 
 
+def resolve_group_by(group_by: Sequence[str], columns: Collection[str]) -> list[str]:
+    """The summary columns named by `group_by` keys.
+
+    A key is a summary column (`backend`, `model_name`, `model_reused`, `repetition`, ...) or a
+    swept key as the manifest writes it (`backend.batch_size`, `fp_precision`; `param.<key>` when
+    it shares a fixed column's name); `model` is `model_name` where no job set a model. An
+    unknown key raises UnknownColumn naming the closest columns.
+    """
+    present = list(columns)
+    out: list[str] = []
+    for key in group_by:
+        column = param_column(key) or "backend"
+        if column not in present:
+            column = key if key in present else ("model_name" if key == "model" and "model_name" in present else "")
+        if not column:
+            close = difflib.get_close_matches(key, present, n=3)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise UnknownColumn(f"group_by: no column {key}{hint} (columns: {', '.join(map(str, present))})")
+        if column not in out:
+            out.append(column)
+    return out
+
+
+def check_group_by(group_by: Sequence[str], param_keys: Collection[str]) -> None:
+    """Before a campaign runs: every `group_by` key names a column its summary will have."""
+    columns = [*FIXED_COLUMNS, *(param_column(k) or "backend" for k in param_keys)]
+    resolve_group_by(group_by, list(dict.fromkeys(columns)))
+
+
 def group_keys(frame: pd.DataFrame, group_by: Sequence[str] = ()) -> list[str]:
-    """`config_hash` plus the requested columns; unknown columns are an error that names them."""
-    missing = [c for c in group_by if c not in frame.columns]
-    if missing:
-        raise UnknownColumn(f"group_by: no column {', '.join(missing)} (columns: {', '.join(frame.columns)})")
-    return list(dict.fromkeys(["config_hash", *group_by]))
+    """The columns statistics are grouped by.
+
+    With `group_by`: exactly those columns (configurations that share their values pool their
+    runs). Without: the swept keys — backend and every swept parameter — plus `config_hash`, so
+    each group is one configuration and two configurations never share a group.
+    """
+    if group_by:
+        return resolve_group_by(group_by, frame.columns)
+    return ["backend", *param_columns(frame), "config_hash"]
+
+
+def _constant(values: pd.Series) -> object:
+    """The group's single value of a column, or None when the group mixes values."""
+    unique = values.drop_duplicates()
+    if len(unique) != 1:
+        return None
+    value = unique.iloc[0]
+    return None if value is pd.NA or (isinstance(value, float) and np.isnan(value)) else value
+
+
+def _plain(value: object) -> object:
+    return None if value is pd.NA else value
 
 
 def group_stats(
@@ -156,20 +204,23 @@ def group_stats(
     seed: int = DEFAULT_SEED,
     bootstrap_min_n: int | None = DEFAULT_BOOTSTRAP_MIN_N,
 ) -> pd.DataFrame:
-    """One row per group: keys, backend and swept values, `cycles`, then per metric
-    `<m>_n/_mean/_std/_cv/_ci_low/_ci_high/_ci_method/_unstable`, and `unstable` (any metric).
+    """One row per group (see `group_keys`): the keys; `config_hash`, backend and swept values where
+    the group has one value of them (else null); `configs` (distinct configurations) and `cycles`
+    (runs pooled); then per metric `<m>_n/_mean/_std/_cv/_ci_low/_ci_high/_ci_method/_unstable`,
+    and `unstable` (any metric).
 
     `<m>_ci_method` is "t" or "bootstrap" (see `describe`), null with no interval;
     `<m>_unstable` is null when the CV is unknown (fewer than two values).
     """
     keys = group_keys(frame, group_by)
-    carried = [c for c in ["backend", *param_columns(frame)] if c not in keys]
+    carried = [c for c in ["config_hash", "backend", *param_columns(frame)] if c not in keys]
     records = []
     if len(frame):
         for _, group in frame.groupby(keys, sort=False, dropna=False):
             first = group.iloc[0]
-            record: dict[str, object] = {k: first[k] for k in keys}
-            record.update({c: first[c] for c in carried})
+            record: dict[str, object] = {k: _plain(first[k]) for k in keys}
+            record.update({c: _constant(group[c]) for c in carried})
+            record["configs"] = int(group["config_hash"].nunique())
             record["cycles"] = len(group)
             any_unstable = False
             for metric in metrics:
@@ -196,7 +247,7 @@ def group_stats(
                 )
             record["unstable"] = any_unstable
             records.append(record)
-    columns = [*keys, *carried, "cycles"]
+    columns = [*keys, *carried, "configs", "cycles"]
     for metric in metrics:
         columns += [f"{metric}_{s}" for s in ("n", "mean", "std", "cv", "ci_low", "ci_high", "ci_method", "unstable")]
     columns.append("unstable")

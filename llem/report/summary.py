@@ -1,4 +1,6 @@
-"""One table per campaign — `summary.csv` and `summary.parquet` — one row per completed job.
+"""One table per campaign — `summary.csv` and `summary.parquet` — one row per completed job,
+and its statistics across cycles — `summary_stats.csv` and `summary_stats.parquet` — one row
+per group (the campaign's `group_by`, or else one per configuration, keyed by the swept keys).
 
 Columns have fixed types so a metric that was never measured is an empty cell (CSV) or
 null (Parquet) rather than 0 or a column of strings, and so Parquet files of different
@@ -8,16 +10,20 @@ campaigns concatenate cleanly.
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from llem.atomic import atomic_write
-from llem.report.collect import Campaign, collect
+from llem.report.collect import Campaign, ReportWarning, collect
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_PARQUET = "summary.parquet"
+STATS_CSV = "summary_stats.csv"
+STATS_PARQUET = "summary_stats.parquet"
 
 # Identity of a row: which job, which configuration.
 ID_COLUMNS: dict[str, str] = {
@@ -128,12 +134,41 @@ def write_frame(frame: pd.DataFrame, out_dir: Path) -> tuple[Path, Path]:
     return csv_path, parquet_path
 
 
-def write_summary(sweep_dir: Path, manifest_path: Path | None = None) -> tuple[Path, Path]:
-    """Write `<sweep_dir>/summary.csv` and `summary.parquet`; returns (csv, parquet).
+def write_stats(stats: pd.DataFrame, out_dir: Path) -> tuple[Path, Path]:
+    """Write summary_stats.csv and summary_stats.parquet atomically."""
+    out_dir = Path(out_dir)
+    csv_path = atomic_write(out_dir / STATS_CSV, lambda tmp: stats.to_csv(tmp, index=False))
+    parquet_path = atomic_write(out_dir / STATS_PARQUET, lambda tmp: stats.to_parquet(tmp, index=False))
+    return csv_path, parquet_path
+
+
+def campaign_group_by(campaign: Campaign, group_by: Sequence[str] | None = None) -> list[str]:
+    """`group_by` if given, else what the campaign's manifest recorded (empty: by configuration)."""
+    if group_by:
+        return list(group_by)
+    return list(campaign.manifest.group_by) if campaign.manifest is not None else []
+
+
+def write_summary(
+    sweep_dir: Path, manifest_path: Path | None = None, *, group_by: Sequence[str] | None = None
+) -> tuple[Path, Path]:
+    """Write `<sweep_dir>/summary.csv` and `summary.parquet`, and the statistics grouped by
+    `group_by` (default: the manifest's, else one group per configuration) into
+    `summary_stats.csv` and `summary_stats.parquet`; returns (csv, parquet) of the summary.
 
     Works mid-campaign: only completed jobs with a readable result.json become rows.
     """
-    frame = summary_frame(collect(Path(sweep_dir), manifest_path))
+    from llem.report.stats import UnknownColumn, group_stats
+
+    campaign = collect(Path(sweep_dir), manifest_path)
+    frame = summary_frame(campaign)
+    keys = campaign_group_by(campaign, group_by)
+    try:
+        stats = group_stats(frame, group_by=keys)
+    except UnknownColumn as error:  # a summary at the end of a campaign must not fail it
+        warnings.warn(f"{error}; statistics are grouped by configuration instead", ReportWarning, stacklevel=2)
+        stats = group_stats(frame)
+    write_stats(stats, Path(sweep_dir))
     return write_frame(frame, Path(sweep_dir))
 
 

@@ -136,3 +136,29 @@ def test_against_the_installed_vllm() -> None:
     stopping = SamplingParams(**sampling_kwargs(_experiment(force_output_length=False), stop_token_ids=[2, 9]))
     assert stopping.stop_token_ids == [2, 9] and not stopping.ignore_eos and stopping.all_stop_token_ids == {2, 9}
     assert sampled.top_k == 5 and sampled.top_p == 0.5 and sampled.seed == 42 and sampled.min_tokens == 8
+
+
+def test_kv_block_bytes_cover_every_rank_of_the_engine() -> None:
+    """vLLM sizes blocks per rank; llem's KV figures are for the whole engine (all GPUs together)."""
+    from types import SimpleNamespace
+
+    from llem.backends.vllm.backend import _kv_block_bytes
+
+    def config(tp: int, pp: int, kv_heads: int, mla: bool = False) -> Any:
+        per_rank_heads = max(1, kv_heads // tp)  # vLLM replicates KV heads when there are fewer than ranks
+        model = SimpleNamespace(
+            dtype="bfloat16", use_mla=mla, hf_text_config=SimpleNamespace(num_hidden_layers=80),
+            get_num_kv_heads=lambda pc: per_rank_heads, get_head_size=lambda: 128,
+        )  # fmt: skip
+        return SimpleNamespace(
+            model_config=model,
+            cache_config=SimpleNamespace(cache_dtype="auto", block_size=16),
+            parallel_config=SimpleNamespace(tensor_parallel_size=tp, pipeline_parallel_size=pp),
+        )
+
+    whole = 16 * 2 * 80 * 8 * 128 * 2  # a block of 16 tokens: K and V, 80 layers, 8 KV heads, bf16
+    assert _kv_block_bytes(config(tp=1, pp=1, kv_heads=8)) == whole
+    assert _kv_block_bytes(config(tp=8, pp=1, kv_heads=8)) == whole  # one head per rank, eight ranks
+    assert _kv_block_bytes(config(tp=4, pp=2, kv_heads=8)) == whole  # pipeline stages split the layers
+    assert _kv_block_bytes(config(tp=16, pp=1, kv_heads=8)) == 2 * whole  # heads replicated on 16 ranks
+    assert _kv_block_bytes(config(tp=1, pp=1, kv_heads=1, mla=True)) == 16 * 80 * 128 * 2  # one latent per token

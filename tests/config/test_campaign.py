@@ -19,7 +19,10 @@ from llem.config.campaign import (
     CampaignGridConfig,
     CampaignHealthCheckConfig,
     CampaignIOConfig,
+    CampaignNotificationsConfig,
     CampaignScheduleConfig,
+    CampaignSettings,
+    campaign_id,
     parse_duration,
 )
 
@@ -169,3 +172,70 @@ def test_nested_errors_carry_full_path() -> None:
     assert p.startswith("daemon.interval: expected a duration")
     (p,) = _problems(CampaignConfig, {"campaign_name": "t", "experiments": [{"config": "a.yaml", "overide": {}}]})
     assert p.startswith("experiments[0].overide: unknown key")
+
+
+@pytest.mark.parametrize(
+    ("days", "expected"),
+    [
+        (["wed", "mon"], ["mon", "wed"]),
+        ("weekdays", ["mon", "tue", "wed", "thu", "fri"]),
+        (["weekends"], ["sat", "sun"]),
+        (["Monday", "sat", "weekends"], ["mon", "sat", "sun"]),
+        ("daily", ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]),
+        (None, None),
+    ],
+)
+def test_schedule_days(days: Any, expected: list[str] | None) -> None:
+    assert CampaignScheduleConfig(days=days).days == expected
+
+
+def test_schedule_days_and_timezone_errors() -> None:
+    (p,) = _problems(CampaignScheduleConfig, {"days": ["mon", "wednsday"]})
+    assert p.startswith("days: unknown day 'wednsday'") and "did you mean 'wednesday'" in p
+    (p,) = _problems(CampaignScheduleConfig, {"days": []})
+    assert "would never start" in p
+    (p,) = _problems(CampaignScheduleConfig, {"timezone": "Europe/Londn"})
+    assert p.startswith("timezone: unknown time zone 'Europe/Londn'") and "did you mean 'Europe/London'" in p
+    assert CampaignScheduleConfig(timezone="America/New_York").timezone == "America/New_York"
+    assert not CampaignScheduleConfig().restricts_start and CampaignScheduleConfig(days="weekends").restricts_start
+
+
+def test_notifications_config() -> None:
+    n = CampaignNotificationsConfig()
+    assert not n.enabled and (n.on_complete, n.on_failure, n.on_campaign_end, n.timeout_seconds) == (True, True, True, 10)
+    assert CampaignNotificationsConfig(webhook_url_env="LLEM_WEBHOOK_URL").enabled
+    assert CampaignNotificationsConfig(webhook_url="https://hooks.example.org/x").enabled
+    (p,) = _problems(CampaignNotificationsConfig, {"webhook_url": "hooks.example.org/x"})
+    assert p == "webhook_url: expected an http:// or https:// URL"
+    (p,) = _problems(CampaignNotificationsConfig, {"webhook_url": "http://a/b", "webhook_url_env": "URL"})
+    assert "not both" in p
+    (p,) = _problems(CampaignNotificationsConfig, {"webhook_url_env": "https://a/b"})
+    assert p.startswith("webhook_url_env: expected the name of an environment variable")
+    assert _problems(CampaignNotificationsConfig, {"timeout_seconds": 0})
+    (p,) = _problems(CampaignConfig, {"campaign_name": "t", "grid": {"backends": ["pytorch"]},
+                                      "notifications": {"on_failures": True}})
+    assert p == "notifications.on_failures: unknown key; did you mean 'on_failure'?"
+
+
+def test_llenergymeasure_keys(tmp_path: Path) -> None:
+    import hashlib
+
+    c = CampaignConfig.model_validate({
+        "campaign_name": "pytorch-vs-vllm", "model": "org/m", "dataset": "ai_energy_score", "num_samples": 100,
+        "grid": {"backends": ["pytorch"]}, "schedule": {"at": "03:00", "days": ["mon", "wed", "fri"]},
+        "daemon": None, "group_by": "backend",
+    })
+    assert (c.model, c.dataset, c.num_samples, c.group_by) == ("org/m", "ai_energy_score", 100, ["backend"])
+    assert c.schedule.days == ["mon", "wed", "fri"] and c.daemon is None
+    assert c.campaign_id == hashlib.md5(b"pytorch-vs-vllm").hexdigest()[:8] == campaign_id("pytorch-vs-vllm")
+    assert CampaignSettings(schedule=None, notifications=None).schedule == CampaignScheduleConfig()
+    section = CampaignSettings(dataset={"source": "synthetic", "input_tokens": 16})
+    assert section.dataset == {"source": "synthetic", "input_tokens": 16, "seed": None}
+    (p,) = _problems(CampaignSettings, {"dataset": {"source": "synthetic", "input_token": 16}})
+    assert p == "dataset: input_token: unknown key; did you mean 'input_tokens'?"
+    (p,) = _problems(CampaignSettings, {"num_samples": 0})
+    assert p.startswith("num_samples: Input should be greater than or equal to 1")
+    (p,) = _problems(CampaignSettings, {"group_by": ["backend", "backend"]})
+    assert "twice" in p
+    (p,) = _problems(CampaignSettings, {"num_sample": 5})
+    assert p == "num_sample: unknown key; did you mean 'num_samples'?"

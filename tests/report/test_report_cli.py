@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+import pandas as pd
+
+from llem.plan.manifest import read_manifest, write_manifest
 from llem.report.__main__ import main
 from llem.report.render import write_report
 
@@ -42,16 +45,37 @@ def test_report_files_exist_and_plots_are_pngs(report_dir: Path, campaign_dir: P
 
 def test_default_output_is_the_sweep_dir_and_cli_prints_paths(campaign_copy: Path) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "llem.report", str(campaign_copy), "--group-by", "model_reused",
-         "--cv-threshold", "0.5"],
+        [sys.executable, "-m", "llem.report", str(campaign_copy), "--group-by", "backend.batch_size",
+         "model_reused", "--cv-threshold", "0.5"],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert f"report written to {campaign_copy / 'report.md'} and {campaign_copy / 'report.html'}" in run.stdout
     assert f"summary written to {campaign_copy / 'summary.csv'}" in run.stdout
     md = (campaign_copy / "report.md").read_text()
-    assert "| Configuration | model_reused | Cycles |" in md and "CV above 0.5" in md
+    assert "### Statistics by backend.batch_size, model_reused" in md and "CV above 0.5" in md
+    assert "| backend.batch_size | model_reused | Configurations | Runs |" in md
+    # the first job loaded the model, every later one reused it: batch 2 splits into 1 cold + 2 warm runs
+    assert re.search(r"\| 2 \| no \| 1 \| 1 \|", md) and re.search(r"\| 2 \| yes \| 1 \| 2 \|", md)
+    assert re.search(r"\| 4 \| yes \| 1 \| 3 \|", md)
     assert len(list((campaign_copy / "plots").glob("*.png"))) == 2
+
+
+def test_campaign_group_by_from_the_manifest(campaign_copy: Path) -> None:
+    """Without --group-by the report and summary_stats.* group by the campaign's group_by."""
+    manifest_path = campaign_copy / ".state" / "campaign_manifest.json"
+    manifest = read_manifest(manifest_path)
+    manifest.group_by = ["backend"]
+    write_manifest(manifest_path, manifest)
+    assert main([str(campaign_copy)]) == 0
+    md = (campaign_copy / "report.md").read_text()
+    assert "### Statistics by backend" in md and "| backend | Configurations | Runs |" in md
+    assert "| pytorch | 2 | 6 |" in md  # both batch sizes pooled: 2 configurations, 6 runs
+    stats = pd.read_csv(campaign_copy / "summary_stats.csv")
+    assert list(stats["backend"]) == ["pytorch"] and list(stats["configs"]) == [2] and list(stats["cycles"]) == [6]
+    assert stats["config_hash"].isna().all()  # a group of two configurations has no single hash
+    frame = pd.read_csv(campaign_copy / "summary.csv")
+    assert stats["throughput_tokens_per_s_mean"].iloc[0] == pytest.approx(frame["throughput_tokens_per_s"].mean())
 
 
 def test_not_a_campaign_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,8 +12,10 @@ from llem.report.stats import (
     DEFAULT_BOOTSTRAP_MIN_N,
     UnknownColumn,
     bootstrap_ci,
+    check_group_by,
     describe,
     group_stats,
+    resolve_group_by,
     t_ci,
 )
 
@@ -169,15 +171,54 @@ def test_threshold_and_seed_are_honoured() -> None:
     assert list(by_seed[7][bounds]) != list(by_seed[8][bounds])
 
 
-def test_group_by_splits_configurations() -> None:
-    stats = group_stats(_frame(), group_by=["model_reused"])
-    assert list(stats.columns[:2]) == ["config_hash", "model_reused"]
-    a_warm = stats[(stats["config_hash"] == "a") & stats["model_reused"]].iloc[0]
-    assert a_warm["cycles"] == 2 and a_warm["throughput_tokens_per_s_mean"] == pytest.approx(13.0)
-    assert a_warm["throughput_tokens_per_s_std"] == pytest.approx(math.sqrt(2.0))
-    assert len(stats) == 5
+def test_default_groups_are_the_swept_keys_one_per_configuration() -> None:
+    stats = group_stats(_frame())
+    assert list(stats.columns[:3]) == ["backend", "batch", "config_hash"]  # swept keys, then the configuration
+    assert [tuple(r) for r in stats[["backend", "batch", "config_hash"]].itertuples(index=False)] == [
+        ("pytorch", 1, "a"), ("pytorch", 8, "b"), ("vllm", 1, "c"),
+    ]
+    assert list(stats["configs"]) == [1, 1, 1]
+
+
+def test_group_by_pools_the_runs_of_configurations_sharing_the_keys() -> None:
+    frame = _frame()
+    stats = group_stats(frame, group_by=["backend"]).set_index("backend")
+    assert list(stats.index) == ["pytorch", "vllm"] and list(stats.columns[:1]) == ["config_hash"]
+    pytorch = stats.loc["pytorch"]
+    values = frame.loc[frame["backend"] == "pytorch", "throughput_tokens_per_s"].to_numpy()
+    assert (pytorch["configs"], pytorch["cycles"]) == (2, 6)
+    assert pytorch["throughput_tokens_per_s_mean"] == pytest.approx(values.mean())
+    assert pytorch["throughput_tokens_per_s_std"] == pytest.approx(values.std(ddof=1))
+    assert bool(pytorch["unstable"])  # two very different batch sizes pooled: a large spread
+    assert pd.isna(pytorch["config_hash"]) and pd.isna(pytorch["batch"])  # mixed in the group: null, not "a"
+    assert stats.loc["vllm", "config_hash"] == "c" and stats.loc["vllm", "batch"] == 1  # one value: carried
+    by_batch = group_stats(frame, group_by=["batch"]).set_index("batch")
+    assert by_batch.loc[1, "cycles"] == 4 and by_batch.loc[1, "configs"] == 2 and pd.isna(by_batch.loc[1, "backend"])
+
+
+def test_group_by_several_keys_splits_configurations() -> None:
+    stats = group_stats(_frame(), group_by=["batch", "model_reused"])
+    assert list(stats.columns[:2]) == ["batch", "model_reused"]
+    warm = stats[(stats["batch"] == 1) & stats["model_reused"]].iloc[0]
+    assert warm["cycles"] == 2 and warm["config_hash"] == "a"
+    assert warm["throughput_tokens_per_s_mean"] == pytest.approx(13.0)
+    assert warm["throughput_tokens_per_s_std"] == pytest.approx(math.sqrt(2.0))
+    cold = stats[(stats["batch"] == 1) & ~stats["model_reused"]].iloc[0]
+    assert cold["cycles"] == 2 and cold["configs"] == 2  # a's first cycle and c's only one
+    assert len(stats) == 4
+
+
+def test_group_by_keys_name_columns_or_swept_keys() -> None:
+    frame = hand_frame()
+    assert resolve_group_by(["model", "backend", "batch_size"], frame.columns) == ["model_name", "backend", "batch_size"]
     with pytest.raises(UnknownColumn, match="no column nope"):
         group_stats(_frame(), group_by=["nope"])
+    with pytest.raises(UnknownColumn, match="did you mean 'batch'"):
+        group_stats(_frame(), group_by=["bach"])
+    # before a campaign runs: keys of the planned jobs' overrides, and the summary's own columns
+    check_group_by(["backend.batch_size", "model", "model_reused", "repetition"], {"backend", "backend.batch_size"})
+    with pytest.raises(UnknownColumn, match="did you mean 'backend.batch_size'"):
+        check_group_by(["backend.batch_sise"], {"backend", "backend.batch_size"})
 
 
 def test_hand_summary_frame_with_energy() -> None:

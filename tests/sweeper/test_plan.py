@@ -155,3 +155,92 @@ def test_manifest_content(loader: Any, tmp_path: Path) -> None:
     again = _plan(loader, [_axis("backend", "pytorch", "tensorrt"), _axis("fp_precision", "float32", "float16")],
                   CampaignSettings(execution={"cycles": 2}))
     assert again.plan_hash() == plan.plan_hash()
+
+
+def _overrides_of(configs: list[Any]) -> list[tuple[str, ...]]:
+    return [c.overrides for c in configs]
+
+
+def test_campaign_model_is_a_default_for_jobs_without_a_model(tmp_path: Path) -> None:
+    own = tmp_path / "own.yaml"
+    own.write_text(yaml.safe_dump({"model": {"name": "org/own"}, "backend": {"name": "pytorch"}}))
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump({"backend": {"name": "pytorch", "batch_size": 2}}))
+    settings = _campaign(model="tiny", configs=[str(own), str(plain)], grid={"backends": ["pytorch"]})
+    grid_job, own_job, plain_job = expand([], settings, default_backend="pytorch", model_options={"tiny"})
+    assert grid_job.overrides == ("backend=pytorch", "model=tiny")
+    assert "model.name=org/own" in own_job.overrides and "model=tiny" not in own_job.overrides
+    assert plain_job.overrides[:2] == ("backend=pytorch", "model=tiny")
+    # an id that is no config-group option becomes model.name; grid.models and the command line win
+    named = expand([], _campaign(model="org/x", grid={"backends": ["pytorch"]}), default_backend="pytorch",
+                   model_options={"tiny"})
+    assert named[0].overrides == ("backend=pytorch", "model.name=org/x")
+    by_grid = expand([], _campaign(model="org/x", grid={"backends": ["pytorch"], "models": ["tiny"]}),
+                     default_backend="pytorch", model_options={"tiny"})
+    assert [o for o in by_grid[0].overrides if o.startswith("model")] == ["model=tiny"]
+    by_cli = expand([_axis("model", "qwen2.5-0.5b")], _campaign(model="org/x", grid={"backends": ["pytorch"]}),
+                    default_backend="pytorch", model_options={"tiny", "qwen2.5-0.5b"})
+    assert [o for o in by_cli[0].overrides if o.startswith("model")] == ["model=qwen2.5-0.5b"]
+
+
+def test_campaign_prompts_replace_experiment_files_but_not_grid_axes_or_the_command_line(tmp_path: Path) -> None:
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({"dataset": {"source": "synthetic", "input_tokens": 8}, "num_input_prompts": 64}))
+    settings = _campaign(dataset="alpaca", num_samples=5, configs=[str(exp)],
+                         experiments=[{"config": str(exp), "overrides": {"dataset.split": "test"}}])
+    from_file, with_inline = expand([], settings, default_backend="pytorch", model_options=set())
+    alpaca = ("dataset=huggingface", "dataset.path=tatsu-lab/alpaca", "dataset.column=instruction",
+              "dataset.split=train", "num_input_prompts=5")
+    assert from_file.overrides == alpaca  # the file's synthetic source and 64 prompts are replaced
+    assert "dataset.split=test" in with_inline.overrides and "dataset.split=train" not in with_inline.overrides
+    grid = _campaign(dataset="alpaca", num_samples=5,
+                     grid={"backends": ["pytorch"], "shared": {"num_input_prompts": [2, 4]}})
+    counts = [c.params["num_input_prompts"] for c in expand([], grid, default_backend="pytorch", model_options=set())]
+    assert counts == ["2", "4"]  # a swept grid axis beats the campaign-wide count
+    cli = expand([_axis("dataset", "synthetic"), _axis("num_input_prompts", "3")], grid, default_backend="pytorch",
+                 model_options=set())
+    assert all(not any(o.startswith("dataset.") for o in c.overrides) for c in cli)  # a new source drops alpaca's keys
+    assert {c.params["num_input_prompts"] for c in cli} == {"3"} and all("dataset=synthetic" in c.overrides for c in cli)
+
+
+def test_campaign_dataset_forms(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+
+    def only(dataset: Any) -> tuple[str, ...]:
+        (config,) = expand([], _campaign(dataset=dataset, grid={"backends": ["pytorch"]}), default_backend="pytorch",
+                           model_options=set(), dataset_options={"builtin", "synthetic", "file", "huggingface"})
+        return config.overrides[1:]
+
+    assert only("synthetic") == ("dataset=synthetic",)
+    assert only(str(prompts)) == ("dataset=file", f"dataset.path={prompts}")
+    assert only("org/prompts") == ("dataset=huggingface", "dataset.path=org/prompts")
+    assert only("gsm8k") == ("dataset=huggingface", "dataset.path=gsm8k", "dataset.subset=main",
+                             "dataset.column=question", "dataset.split=train")
+    assert only({"source": "synthetic", "input_tokens": 32}) == (
+        "dataset=synthetic", "dataset.input_tokens=32", "dataset.seed=null")
+    with pytest.raises(PlanError, match="prompt file .*missing.txt not found"):
+        only(str(tmp_path / "missing.txt"))
+    with pytest.raises(PlanError, match="'sharegpt' cannot be used: its prompts are conversations"):
+        only("sharegpt")
+
+
+def test_campaign_prompts_compose_into_valid_jobs(loader: Any, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one\ntwo\n")
+    plan = _plan(loader, [], CampaignSettings(model="tiny", dataset=str(prompts), num_samples=2,
+                                              execution={"cycles": 1}))
+    (job,) = plan.runnable
+    resolved = plan.resolved[job.config_hash or ""]
+    assert resolved["dataset"] == {"source": "file", "path": str(prompts), "field": "prompt"}
+    assert resolved["num_input_prompts"] == 2 and resolved["model"]["name"] == "builtin:tiny"
+
+
+def test_manifest_records_campaign_id_and_group_by(loader: Any, tmp_path: Path) -> None:
+    import hashlib
+
+    plan = _plan(loader, [_axis("backend.batch_size", "1", "2")],
+                 CampaignSettings(execution={"cycles": 1}, group_by=["backend.batch_size"]))
+    manifest = build_manifest(plan, campaign_name="night run", sweep_dir=tmp_path)
+    assert manifest.campaign_id == hashlib.md5(b"night run").hexdigest()[:8]
+    assert manifest.group_by == ["backend.batch_size"]

@@ -296,6 +296,7 @@ class TensorRTBackend(Backend):
             "kv_cache_dtype": b.kv_cache_dtype,
             "kv_cache_free_gpu_memory_fraction": b.kv_cache_free_gpu_memory_fraction,
             "enable_chunked_context": b.enable_chunked_context,
+            "kv_block_reuse": False,
             "build_args": dict(b.build_args),
             "stop_token_ids": list(stop_ids),
             "architecture": architecture_dict(hf_config),
@@ -333,7 +334,11 @@ class TensorRTBackend(Backend):
             "tensor_parallel_size": b.tp_size,
             "pipeline_parallel_size": b.pp_size,
             "trust_remote_code": experiment.model.trust_remote_code,
-            "kv_cache_config": KvCacheConfig(free_gpu_memory_fraction=b.kv_cache_free_gpu_memory_fraction),
+            # No KV block reuse across requests: the warmup and earlier passes send the same prompts, and reused
+            # blocks would skip prefill work the window reports (vLLM's prefix cache is emptied per pass alike).
+            "kv_cache_config": KvCacheConfig(
+                free_gpu_memory_fraction=b.kv_cache_free_gpu_memory_fraction, enable_block_reuse=False
+            ),
         }
         chunked = "enable_chunked_prefill" if "enable_chunked_prefill" in _llm_arg_names(llm_cls) else "enable_chunked_context"
         kwargs[chunked] = b.enable_chunked_context
@@ -385,13 +390,17 @@ class TensorRTBackend(Backend):
         times: list[list[float]] = [[] for _ in prompts]
         texts = ["" for _ in prompts]
         scheduled: list[float | None] = [None for _ in prompts]
+        submitted: list[float] = []
         start = time.perf_counter()
 
         async def run() -> None:
-            # Results must be created inside the running loop for `async for` to stream them.
-            results = [
-                self._llm.generate_async(list(p.token_ids), sampling_params=params, streaming=True) for p in prompts
-            ]
+            # Results must be created inside the running loop for `async for` to stream them. Each submission's
+            # host time anchors the engine's own arrival-to-scheduled interval on the host clock, so the time
+            # spent submitting earlier prompts counts as waiting (as vLLM's scheduled timestamps do).
+            results = []
+            for p in prompts:
+                submitted.append(time.perf_counter())
+                results.append(self._llm.generate_async(list(p.token_ids), sampling_params=params, streaming=True))
 
             async def follow(i: int, result: Any) -> None:
                 seen = 0
@@ -414,7 +423,7 @@ class TensorRTBackend(Backend):
                 input_tokens=len(p.token_ids),
                 arrival_s=start,
                 token_times_s=times[i],
-                scheduled_s=None if scheduled[i] is None else start + scheduled[i],
+                scheduled_s=None if scheduled[i] is None else submitted[i] + scheduled[i],
                 scheduled_unavailable_reason=None if scheduled[i] is not None else _NO_SCHEDULE_TIME,
             )
             for i, p in enumerate(prompts)
@@ -490,7 +499,7 @@ class TensorRTBackend(Backend):
         report.unavailable(
             "peak_allocated_bytes",
             "TensorRT-LLM does not report the activation memory of its engine, so weights + activations + KV cache "
-            "in use cannot be summed; the KV cache in use at its peak is in engine_settings.kv_cache_usage",
+            "in use cannot be summed; the KV cache in use at its peak is memory.kv_cache_peak_bytes",
         )
         self._host_rss.report(report)
         self._kv_window = self._kv_peak.summary(

@@ -239,12 +239,22 @@ def _plain(value: Any) -> Any:
 
 
 def _kv_block_bytes(vllm_config: Any) -> int | None:
-    """Bytes of one KV cache block (keys and values of every layer), for standard attention layers."""
+    """Bytes of one KV cache block across all GPUs of the engine (every layer, every rank).
+
+    vLLM sizes blocks per rank: each tensor-parallel rank holds its share of the KV heads (at least
+    one, replicated when there are fewer KV heads than ranks) for its pipeline stage's layers, and
+    every rank has the same number of blocks. A block in use occupies that much on every rank, so
+    the whole engine's figure is the per-rank KV heads x TP over all layers. MLA caches one latent
+    per token and layer, not a key and a value.
+    """
     mc, cc, pc = vllm_config.model_config, vllm_config.cache_config, vllm_config.parallel_config
     try:
         dtype = str(cc.cache_dtype)
         element = 1 if dtype.startswith(("fp8", "int8")) else _DTYPE_BYTES.get(str(mc.dtype).removeprefix("torch."), 2)
-        per_token = 2 * mc.get_num_layers(pc) * mc.get_num_kv_heads(pc) * mc.get_head_size() * element
+        layers = int(mc.hf_text_config.num_hidden_layers)
+        heads = mc.get_num_kv_heads(pc) * pc.tensor_parallel_size  # per-rank heads x ranks (replicas included)
+        tensors = 1 if getattr(mc, "use_mla", False) else 2
+        per_token = tensors * layers * heads * mc.get_head_size() * element
         return int(cc.block_size * per_token)
     except Exception:  # noqa: BLE001 - unusual attention layouts: size unknown
         return None
@@ -532,7 +542,7 @@ class VLLMBackend(Backend):
         report.unavailable(
             "peak_allocated_bytes",
             "vLLM does not report the activation memory of its forward passes, so weights + activations + KV cache "
-            "in use cannot be summed; the KV cache in use at its peak is in engine_settings.kv_cache_usage",
+            "in use cannot be summed; the KV cache in use at its peak is memory.kv_cache_peak_bytes",
         )
         self._host_rss.report(report)
         self._kv_window = self._kv_usage()  # the window ends here; later runs (e.g. a prefill pass) do not count

@@ -1,0 +1,133 @@
+"""The campaign settings of a multirun, with a campaign file named by `campaign.file` merged in.
+
+A campaign file may sit anywhere and be written in llem's format or LLenergyMeasure's.
+Its keys sit above the `campaign` config group's (the shipped defaults, or
+`campaign=<name>`) and below the command line's `campaign.*` overrides, which are applied
+again on top with Hydra's semantics. Relative paths in the file (`configs`,
+`experiments[].config`, a `dataset` file) are resolved from the file's own directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+
+from llem.config import CampaignConfig, CampaignSettings, validate_or_raise
+from llem.plan.compose import ComposeError, apply_value_override
+
+CAMPAIGN_PREFIX = "campaign."
+# Sections replaced as a whole by a campaign file; the others merge key by key.
+REPLACED = ("grid", "configs", "experiments", "group_by", "dataset")
+# Hydra's defaults list of a llem campaign group file: settings the schemas supply anyway.
+IGNORED_DEFAULTS = ("default", "_self_")
+
+
+class CampaignFileError(ValueError):
+    """The campaign file cannot be read or used; the message names the file."""
+
+
+def _resolve(entry: str, base: Path) -> str:
+    """A relative path from the file's directory, or from the working directory if only that exists."""
+    path = Path(entry).expanduser()
+    if path.is_absolute():
+        return str(path)
+    beside = base / path
+    return str(path) if not beside.exists() and path.exists() else str(beside)
+
+
+def read_campaign_file(path: Path) -> dict[str, Any]:
+    """The file's campaign keys, with relative paths resolved from its directory."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise CampaignFileError(f"campaign.file: cannot read {path}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise CampaignFileError(f"campaign.file: {path} is not valid YAML: {error}") from None
+    if isinstance(data, dict) and set(data) == {"campaign"} and isinstance(data["campaign"], dict):
+        data = data["campaign"]  # an experiment-style file holding only a campaign section
+    if not isinstance(data, dict):
+        raise CampaignFileError(f"campaign.file: {path} must hold a mapping of campaign keys")
+    defaults = data.pop("defaults", None)
+    extra = [d for d in defaults or [] if d not in IGNORED_DEFAULTS]
+    if extra:
+        raise CampaignFileError(
+            f"campaign.file: {path} has a defaults list {defaults}: select composed campaign files with "
+            "campaign=<name> instead"
+        )
+    if "file" in data:
+        raise CampaignFileError(f"campaign.file: {path} names another campaign file (file:); give one file")
+    base = Path(path).resolve().parent
+    if isinstance(data.get("configs"), list):
+        data["configs"] = [_resolve(str(p), base) if isinstance(p, str) else p for p in data["configs"]]
+    for experiment in data.get("experiments") or []:
+        if isinstance(experiment, dict) and isinstance(experiment.get("config"), str):
+            experiment["config"] = _resolve(experiment["config"], base)
+    dataset = data.get("dataset")
+    if isinstance(dataset, str) and (base / dataset).exists() and not Path(dataset).is_absolute():
+        data["dataset"] = str(base / dataset)
+    return data
+
+
+def merge_campaign(section: dict[str, Any], file_data: dict[str, Any]) -> dict[str, Any]:
+    """`file_data` over `section`: settings sections merge key by key; what to run is replaced whole."""
+    merged = dict(section)
+    for key, value in file_data.items():
+        current = merged.get(key)
+        if key not in REPLACED and isinstance(current, dict) and isinstance(value, dict):
+            merged[key] = merge_campaign(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _strip_prefix(line: str) -> str | None:
+    """`campaign.x.y=v` as `x.y=v` (prefixes kept); None for a `campaign=<option>` selection."""
+    signs = line[: len(line) - len(line.lstrip("+~"))]
+    rest = line[len(signs) :]
+    if not rest.startswith(CAMPAIGN_PREFIX):
+        return None
+    return signs + rest[len(CAMPAIGN_PREFIX) :]
+
+
+def apply_overrides(data: dict[str, Any], lines: Sequence[str]) -> dict[str, Any]:
+    """Apply command-line `campaign.*` overrides to plain campaign data, as Hydra would."""
+    parser = OverridesParser.create()
+    for line in lines:
+        inner = _strip_prefix(line)
+        if inner is None:
+            continue
+        try:
+            apply_value_override(data, parser.parse_override(inner))
+        except (ComposeError, HydraException) as error:
+            raise CampaignFileError(f"{line}: {error}") from None
+    return data
+
+
+def validate_settings(data: dict[str, Any] | None, *, context: str = "campaign") -> CampaignSettings:
+    """Settings only, or a full CampaignConfig when the data says what to run; ConfigError names every problem."""
+    data = data or {}
+    settings = validate_or_raise(CampaignSettings, data, context=context)
+    if settings.defines_jobs:
+        return validate_or_raise(CampaignConfig, data, context=context)
+    return settings
+
+
+def load_settings(section: dict[str, Any] | None, overrides: Sequence[str], *, cwd: Path) -> CampaignSettings:
+    """The multirun's campaign settings: the composed `campaign` section, its `file`, then `overrides`.
+
+    Raises CampaignFileError or ConfigError with a message for the user.
+    """
+    section = dict(section or {})
+    name = section.get("file")
+    if not name:
+        return validate_settings(section)
+    path = Path(str(name)).expanduser()
+    path = path if path.is_absolute() else Path(cwd) / path
+    merged = apply_overrides(merge_campaign(section, read_campaign_file(path)), overrides)
+    merged["file"] = str(path)
+    return validate_settings(merged, context=f"campaign (file {path})")

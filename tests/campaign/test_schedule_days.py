@@ -1,0 +1,133 @@
+"""Start times on named days, in a time zone, across daylight-saving changes (fixed datetimes, no waiting)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import zoneinfo
+from collections.abc import Iterator
+
+import pytest
+
+from llem.config.campaign import CampaignDaemonConfig, CampaignScheduleConfig
+from llem.plan import schedule
+from llem.plan.schedule import Calendar
+
+UTC = dt.timezone.utc
+LONDON = zoneinfo.ZoneInfo("Europe/London")
+NEW_YORK = zoneinfo.ZoneInfo("America/New_York")
+
+
+def _utc(*args: int) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=UTC)
+
+
+def _calendar(**schedule_keys: object) -> Calendar:
+    return Calendar.of(CampaignScheduleConfig.model_validate(schedule_keys))
+
+
+def test_named_days_and_a_start_time() -> None:
+    cal = _calendar(at="02:00", days=["mon", "wed"], timezone="Europe/London")
+    # Tuesday 2026-06-02 12:00 UTC: the next start is Wednesday 02:00 BST = 01:00 UTC
+    assert cal.next_start(_utc(2026, 6, 2, 12, 0)) == _utc(2026, 6, 3, 1, 0)
+    # Wednesday after 02:00: the next allowed day is Monday
+    assert cal.next_start(_utc(2026, 6, 3, 1, 0)) == _utc(2026, 6, 8, 1, 0)
+    # Monday before 02:00 local: today
+    assert cal.next_start(_utc(2026, 6, 7, 23, 30)) == _utc(2026, 6, 8, 1, 0)
+
+
+def test_weekdays_weekends_and_no_start_time() -> None:
+    weekdays = _calendar(at="17:00", days="weekdays", timezone="America/New_York")
+    friday_evening = dt.datetime(2026, 6, 5, 18, 0, tzinfo=NEW_YORK)
+    assert weekdays.next_start(friday_evening) == dt.datetime(2026, 6, 8, 17, 0, tzinfo=NEW_YORK)
+    weekends = _calendar(days="weekends", timezone="Europe/London")
+    wednesday = dt.datetime(2026, 6, 3, 10, 0, tzinfo=LONDON)
+    assert weekends.next_start(wednesday) == dt.datetime(2026, 6, 6, 0, 0, tzinfo=LONDON)  # Saturday midnight
+    saturday = dt.datetime(2026, 6, 6, 10, 0, tzinfo=LONDON)
+    assert weekends.next_start(saturday) == saturday  # an allowed day without a time: now
+    anyday = _calendar()
+    assert anyday.next_start(wednesday) == wednesday
+
+
+def test_the_zone_decides_which_day_it_is() -> None:
+    # 2026-06-07 23:30 UTC is already Monday 00:30 in London, still Sunday evening in New York
+    moment = _utc(2026, 6, 7, 23, 30)
+    assert moment.astimezone(LONDON).strftime("%a") == "Mon" and moment.astimezone(NEW_YORK).strftime("%a") == "Sun"
+    assert _calendar(days=["mon"], timezone="Europe/London").next_start(moment) == moment
+    assert _calendar(days=["mon"], timezone="America/New_York").next_start(moment) == dt.datetime(
+        2026, 6, 8, 0, 0, tzinfo=NEW_YORK
+    )
+
+
+def test_daily_start_keeps_its_wall_clock_time_across_daylight_saving() -> None:
+    cal = _calendar(at="02:00", timezone="Europe/London")
+    start = _utc(2026, 3, 27, 12, 0)  # Friday; clocks go forward on Sunday 2026-03-29 at 01:00 UTC
+    starts = []
+    for _ in range(4):
+        start = cal.next_start(start)
+        starts.append(start)
+    assert [s.astimezone(LONDON).strftime("%a %H:%M") for s in starts] == [
+        "Sat 02:00", "Sun 02:00", "Mon 02:00", "Tue 02:00"
+    ]
+    assert [s.hour for s in starts] == [2, 1, 1, 1]  # in UTC the start moves an hour earlier with the clocks
+    back = cal.next_start(_utc(2026, 10, 24, 12, 0))  # Sunday 2026-10-25: clocks go back at 01:00 UTC
+    assert back == _utc(2026, 10, 25, 2, 0) and back.astimezone(LONDON).strftime("%H:%M") == "02:00"
+
+
+def test_a_time_the_change_skips_runs_an_hour_later_and_a_repeated_one_at_its_first_occurrence() -> None:
+    skipped = _calendar(at="01:30", days=["sun"], timezone="Europe/London")
+    start = skipped.next_start(_utc(2026, 3, 28, 12, 0))
+    assert start == _utc(2026, 3, 29, 1, 30) and start.astimezone(LONDON).strftime("%H:%M") == "02:30"
+    repeated = _calendar(at="01:30", days=["sun"], timezone="Europe/London")
+    assert repeated.next_start(_utc(2026, 10, 24, 12, 0)) == _utc(2026, 10, 25, 0, 30)  # 01:30 BST, not GMT
+    spring_ny = _calendar(at="02:30", timezone="America/New_York")
+    assert spring_ny.next_start(_utc(2026, 3, 7, 20, 0)) == _utc(2026, 3, 8, 7, 30)  # 03:30 EDT
+
+
+@pytest.fixture
+def london_local_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The machine's local time is London's for the test (the default when no zone is given)."""
+    monkeypatch.setenv("TZ", "Europe/London")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_local_time_by_default_follows_daylight_saving(london_local_time: None) -> None:
+    local = _calendar(at="02:00", days="weekends")
+    zoned = _calendar(at="02:00", days="weekends", timezone="Europe/London")
+    moment = _utc(2026, 3, 26, 12, 0)
+    for _ in range(4):  # Sat 28 (GMT), Sun 29 (BST), Sat 4 April, Sun 5
+        assert local.next_start(moment) == zoned.next_start(moment)
+        moment = local.next_start(moment)
+    assert moment == _utc(2026, 4, 5, 1, 0)
+
+
+def test_daemon_repetitions_start_only_on_allowed_days() -> None:
+    cal = _calendar(at="08:00", days="weekdays", timezone="Europe/London")
+    daemon = CampaignDaemonConfig(enabled=True, interval="6h")
+    thursday_evening = _utc(2026, 6, 4, 19, 0)
+    state = schedule.initial_state(daemon, thursday_evening, cal)
+    assert state["next_start"] == _utc(2026, 6, 5, 7, 0).isoformat()  # Friday 08:00 BST
+    assert state["days"] == ["mon", "tue", "wed", "thu", "fri"] and state["timezone"] == "Europe/London"
+    # a repetition ending Friday 12:00 BST: 6 h later is still Friday, so the interval decides
+    state = schedule.after_repetition(state, _utc(2026, 6, 5, 11, 0), cal)
+    assert state["next_start"] == _utc(2026, 6, 5, 17, 0).isoformat() and state["repetitions_done"] == 1
+    # one ending Friday 20:00 BST: 6 h later is Saturday, so the next start is Monday 08:00
+    state = schedule.after_repetition(state, _utc(2026, 6, 5, 19, 0), cal)
+    assert state["next_start"] == _utc(2026, 6, 8, 7, 0).isoformat()
+    # without a start time the first moment of the next allowed day
+    midnight = _calendar(days="weekdays", timezone="Europe/London")
+    state = schedule.after_repetition(state, _utc(2026, 6, 5, 19, 0), midnight)
+    assert state["next_start"] == _utc(2026, 6, 7, 23, 0).isoformat()  # Monday 00:00 BST
+
+
+def test_a_deadline_still_ends_the_daemon() -> None:
+    cal = _calendar(days=["mon"], timezone="UTC")
+    daemon = CampaignDaemonConfig(enabled=True, interval="1h", total_duration="2h")
+    monday = _utc(2026, 6, 8, 22, 0)
+    state = schedule.initial_state(daemon, monday, cal)
+    state = schedule.after_repetition(state, _utc(2026, 6, 8, 23, 30), cal)  # next would be Tuesday: next Monday
+    assert state["next_start"] == _utc(2026, 6, 15, 0, 0).isoformat()
+    assert not schedule.may_start(state, _utc(2026, 6, 8, 23, 30))  # past the 2 h deadline by then
