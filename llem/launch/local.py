@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,38 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def _installed_path(path: str) -> bool:
+    """Whether `path` belongs to this interpreter's installation (stdlib, site-packages) rather than a project."""
+    resolved = os.path.realpath(path)
+    if any(part in ("site-packages", "dist-packages") for part in Path(resolved).parts):
+        return True
+    roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    return any(resolved == root or resolved.startswith(root + os.sep) for root in roots)
+
+
+def worker_pythonpath(python: str) -> list[str]:
+    """What the worker may import beyond its own installation: the launcher's task modules and apps.
+
+    A worker on the launcher's interpreter gets the launcher's whole `sys.path`. A worker on another
+    interpreter (`hydra.launcher.python`, e.g. a venv with another vLLM) keeps its own packages: it gets
+    only the project paths, never this interpreter's stdlib or site-packages.
+    """
+    paths = [p for p in sys.path if p]
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        return paths
+    return [p for p in paths if not _installed_path(p)]
+
+
+def _descendants(pid: int) -> list[Any]:
+    """The live processes below `pid` (empty when it has ended and its children were re-parented)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 class LocalWorker(WorkerHandle):
@@ -44,8 +77,7 @@ class LocalWorker(WorkerHandle):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(self.extra_env)
-        # the worker imports what the launcher could import (task modules, test apps)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env["PYTHONPATH"] = os.pathsep.join(worker_pythonpath(self.python))
         env[protocol.AUTHKEY_ENV] = self.authkey.hex()
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
@@ -64,9 +96,28 @@ class LocalWorker(WorkerHandle):
         return self._proc is not None and self._proc.poll() is None
 
     def _terminate(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(timeout=30)
+        """Kill the worker and everything it started (engine cores, workers holding GPU memory).
+
+        The worker leads its own process group, so the group outlives it while any engine process is
+        left; descendants that moved to a group of their own are found through the process tree first.
+        """
+        if self._proc is None:
+            return
+        strays = _descendants(self._proc.pid)
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for child in strays:
+            try:
+                child.kill()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self._proc.wait(timeout=30)
+        if strays:
+            import psutil
+
+            psutil.wait_procs(strays, timeout=10)
 
     @property
     def pid(self) -> int | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +70,52 @@ def test_unpicklable_exceptions_are_carried_as_text() -> None:
     assert isinstance(safe, RuntimeError) and "Local: boom" in str(safe)
     ok = ValueError("fine")
     assert _safe_exception(ok) is ok
+
+
+def _wait_for(predicate: Any, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("worker_exits_first", [False, True])
+def test_killing_a_local_worker_ends_the_engine_processes_it_started(tmp_path: Path, worker_exits_first: bool) -> None:
+    """Engines (vLLM, TensorRT-LLM) run children that hold GPU memory; a killed worker must not leave them behind."""
+    import psutil
+
+    from llem.launch.local import LocalWorker
+
+    pid_file = tmp_path / "engine.pid"
+    # stands in for `python -m llem.launch.worker`: starts an "engine" child, then waits (or dies at once)
+    fake_python = tmp_path / "python"
+    body = 'sleep 300 &\necho $! > "$PID_FILE"\n' + ("exit 3\n" if worker_exits_first else "exec sleep 300\n")
+    fake_python.write_text("#!/bin/sh\n" + body)
+    fake_python.chmod(0o755)
+    worker = LocalWorker("pytorch", tmp_path, tmp_path, {}, python=str(fake_python), env={"PID_FILE": str(pid_file)})
+    worker._launch()
+    assert _wait_for(lambda: pid_file.is_file() and pid_file.read_text().strip())
+    engine = psutil.Process(int(pid_file.read_text()))
+    if worker_exits_first:
+        assert _wait_for(lambda: not worker._alive())  # the worker is gone, its engine child is not
+        assert engine.is_running() and engine.status() != psutil.STATUS_ZOMBIE
+    worker._terminate()
+    assert _wait_for(lambda: not engine.is_running() or engine.status() == psutil.STATUS_ZOMBIE)
+
+
+def test_a_worker_on_another_interpreter_keeps_its_own_packages(tmp_path: Path) -> None:
+    import sys
+    import sysconfig
+
+    from llem.launch.local import worker_pythonpath
+
+    own = worker_pythonpath(sys.executable)
+    assert sysconfig.get_paths()["purelib"] in own  # same interpreter: everything the launcher imports
+    other = worker_pythonpath(str(tmp_path / "other-venv" / "bin" / "python"))
+    site = sysconfig.get_paths()["purelib"]
+    assert site not in other and sysconfig.get_paths()["stdlib"] not in other
+    assert all("site-packages" not in p for p in other)
+    assert set(other) <= set(own)  # only the project paths (checkout, apps) travel
+    assert str(Path(__file__).resolve().parents[2]) in other  # the checkout the tests run from
