@@ -5,6 +5,8 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from llem.launch.images import DEFAULT_IMAGES
+
 
 @dataclass
 class LlemLocalLauncherConf:
@@ -27,13 +29,7 @@ class LlemContainerLauncherConf:
     # Container engine CLI: docker or podman.
     engine: str = "docker"
     # Image per routing key (per backend); see docker/ for how to build them.
-    images: Dict[str, str] = field(
-        default_factory=lambda: {
-            "pytorch": "llem-pytorch:latest",
-            "vllm": "llem-vllm:latest",
-            "tensorrt": "llem-tensorrt:latest",
-        }
-    )
+    images: Dict[str, str] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
     # GPUs given to each container: "all", a list of indices, or null for none.
     gpus: Any = "all"
     # Container network (null: the engine's default).

