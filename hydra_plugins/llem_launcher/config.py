@@ -30,8 +30,9 @@ class LlemContainerLauncherConf:
     engine: str = "docker"
     # Image per routing key (per backend); see docker/ for how to build them.
     images: Dict[str, str] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
-    # GPUs given to each container: "all", a list of indices, or null for none.
-    gpus: Any = "all"
+    # GPUs given to each container: "auto" (all of them when the host has NVIDIA GPUs, else none),
+    # "all", a list of indices, or null for none.
+    gpus: Any = "auto"
     # Container network (null: the engine's default).
     network: Optional[str] = None
     # Python inside the image.

@@ -41,9 +41,16 @@ class ContainerSpec:
     extra_args: list[str] = field(default_factory=list)
 
 
+def resolve_gpus(gpus: str | list[int] | None, host_gpus: int) -> str | list[int] | None:
+    """`auto`: every GPU when the host has NVIDIA GPUs, none otherwise (asking for one that is not there fails)."""
+    if gpus == "auto":
+        return "all" if host_gpus > 0 else None
+    return gpus
+
+
 def gpu_args(engine: str, gpus: str | list[int] | None) -> list[str]:
     """The engine's GPU option: docker's --gpus, podman's CDI devices."""
-    if gpus is None or gpus == [] or gpus == "none":
+    if gpus is None or gpus == [] or gpus == "none" or gpus == "auto":
         return []
     if engine == "podman":
         ids = ["all"] if gpus == "all" else [str(g) for g in gpus]  # type: ignore[union-attr]
@@ -89,7 +96,12 @@ class ContainerWorker(WorkerHandle):
             cmd += ["--shm-size", s.shm_size]
         for key, value in {"llem.worker": self.key, **s.labels}.items():
             cmd += ["--label", f"{key}={value}"]
-        cmd += gpu_args(s.engine, s.gpus)
+        gpus = s.gpus
+        if gpus == "auto":
+            from llem.energy import visible_gpu_count
+
+            gpus = resolve_gpus(gpus, visible_gpu_count())
+        cmd += gpu_args(s.engine, gpus)
         if s.workdir:
             cmd += ["--workdir", s.workdir]
         for source, target, mode in s.mounts:
@@ -113,11 +125,18 @@ class ContainerWorker(WorkerHandle):
             env.pop(name, None)  # an unset secret is simply not passed
         proc = subprocess.run(self.run_command(), env=env, capture_output=True, text=True)
         if proc.returncode != 0:
+            self._remove_by_name()  # a start can fail after the container was created (e.g. a GPU it cannot get)
             raise RuntimeError(
                 f"{self.spec.engine} could not start the '{self.key}' worker from image {self.spec.image}: "
                 f"{proc.stderr.strip() or proc.stdout.strip()}"
             )
         self.container_id = proc.stdout.strip().splitlines()[-1]
+
+    def _remove_by_name(self) -> None:
+        try:
+            self.client.container.remove(self.name, force=True)
+        except Exception:  # noqa: BLE001 - nothing was created
+            pass
 
     def _relaunch(self) -> None:
         assert self.container_id is not None

@@ -128,3 +128,27 @@ def test_secrets_pass_by_name_and_are_never_written(ref: str, tmp_path: Path) ->
         if path.is_file():
             assert secret not in path.read_text(errors="replace"), path
     assert secret not in proc.stdout + proc.stderr
+
+
+def test_default_gpus_on_a_machine_without_gpus_and_a_failed_start_leaves_nothing(ref: str, tmp_path: Path) -> None:
+    """`gpus` defaults to `auto`: no GPU is requested where there is none. Asking for one anyway fails the jobs
+    with the engine's reason, and no container is left behind in the Created state."""
+    launcher = ["hydra/launcher=llem_container", f"hydra.launcher.engine={image.ENGINE}",
+                f"hydra.launcher.images.pytorch={ref}", "hydra.launcher.network=none"]  # fmt: skip
+    ok = tmp_path / "auto"
+    proc = subprocess.run([sys.executable, "-m", "llem", "-m", f"hydra.sweep.dir={ok}", *FAST, *launcher],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [j.status for j in read_manifest(ok / ".state" / "campaign_manifest.json").jobs] == ["completed"]
+    bad = tmp_path / "all"
+    proc = subprocess.run(
+        [sys.executable, "-m", "llem", "-m", f"hydra.sweep.dir={bad}", *FAST, *launcher, "hydra.launcher.gpus=all",
+         "hydra.sweeper.max_attempts=2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    jobs = read_manifest(bad / ".state" / "campaign_manifest.json").jobs
+    assert [j.status for j in jobs] == ["failed"] and "could not start" in (jobs[0].error or "")
+    leftovers = subprocess.run([image.ENGINE, "ps", "-a", "--format", "{{.Names}} {{.Status}}"],
+                               capture_output=True, text=True).stdout  # fmt: skip
+    assert "llem-pytorch-" not in leftovers, leftovers

@@ -27,6 +27,13 @@ def test_gpu_options(engine: str, gpus: object, expected: list[str]) -> None:
     assert gpu_args(engine, gpus) == expected  # type: ignore[arg-type]
 
 
+def test_auto_gpus_ask_for_none_on_a_machine_without_gpus() -> None:
+    from llem.launch.container import resolve_gpus
+
+    assert resolve_gpus("auto", 0) is None and gpu_args("podman", resolve_gpus("auto", 0)) == []
+    assert resolve_gpus("auto", 8) == "all" and resolve_gpus([1, 2], 0) == [1, 2]
+
+
 def test_container_command_is_an_argument_list_with_secrets_by_name(tmp_path: Path) -> None:
     spec = ContainerSpec(
         engine="podman", image="img:1", gpus="all", network="none",
