@@ -252,7 +252,9 @@ class CampaignDaemonConfig(StrictModel):
     """Run the campaign repeatedly on a schedule."""
 
     enabled: bool = Field(False, description="Repeat the campaign on a schedule.")
-    at: str | None = Field(None, description="Local time of the first start, HH:MM (null: now).")
+    at: str | None = Field(
+        None, description="Time of the first start, HH:MM, in schedule.timezone (null: schedule.at, else now)."
+    )
     interval: str | None = Field(None, description="Wait between repetitions, e.g. '6h', '30m', '2s'.")
     total_duration: str | None = Field(
         None, description="Stop starting repetitions after this long since the first start, e.g. '24h'."
@@ -382,7 +384,8 @@ class CampaignSettings(StrictModel):
         default_factory=CampaignExecutionConfig, description="Cycles, order and gaps."
     )
     schedule: CampaignScheduleConfig = Field(
-        default_factory=CampaignScheduleConfig, description="One-shot start time (older files)."
+        default_factory=CampaignScheduleConfig,
+        description="When runs may start: a start time, allowed days and the time zone (also for the daemon).",
     )
     health_check: CampaignHealthCheckConfig = Field(
         default_factory=CampaignHealthCheckConfig, description="Worker health checks."

@@ -25,6 +25,7 @@ from llem.config.campaign import (
     CampaignGridConfig,
     CampaignHealthCheckConfig,
     CampaignIOConfig,
+    CampaignNotificationsConfig,
     CampaignScheduleConfig,
 )
 from llem.config.experiment import (
@@ -63,6 +64,7 @@ SECTIONS: list[tuple[str, str, type[BaseModel]]] = [
     ("Campaign cold start", "campaign.cold_start", CampaignColdStartConfig),
     ("Campaign daemon", "campaign.daemon", CampaignDaemonConfig),
     ("Campaign IO", "campaign.io", CampaignIOConfig),
+    ("Campaign notifications", "campaign.notifications", CampaignNotificationsConfig),
 ]
 
 

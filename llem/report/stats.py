@@ -1,9 +1,10 @@
 """Statistics across cycles: how much a configuration's figures move between repeats.
 
 A campaign runs each configuration several times (cycles) so that a difference between
-configurations can be told from run-to-run noise. Per configuration this gives the mean,
-the sample standard deviation, the coefficient of variation and a confidence interval of
-the mean, and flags groups too noisy to trust.
+configurations can be told from run-to-run noise. Per group this gives the mean, the sample
+standard deviation, the coefficient of variation and a confidence interval of the mean, and
+flags groups too noisy to trust. A group is one configuration (keyed by its swept values),
+or, with the campaign's `group_by`, every run of the configurations that share those keys.
 
 Interval: Student's t, mean ± t(1 − α/2, n − 1) · sd / √n. Campaigns usually run 3 to 10
 cycles, and at such n a percentile bootstrap is far too narrow (at 3 cycles its nominal
@@ -154,9 +155,13 @@ def resolve_group_by(group_by: Sequence[str], columns: Collection[str]) -> list[
         if column not in present:
             column = key if key in present else ("model_name" if key == "model" and "model_name" in present else "")
         if not column:
-            close = difflib.get_close_matches(key, present, n=3)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise UnknownColumn(f"group_by: no column {key}{hint} (columns: {', '.join(map(str, present))})")
+            close = difflib.get_close_matches(key, [str(c) for c in present], n=3)
+            hint = (
+                f"; did you mean {' or '.join(repr(c) for c in close)}?"
+                if close
+                else f" (columns: {', '.join(map(str, present))})"
+            )
+            raise UnknownColumn(f"group_by: no column {key}{hint}")
         if column not in out:
             out.append(column)
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,3 +125,19 @@ def test_an_endpoint_answering_500_changes_nothing(answered: Run, tmp_path: Path
     assert output.count("notification to $LLEM_TEST_WEBHOOK_URL failed (HTTP 500)") == 1
     assert "4 of 4 notification(s) to $LLEM_TEST_WEBHOOK_URL were not delivered" in output
     assert SECRET not in output
+
+
+def test_an_interrupted_campaign_says_so(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    with receiver("ok") as hook:
+        proc = h.start(sweep, "backend.batch_size=1,2", "campaign.campaign_name=stopped",
+                       "campaign.execution.config_gap_seconds=60", f"campaign.notifications.webhook_url_env={ENV}",
+                       env={ENV: hook.url})
+        h.wait_for(proc, sweep, lambda m: any(j.status == "completed" for j in m.jobs))
+        proc.send_signal(signal.SIGTERM)  # as systemd stops a service: during the 60 s gap before job 1
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert [e["event"] for e in hook.events] == ["job_complete", "campaign_end"]
+    end = hook.events[-1]
+    assert end["outcome"] == "interrupted" and end["counts"] == {"completed": 1, "interrupted": 1}
+    assert end["summary_path"] is None

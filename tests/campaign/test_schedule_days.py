@@ -131,3 +131,18 @@ def test_a_deadline_still_ends_the_daemon() -> None:
     state = schedule.after_repetition(state, _utc(2026, 6, 8, 23, 30), cal)  # next would be Tuesday: next Monday
     assert state["next_start"] == _utc(2026, 6, 15, 0, 0).isoformat()
     assert not schedule.may_start(state, _utc(2026, 6, 8, 23, 30))  # past the 2 h deadline by then
+
+
+@pytest.mark.slow
+def test_a_campaign_waits_for_an_allowed_day(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.campaign import helpers as h
+
+    day = dt.datetime.now(UTC).date() + dt.timedelta(days=2)
+    weekday = day.strftime("%a").lower()
+    sweep = tmp_path / "sweep"
+    proc = h.start(sweep, f"campaign.schedule.days=[{weekday}]", "campaign.schedule.timezone=UTC")
+    m = h.wait_for(proc, sweep, lambda m: bool(m.schedule.get("next_start")), timeout=120)
+    h.kill(proc)
+    assert m.schedule["next_start"] == dt.datetime(day.year, day.month, day.day, tzinfo=UTC).isoformat()
+    assert m.schedule["days"] == [weekday] and m.schedule["timezone"] == "UTC"
+    assert {j.status for j in m.jobs} == {"pending"}  # nothing ran before the day came

@@ -149,3 +149,24 @@ def test_mixed_param_types_become_text(tmp_path: Path) -> None:
     assert len(pd.read_parquet(parquet)) == 4
     assert math.isnan(pd.read_parquet(parquet)["energy_per_output_token_j"].iloc[0])
     assert os.listdir(tmp_path)
+
+
+def test_summary_stats_are_written_beside_the_summary(campaign_copy: Path) -> None:
+    write_summary(campaign_copy)
+    by_config = pd.read_parquet(campaign_copy / "summary_stats.parquet")
+    # no group_by: one group per configuration, keyed by the swept keys, then the config hash
+    assert list(by_config.columns[:3]) == ["backend", "backend.batch_size", "config_hash"]
+    assert sorted(by_config["backend.batch_size"]) == [2, 4] and list(by_config["cycles"]) == [3, 3]
+    frame = pd.read_parquet(campaign_copy / "summary.parquet")
+    for _, row in by_config.iterrows():
+        runs = frame[frame["config_hash"] == row["config_hash"]]["throughput_tokens_per_s"]
+        assert row["throughput_tokens_per_s_mean"] == pytest.approx(runs.mean())
+        assert row["throughput_tokens_per_s_std"] == pytest.approx(runs.std(ddof=1))
+    assert by_config["energy_per_output_token_j_mean"].isna().all()  # not measured here: null, not 0
+    write_summary(campaign_copy, group_by=["model_reused"])
+    by_reuse = pd.read_csv(campaign_copy / "summary_stats.csv").set_index("model_reused")
+    assert by_reuse.loc[False, "cycles"] == 1 and by_reuse.loc[True, "cycles"] == 5
+    assert by_reuse.loc[True, "configs"] == 2 and pd.isna(by_reuse.loc[True, "config_hash"])
+    with pytest.warns(ReportWarning, match=r"no column colour [\s\S]*; statistics are grouped by configuration instead"):
+        write_summary(campaign_copy, group_by=["colour"])  # never fails the end of a campaign
+    assert len(pd.read_csv(campaign_copy / "summary_stats.csv")) == 2

@@ -121,3 +121,29 @@ def test_rerun_on_an_existing_campaign_dir_resumes_it(tmp_path: Path) -> None:
     assert _multirun(tmp_path, "hydra.sweeper.dry_run=true").returncode == 0
     proc = _multirun(tmp_path, "hydra.sweeper.dry_run=true")
     assert proc.returncode == 0 and "resuming campaign" in proc.stderr
+
+
+def test_group_by_and_campaign_file_mistakes_stop_before_anything_runs(tmp_path: Path) -> None:
+    proc = _multirun(tmp_path, "backend.batch_size=1,2", "campaign.group_by=[backend.batch_sise]")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "campaign.group_by: no column backend.batch_sise; did you mean 'backend.batch_size'?" in proc.stderr
+    assert not (tmp_path / "sweep" / ".state").exists()
+    proc = _multirun(tmp_path, "campaign.file=missing.yaml")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"campaign.file: cannot read {tmp_path / 'missing.yaml'}" in proc.stderr
+    proc = _multirun(tmp_path, "campaign.schedule.days=[mon,wendesday]")
+    assert proc.returncode != 0 and "schedule.days: unknown day 'wendesday'" in proc.stderr
+    assert "did you mean 'wednesday'" in proc.stderr
+
+
+def test_campaign_wide_keys_on_the_command_line(tmp_path: Path) -> None:
+    proc = _multirun(tmp_path, "backend.batch_size=1,2", "campaign.model=qwen2.5-0.5b", "campaign.dataset=synthetic",
+                     "campaign.num_samples=4", "campaign.group_by=[backend.batch_size]", "campaign.campaign_name=cli",
+                     "campaign.execution.cycles=1", "hydra.sweeper.dry_run=true")
+    assert proc.returncode == 0, proc.stderr
+    m = _manifest(tmp_path)
+    assert [j.overrides for j in m.jobs] == [
+        ["model=qwen2.5-0.5b", "dataset=synthetic", "num_input_prompts=4", "backend.batch_size=1"],
+        ["model=qwen2.5-0.5b", "dataset=synthetic", "num_input_prompts=4", "backend.batch_size=2"],
+    ]
+    assert m.group_by == ["backend.batch_size"] and m.swept_keys == ["backend.batch_size"]
