@@ -69,6 +69,8 @@ class CampaignProgress:
         self.live = self.console.is_terminal and not quiet
         self.done = already_done
         self.failed = 0
+        self._done_jobs: set[int] = set()
+        self._failed_jobs: set[int] = set()
         self._finished_here = 0
         self._last_finish: float | None = None
         self._running: dict[int, tuple[str, str, float]] = {}
@@ -155,21 +157,29 @@ class CampaignProgress:
             else:
                 self._refresh()
 
-    def job_finished(self, job_num: int, status: str) -> None:
+    def job_finished(self, job_num: int, status: str, reason: str | None = None) -> None:
+        """Count a job once however often it was tried: a retry that succeeds is no longer a failure."""
         with self._lock:
             started = self._running.pop(job_num, None)
             if status in DONE_STATUSES:
-                self.done += 1
-            else:
+                if job_num not in self._done_jobs:
+                    self._done_jobs.add(job_num)
+                    self.done += 1
+                if job_num in self._failed_jobs:
+                    self._failed_jobs.discard(job_num)
+                    self.failed -= 1
+            elif job_num not in self._failed_jobs:
+                self._failed_jobs.add(job_num)
                 self.failed += 1
             self._finished_here += 1
             self._last_finish = self._clock()
             took = f" in {self._clock() - started[2]:.1f} s" if started else ""
+            why = f": {reason}" if reason and status not in DONE_STATUSES else ""
             if self._progress is None:
-                self._line(f"job {job_num} {status}{took} — {self._counts()}")
+                self._line(f"job {job_num} {status}{took}{why} — {self._counts()}")
             else:
                 if status not in DONE_STATUSES:
-                    self._progress.console.print(f"job {job_num} {status}{took}", markup=False, highlight=False)
+                    self._progress.console.print(f"job {job_num} {status}{took}{why}", markup=False, highlight=False)
                 self._refresh()
 
     def log(self, message: str) -> None:

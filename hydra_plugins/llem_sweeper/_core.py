@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from llem.atomic import atomic_write_text, remove_stale_temps
 from llem.config import CampaignSettings, ConfigError
 from llem.config.campaign import CampaignDaemonConfig, campaign_id
-from llem.launch.runner import result_path_of
+from llem.launch.runner import first_line, result_path_of
 from llem.notify import Notifier, notifier_for
 from llem.plan import schedule
 from llem.plan.campaign_file import CampaignFileError, load_settings
@@ -354,7 +354,7 @@ def _run_repetition(sweeper: Any, settings: CampaignSettings, path: Path, repeti
         # retry only jobs whose attempt was counted, so a launcher that does not count cannot loop us forever
         todo = [
             j for j in runnable(read_manifest(path), sweeper.max_attempts, repetition)
-            if j.status == "failed" and j.job_num in before and j.attempts > before[j.job_num]
+            if j.status == "failed" and j.job_num in before and j.attempts > before[j.job_num] and j.retryable
         ]
         if todo:
             print(f"llem: retrying {len(todo)} failed job(s) (max_attempts={sweeper.max_attempts})", file=sys.stderr)
@@ -450,4 +450,17 @@ def _finish(path: Path, settings: CampaignSettings, notifier: Notifier | None = 
     text = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(f"llem: campaign '{manifest.campaign_name}' finished: {text}; manifest {path}", file=sys.stderr)
     if failed:
-        raise SweepError(f"llem: {failed} job(s) failed; their errors are in {path}")
+        raise SweepError(_failure_summary(manifest, failed, path))
+
+
+def _failure_summary(manifest: Any, failed: int, path: Path, most: int = 10) -> str:
+    """One line per failed job (its overrides and the first line of its error), then where the rest is."""
+    lines = [f"llem: {failed} job(s) failed:"]
+    bad = [j for j in manifest.jobs if j.status in ("failed", "interrupted")]
+    for job in bad[:most]:
+        reason = first_line(job.error or "no error recorded", limit=300)
+        lines.append(f"  job {job.job_num} ({' '.join(job.overrides) or 'defaults'}): {reason}")
+    if len(bad) > most:
+        lines.append(f"  ... and {len(bad) - most} more")
+    lines.append(f"full errors and tracebacks: {path}")
+    return "\n".join(lines)

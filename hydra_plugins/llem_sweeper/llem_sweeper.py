@@ -1,6 +1,7 @@
 """The Sweeper class Hydra instantiates; the work (and heavy imports) live in `_core`."""
 
 
+import sys
 from typing import Any, Dict, List, Optional
 
 from hydra.plugins.sweeper import Sweeper
@@ -39,6 +40,12 @@ class LlemSweeper(Sweeper):
         )
 
     def sweep(self, arguments: List[str]) -> Any:
-        from hydra_plugins.llem_sweeper._core import run_sweep
+        from hydra_plugins.llem_sweeper._core import SweepError, run_sweep
 
-        return run_sweep(self, arguments)
+        try:
+            return run_sweep(self, arguments)
+        except SweepError as error:
+            # A user mistake or failed jobs: the message says what and where. No traceback, and not Hydra's
+            # HYDRA_FULL_ERROR hint (there is no stack worth reading); exit status 1.
+            sys.stderr.write(f"{error}\n")
+            raise SystemExit(1) from None

@@ -32,6 +32,37 @@ class JobFailure(RuntimeError):
     """Why the launcher itself failed a job (worker death, timeout, unhealthy worker)."""
 
 
+# Failures no retry can change in the same environment: the engine is not installed, the hardware cannot run
+# the settings, the settings are invalid for this machine, the requested energy source does not exist here.
+PERMANENT_FAILURES = frozenset(
+    {"HardwareUnsupported", "ConfigError", "EngineArgsError", "BuildArgsError", "MeasurementError", "ValidationError"}
+)
+
+
+def failure_type(error: BaseException) -> str:
+    """The original exception class of a failure, also when it travelled from a worker as text."""
+    name = type(error).__name__
+    if name == "RuntimeError":  # a worker's exception, packed as "<Type>: <message>" (see llem.launch.worker)
+        head = str(error).split(":", 1)[0].strip()
+        if head.isidentifier():
+            return head
+    return name
+
+
+def retryable(error: BaseException) -> bool:
+    """Whether running the job again could succeed (a crash, a timeout, a lost device may be transient)."""
+    return failure_type(error) not in PERMANENT_FAILURES
+
+
+def first_line(error: str, limit: int = 240) -> str:
+    """The part of an error a console line shows: its first line, shortened."""
+    line = error.strip().splitlines()[0] if error.strip() else "no error message"
+    wrapper, _, rest = line.partition(": ")
+    if wrapper == "RuntimeError" and rest.split(":", 1)[0].strip().isidentifier() and ": " in rest:
+        line = rest  # a worker's exception packed as text: show its own type
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 @dataclass
 class RunnerOptions:
     route_by: str = "backend.name"
@@ -105,7 +136,8 @@ class CampaignRunner:
             self.context.notifier = notifier_for(settings, self.context.campaign_name)
 
     def _event(self, **event: Any) -> None:
-        log.info("llem: %s", " ".join(f"{k}={v}" for k, v in event.items()))
+        # internal records (health checks, restarts) go to the manifest and the debug log, not the console
+        log.debug("llem: %s", " ".join(f"{k}={v}" for k, v in event.items()))
         if self.context.manifest_path is not None:
             record_event(self.context.manifest_path, event)
 
@@ -339,10 +371,10 @@ class CampaignRunner:
         else:
             err = ret._return_value
             error = f"{type(err).__name__}: {err}"
-            self._update(job_num, status="failed", error=error, **done)
+            self._update(job_num, status="failed", error=error, retryable=retryable(err), **done)
         status = "completed" if ret.status == JobStatus.COMPLETED else "failed"
         if self.progress is not None:
-            self.progress.job_finished(job_num, status)
+            self.progress.job_finished(job_num, status, reason=None if error is None else first_line(error))
         if self.context.notifier is not None:
             self.context.notifier.job_finished(
                 job_num=job_num, overrides=list(ret.overrides or []), status=status, error=error, result_path=path,

@@ -48,6 +48,11 @@ class ManifestJob(_Model):
     started_at: str | None = None
     completed_at: str | None = None
     attempts: int = 0
+    retryable: bool = Field(
+        True,
+        description="False when the last failure cannot change by running again in this environment (engine not "
+        "installed, hardware unsupported, settings this machine cannot run): not retried within the run.",
+    )
     retired: bool = Field(False, description="No longer part of the campaign (kept with its result).")
 
 

@@ -147,3 +147,20 @@ def test_campaign_wide_keys_on_the_command_line(tmp_path: Path) -> None:
         ["model=qwen2.5-0.5b", "dataset=synthetic", "num_input_prompts=4", "backend.batch_size=2"],
     ]
     assert m.group_by == ["backend.batch_size"] and m.swept_keys == ["backend.batch_size"]
+
+
+@pytest.mark.slow
+def test_an_engine_this_machine_lacks_fails_once_with_its_reason(tmp_path: Path) -> None:
+    """Tried as a new user would: a two-backend sweep where one engine is not installed."""
+    proc = _multirun(tmp_path, *FAST, "backend=pytorch,tensorrt", "fp_precision=float16", "baseline.enabled=false",
+                     "campaign.execution.cycles=2", "campaign.execution.warmup_prompts=0")  # fmt: skip
+    assert proc.returncode == 1
+    assert "HYDRA_FULL_ERROR" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "retrying" not in proc.stderr  # nothing a retry could change
+    assert "failed in" in proc.stderr and "HardwareUnsupported: TensorRT-LLM needs an NVIDIA GPU" in proc.stderr
+    assert "kind=health_check" not in proc.stderr  # internal records stay in the manifest and the debug log
+    m = _manifest(tmp_path)
+    trt = [j for j in m.jobs if j.backend == "tensorrt"]
+    assert [(j.status, j.attempts, j.retryable) for j in trt] == [("failed", 1, False)] * 2
+    assert [j.status for j in m.jobs if j.backend == "pytorch"] == ["completed"] * 2
+    assert "2 job(s) failed:" in proc.stderr and "campaign finished: 2 done, 2 failed of 4" in proc.stderr
