@@ -165,8 +165,14 @@ class FastComposer:
         plain, omega = self._base(groups)
         if plain is not None:
             cfg = _copy(plain)
+            interpolated = False
             for override in values:
                 apply_value_override(cfg, override)
+                interpolated = interpolated or _has_interpolation(override.value())
+            if interpolated:  # e.g. experiment_name=${backend.name}-run: plan what the job will run
+                resolved = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
+                assert isinstance(resolved, dict)
+                return resolved
             return cfg
         assert omega is not None
         from hydra._internal.config_loader_impl import ConfigLoaderImpl

@@ -59,3 +59,16 @@ def test_interpolations_take_the_exact_path(tmp_path: Path) -> None:
         composer = FastComposer(GlobalHydra.instance().config_loader(), "config")
         for overrides in (["a=5"], ["a=7", "+d=${a}"], []):
             assert composer.compose(overrides) == _full(overrides)
+
+
+def test_interpolations_in_job_overrides_are_planned_as_they_run(loader: Any) -> None:
+    """A job value holding an interpolation resolves as in the job itself, so the planned hash is the run's."""
+    composer = FastComposer(loader, "config")
+    for overrides in (
+        ["experiment_name=${backend.name}-run"],
+        ["backend=vllm", "experiment_name=${backend.name}-${fp_precision}"],
+        ["max_input_tokens=99", "max_output_tokens=${max_input_tokens}"],
+    ):
+        planned = composer.compose(overrides)
+        assert planned == _full(overrides), overrides
+        assert "${" not in str(planned)

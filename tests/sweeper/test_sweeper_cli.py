@@ -164,3 +164,18 @@ def test_an_engine_this_machine_lacks_fails_once_with_its_reason(tmp_path: Path)
     assert [(j.status, j.attempts, j.retryable) for j in trt] == [("failed", 1, False)] * 2
     assert [j.status for j in m.jobs if j.backend == "pytorch"] == ["completed"] * 2
     assert "2 job(s) failed:" in proc.stderr and "campaign finished: 2 done, 2 failed of 4" in proc.stderr
+
+
+@pytest.mark.slow
+def test_interpolated_overrides_resume_without_running_again(tmp_path: Path) -> None:
+    args = (*FAST, "experiment_name=${backend.name}-run", "backend.batch_size=1,2", "baseline.enabled=false",
+            "campaign.execution.cycles=1", "campaign.execution.warmup_prompts=0")  # fmt: skip
+    first = _multirun(tmp_path, *args)
+    assert first.returncode == 0, first.stderr
+    planned = {j.job_num: j.config_hash for j in _manifest(tmp_path).jobs}
+    ran = {j.job_num: read_result(Path(j.result_path or "")).config_hash for j in _manifest(tmp_path).jobs}
+    assert planned == ran  # the plan is what ran
+    assert read_result(Path(_manifest(tmp_path).jobs[0].result_path or "")).experiment_name == "pytorch-run"
+    again = _multirun(tmp_path, *args)
+    assert again.returncode == 0 and "2 job(s) already completed" in again.stderr
+    assert "started (" not in again.stderr
