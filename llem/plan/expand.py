@@ -209,6 +209,13 @@ def _grid_configs(
 def _explicit_configs(
     campaign: CampaignSettings, cli: CliAxes, default_backend: str, defaults: CampaignDefaults
 ) -> list[PlannedConfig]:
+    if cli.backend is not None:
+        chosen = ",".join(override_value(c) for c in cli.backend.choices)
+        raise PlanError(
+            f"backend={chosen} on the command line: a campaign's configs/experiments each name their own backend, "
+            "so it would not apply to them; set `backend` in those experiment files or in "
+            "`experiments[].overrides`, or sweep backends with `grid.backends`"
+        )
     out: list[PlannedConfig] = []
     sources: list[tuple[str, str, dict[str, Any]]] = [(p, f"configs[{i}]", {}) for i, p in enumerate(campaign.configs)]
     sources += [(e.config, f"experiments[{i}]", e.overrides) for i, e in enumerate(campaign.experiments)]

@@ -80,6 +80,18 @@ def test_models_axis_uses_groups_or_names() -> None:
     assert [c.overrides[1] for c in configs] == ["model=tiny", "model.name=org/model-x"]
 
 
+def test_backend_on_the_command_line_is_refused_for_explicit_experiments(tmp_path: Path) -> None:
+    """It would be silently ignored: each experiment file names its own backend."""
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({"backend": {"name": "pytorch", "batch_size": 2}}))
+    for settings in (_campaign(configs=[str(exp)]), _campaign(grid=EXAMPLE_GRID, experiments=[{"config": str(exp)}])):
+        with pytest.raises(PlanError, match=r"backend=vllm on the command line: .*grid\.backends"):
+            expand([_axis("backend", "vllm")], settings, default_backend="pytorch", model_options=set())
+    grid_only = expand([_axis("backend", "vllm")], _campaign(grid=EXAMPLE_GRID), default_backend="pytorch",
+                       model_options=set())  # fmt: skip
+    assert {c.backend for c in grid_only} == {"vllm"}  # a grid takes it: it picks the grid's backends
+
+
 def test_explicit_experiments_and_configs_become_overrides(tmp_path: Path) -> None:
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump({
