@@ -206,6 +206,35 @@ def jobs_table(frame: pd.DataFrame) -> Table:
     return Table("Completed jobs", headers, rows, note)
 
 
+NOT_COMPLETED = ("failed", "interrupted", "invalid", "skipped")
+MAX_REASON_CHARS = 300
+
+
+def problem_jobs_table(campaign: Campaign) -> Table | None:
+    """Failed, interrupted, invalid and skipped jobs with their reasons (None when every job completed)."""
+    if campaign.manifest is None:
+        return None
+    jobs = [j for j in campaign.manifest.jobs if j.status in NOT_COMPLETED]
+    if not jobs:
+        return None
+    rows = []
+    for job in jobs[:MAX_JOB_ROWS]:
+        reason = (job.error or "").strip().splitlines()[0] if (job.error or "").strip() else "no reason recorded"
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 1] + "…"
+        rows.append([str(job.job_num), job.status, " ".join(job.overrides) or "defaults", str(job.attempts), reason])
+    note = "Full errors and tracebacks are in the campaign manifest."
+    if len(jobs) > MAX_JOB_ROWS:
+        note += f" First {MAX_JOB_ROWS} of {len(jobs)}."
+    return Table("Jobs that did not complete", ["Job", "Status", "Overrides", "Attempts", "Reason"], rows, note)
+
+
+def _campaign_tables(report: CampaignReport) -> list[Table]:
+    problems = problem_jobs_table(report.campaign)
+    tables = [status_table(report.campaign), stats_table(report), jobs_table(report.frame)]
+    return tables + ([problems] if problems is not None else [])
+
+
 def config_means(frame: pd.DataFrame, metric: str) -> pd.Series:
     """Each configuration's mean of `metric` over its runs, by config hash (nulls ignored)."""
     if not len(frame):
@@ -310,7 +339,7 @@ def _campaign_markdown(report: CampaignReport, out_dir: Path, heading: str) -> s
     parts = [f"## {heading}", "", *(f"- {fact}" for fact in _facts(report)), ""]
     parts += [f"- Problem: {p}" for p in report.campaign.problems]
     parts.append("")
-    for table in (status_table(report.campaign), stats_table(report), jobs_table(report.frame)):
+    for table in _campaign_tables(report):
         parts.append(table_markdown(table))
     parts.append("### Plots\n")
     for plot in report.plots:
@@ -377,7 +406,7 @@ def _campaign_html(report: CampaignReport, heading: str, anchor: str) -> str:
     out += [f"<li>{_e(fact.replace('`', ''))}</li>" for fact in _facts(report)]
     out += [f'<li class="problem">Problem: {_e(p)}</li>' for p in report.campaign.problems]
     out.append("</ul>")
-    for table in (status_table(report.campaign), stats_table(report), jobs_table(report.frame)):
+    for table in _campaign_tables(report):
         out.append(table_html(table))
     out.append("<h3>Plots</h3>")
     for plot in report.plots:

@@ -52,7 +52,8 @@ def test_dom_has_tables_and_decoded_inline_images(report_dir: Path, tmp_path: Pa
     plain = _chromium(tmp_path, "--dump-dom", (report_dir / "report.html").as_uri())
     assert plain.returncode == 0, plain.stderr[-2000:]
     dom = plain.stdout
-    assert dom.count("<table") == 3 and "Statistics by configuration" in dom and "Completed jobs" in dom
+    assert dom.count("<table") == 4 and "Statistics by configuration" in dom and "Completed jobs" in dom
+    assert "Jobs that did not complete" in dom
     assert len(re.findall(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+"', dom)) == 2
 
     probed = tmp_path / "report-probed.html"
@@ -63,7 +64,7 @@ def test_dom_has_tables_and_decoded_inline_images(report_dir: Path, tmp_path: Pa
     assert found, "the probe did not run"
     probe = json.loads(found.group(1))
     # rows: 4 job statuses (completed, failed, pending, total) + 2 configurations + 6 jobs
-    assert probe == {"images": 2, "decoded": 2, "data_uris": 2, "tables": 3, "rows": 4 + 2 + 6, "visible_tables": 3}
+    assert probe == {"images": 2, "decoded": 2, "data_uris": 2, "tables": 4, "rows": 4 + 2 + 6 + 1, "visible_tables": 4}
 
 
 def test_screenshot_is_not_blank(report_dir: Path, tmp_path: Path) -> None:

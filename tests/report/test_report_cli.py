@@ -39,7 +39,10 @@ def test_report_files_exist_and_plots_are_pngs(report_dir: Path, campaign_dir: P
     assert "### Statistics by configuration" in md and "CV above 0.1" in md
     # the HTML stands alone: images inline, no references to files
     assert page.count('<img src="data:image/png;base64,') == 2 and "plots/" not in page
-    assert page.count('<table class="llem-table">') == 3
+    assert page.count('<table class="llem-table">') == 4
+    # jobs that did not complete are listed with their reasons (the pending one has not run: not listed)
+    assert "### Jobs that did not complete" in md and "| 6 | failed |" in md and "| boom |" in md
+    assert "| 7 | pending |" not in md
     assert (campaign_dir / "summary.csv").is_file() and (campaign_dir / "summary.parquet").is_file()
 
 
