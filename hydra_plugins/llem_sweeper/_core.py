@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from llem.atomic import atomic_write_text, remove_stale_temps
 from llem.config import CampaignSettings, ConfigError
 from llem.config.campaign import CampaignDaemonConfig, campaign_id
-from llem.launch.runner import first_line, result_path_of
+from llem.launch.runner import first_line, result_path_of, retryable
 from llem.notify import Notifier, notifier_for
 from llem.plan import schedule
 from llem.plan.campaign_file import CampaignFileError, load_settings
@@ -38,6 +38,8 @@ from llem.plan.manifest import (
     write_manifest,
 )
 from llem.plan.planner import Plan, build_manifest, make_plan
+from llem.plan.preflight import Workers, preflight
+from llem.plan.preflight import report as preflight_report
 from llem.plan.resume import PlanChanged, reconcile, runnable
 from llem.plan.table import print_plan
 
@@ -106,7 +108,7 @@ def _job_outcome(ret: JobReturn) -> dict[str, Any]:
     if ret.status == JobStatus.COMPLETED:
         return {**done, "status": "completed", "error": None}
     error = ret._return_value  # the exception a FAILED job carries
-    return {**done, "status": "failed", "error": f"{type(error).__name__}: {error}"}
+    return {**done, "status": "failed", "error": f"{type(error).__name__}: {error}", "retryable": retryable(error)}
 
 
 def _generic_sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
@@ -243,6 +245,8 @@ def _run_locked(
         except PlanChanged as error:
             raise SweepError(f"llem: {error}") from None
         attach_config_files(manifest, sweep_dir, settings.io)
+        for job in manifest.jobs:
+            job.retryable = True  # the environment may have been fixed since; preflight checks again
         manifest.campaign_id = campaign_id(manifest.campaign_name)
         manifest.group_by = list(settings.group_by)  # how results are grouped never changes what is measured
         if not sweeper.dry_run:
@@ -266,6 +270,7 @@ def _run_locked(
     sweeper.sweep_dir = sweep_dir
     sweeper.notifier = notifier_for(settings, manifest.campaign_name)  # shared with the llem launcher's runner
     try:
+        _preflight(sweeper, plan, path)
         try:
             if settings.daemon is not None and settings.daemon.enabled:
                 returns = _run_daemon(sweeper, settings, path)
@@ -292,6 +297,45 @@ def _run_locked(
         if sweeper.notifier is not None:
             sweeper.notifier.close()  # waits for queued events at most the notification timeout
     return returns
+
+
+def _workers(launcher_cfg: Any) -> Workers | None:
+    """Where the llem launchers run jobs; None for other launchers (their jobs run elsewhere, e.g. SLURM)."""
+    target = str(launcher_cfg.get("_target_", ""))
+    from llem.energy import visible_gpu_count
+
+    if target.endswith("LlemLocalLauncher"):
+        return Workers("local", python=launcher_cfg.get("python"), gpu_count=visible_gpu_count())
+    if target.endswith("LlemContainerLauncher"):
+        images = dict(OmegaConf.to_container(launcher_cfg.get("images") or {}, resolve=True))  # type: ignore[arg-type]
+        return Workers("container", engine=str(launcher_cfg.get("engine")), images=images,
+                       gpu_count=visible_gpu_count())  # fmt: skip
+    return None
+
+
+def _preflight(sweeper: Any, plan: Plan, path: Path) -> None:
+    """Fail, before anything launches, the jobs that cannot run on this machine; print every problem at once."""
+    workers = _workers(sweeper.config.hydra.launcher)
+    if workers is None:
+        return
+    todo = runnable(read_manifest(path), sweeper.max_attempts)
+    problems = preflight(
+        ((j.job_num, plan.resolved[j.config_hash]) for j in todo if j.config_hash in plan.resolved), workers
+    )
+    if not problems:
+        return
+    print(preflight_report(problems), file=sys.stderr)
+    now = utc_now()
+    manifest = update_jobs(path, {
+        n: {"status": "failed", "error": f"preflight: {reason}", "retryable": False, "completed_at": now}
+        for n, reason in problems.items()
+    })  # fmt: skip
+    if sweeper.notifier is not None:
+        for job in (j for j in manifest.jobs if j.job_num in problems):
+            sweeper.notifier.job_finished(
+                job_num=job.job_num, overrides=job.overrides, status="failed", error=job.error, cycle=job.cycle,
+                repetition=job.repetition, attempt=job.attempts, backend=job.backend,
+            )
 
 
 def _contiguous_batches(jobs: list[ManifestJob], size: int | None) -> list[list[ManifestJob]]:
@@ -342,7 +386,7 @@ def _notify_jobs(notifier: Notifier | None, jobs: list[ManifestJob], outcomes: d
 def _run_repetition(sweeper: Any, settings: CampaignSettings, path: Path, repetition: int) -> list[Any]:
     """Run every job of one repetition that is not done, then retry failures within max_attempts."""
     manifest = read_manifest(path)
-    todo = runnable(manifest, sweeper.max_attempts, repetition)
+    todo = [j for j in runnable(manifest, sweeper.max_attempts, repetition) if j.retryable]
     done = sum(1 for j in manifest.jobs if j.repetition == repetition and j.status == "completed")
     launcher = sweeper.launcher
     if hasattr(launcher, "attach_campaign"):
@@ -378,6 +422,7 @@ def _add_repetition(path: Path, repetition: int) -> None:
         job.job_num, job.repetition, job.status = next_num, repetition, "pending"
         job.error = job.started_at = job.completed_at = None
         job.attempts = 0
+        job.retryable = True
         job.result_path = str(Path(manifest.sweep_dir) / str(next_num) / "result.json") if template.result_path else None
         manifest.jobs.append(job)
         next_num += 1

@@ -39,7 +39,7 @@ def worker_pythonpath(python: str) -> list[str]:
     only the project paths, never this interpreter's stdlib or site-packages.
     """
     paths = [p for p in sys.path if p]
-    if os.path.realpath(python) == os.path.realpath(sys.executable):
+    if os.path.abspath(python) == os.path.abspath(sys.executable):  # venvs share the base binary: no realpath
         return paths
     return [p for p in paths if not _installed_path(p)]
 

