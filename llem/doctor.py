@@ -13,7 +13,6 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -43,15 +42,6 @@ class Check:
     status: str
     detail: str
     fix: str = ""
-
-
-def _nvml_module() -> Any:
-    """The NVML module: `pynvml`, or a scripted one named by LLEM_NVML_FACTORY (tests)."""
-    factory = os.environ.get(protocol.NVML_FACTORY_ENV)
-    if not factory:
-        return None
-    module_name, _, attr = factory.partition(":")
-    return getattr(importlib.import_module(module_name), attr or "nvml")()
 
 
 def gpu_checks(nvml_module: Any = None) -> list[Check]:
@@ -206,7 +196,7 @@ def diagnose(
 ) -> list[Check]:
     """Every check, in the order a user fixes them: measurement devices, engines, containers."""
     return [
-        *gpu_checks(nvml_module if nvml_module is not None else _nvml_module()),
+        *gpu_checks(nvml_module if nvml_module is not None else protocol.nvml_from_env()),
         *rapl_checks(rapl_root),
         *engine_checks(),
         *container_checks(container_engines, images),

@@ -24,6 +24,20 @@ OP_UNLOAD = "unload"
 OP_SHUTDOWN = "shutdown"
 
 
+def nvml_from_env() -> Any:
+    """A scripted NVML named by LLEM_NVML_FACTORY (`module:function`), or None for the real `pynvml`.
+
+    Lets tests drive workers and the doctor, which run in other processes, against a fake GPU.
+    """
+    factory = os.environ.get(NVML_FACTORY_ENV)
+    if not factory:
+        return None
+    import importlib
+
+    module_name, _, attr = factory.partition(":")
+    return getattr(importlib.import_module(module_name), attr or "nvml")()
+
+
 def pack(obj: Any) -> bytes:
     return cloudpickle.dumps(obj)
 

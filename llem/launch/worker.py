@@ -71,12 +71,6 @@ def _set_campaign_warmup(warmup: dict[str, Any] | None) -> None:
         task.CAMPAIGN_WARMUP.update(warmup)
 
 
-def _nvml_module() -> Any:
-    factory = os.environ.get(protocol.NVML_FACTORY_ENV)
-    if not factory:
-        return None
-    module_name, _, attr = factory.partition(":")
-    return getattr(importlib.import_module(module_name), attr or "nvml")()
 
 
 def _health() -> dict[str, Any]:
@@ -85,7 +79,7 @@ def _health() -> dict[str, Any]:
     from llem.energy.devices.nvml import NvmlDevices
 
     try:
-        devices = NvmlDevices.open(None, nvml=_nvml_module())
+        devices = NvmlDevices.open(None, nvml=protocol.nvml_from_env())
     except DeviceUnavailable as error:
         return {"ok": True, "devices": {}, "unavailable_reason": error.reason}
     own = _own_model_bytes()
