@@ -7,23 +7,26 @@ build scheduling the same number of sequences at once.
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from llem.config import ExperimentConfig
 from llem.measure import latency
 from llem.measure.session import BackendSession
+from llem.models.tiny import ensure_tiny_model
 from llem.prompts.load import load_prompts
 from tests.backends._vllm import VLLM_CPU_BACKEND, needs_vllm
 
 pytestmark = pytest.mark.slow
 
 
-def _experiment(backend: dict[str, Any]) -> ExperimentConfig:
+def _experiment(backend: dict[str, Any], model: dict[str, Any] | None = None) -> ExperimentConfig:
     return ExperimentConfig.model_validate(
         {
-            "model": {"name": "builtin:tiny"},
+            "model": model or {"name": "builtin:tiny"},
             "dataset": {"source": "synthetic", "input_tokens": 24},
             "num_input_prompts": 8,
             "max_input_tokens": 64,
@@ -68,22 +71,46 @@ def test_sequential_batches_wait_in_ttft_but_not_in_prefill(torch_session: Backe
         assert q + p == pytest.approx(t, rel=1e-9)
 
 
+def _compute_bound_model(workdir: Path) -> Path:
+    """An 8-layer, 512-wide random Llama with the tiny model's tokenizer.
+
+    With the 2-layer tiny model a decoding step costs about a millisecond, so the engines' fixed per-step
+    overhead (vLLM's scheduler, here on a CPU) would decide the comparison; this model makes the steps'
+    compute dominate, as on a real model, so the comparison is about the clock.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    tiny = ensure_tiny_model()
+    config = LlamaConfig.from_pretrained(tiny)
+    config.hidden_size, config.intermediate_size = 512, 1376
+    config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads = 8, 8, 8
+    torch.manual_seed(0)
+    out = workdir / "llama-8x512"
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(out)
+    return out
+
+
 @pytest.mark.vllm
 @needs_vllm
-def test_pytorch_and_vllm_ttft_agree_with_the_same_concurrency(
-    torch_session: BackendSession, vllm_session: BackendSession
-) -> None:
-    # alternate the engines, so a burst of load on this shared machine hits both alike; compare medians
-    torch_p50, vllm_p50 = [], []
-    for _ in range(3):
-        torch_seqs = _timed_sequences(torch_session, _experiment({"name": "pytorch", "batch_size": 4}))
-        vllm_seqs = _timed_sequences(vllm_session, _experiment(VLLM_CPU_BACKEND))  # max_num_seqs=4
-        torch_p50.append(statistics.median(latency.ttft_ms(torch_seqs)))
-        vllm_p50.append(statistics.median(latency.ttft_ms(vllm_seqs)))
-    torch_ttft, vllm_ttft = statistics.median(torch_p50), statistics.median(vllm_p50)
-    assert 0.5 < torch_ttft / vllm_ttft < 2.0, (torch_p50, vllm_p50)
-    # vLLM says when its scheduler took each request up: the first four at once, the rest after a wait
-    queue = sorted(latency.queue_ms(vllm_seqs))
-    assert len(queue) == 8 and latency.scheduled_unavailable(vllm_seqs) is None
-    assert max(queue[:4]) < min(queue[4:])
-    assert all(p > 0 for p in latency.prefill_ms(vllm_seqs))
+def test_pytorch_and_vllm_ttft_agree_with_the_same_concurrency(tmp_path: Path) -> None:
+    model = {"name": str(_compute_bound_model(tmp_path))}
+    torch_session, vllm_session = BackendSession(), BackendSession()
+    try:
+        # alternate the engines, so a burst of load on this shared machine hits both alike; compare medians
+        torch_p50, vllm_p50 = [], []
+        for _ in range(3):
+            torch_seqs = _timed_sequences(torch_session, _experiment({"name": "pytorch", "batch_size": 4}, model))
+            vllm_seqs = _timed_sequences(vllm_session, _experiment(VLLM_CPU_BACKEND, model))  # max_num_seqs=4
+            torch_p50.append(statistics.median(latency.ttft_ms(torch_seqs)))
+            vllm_p50.append(statistics.median(latency.ttft_ms(vllm_seqs)))
+        torch_ttft, vllm_ttft = statistics.median(torch_p50), statistics.median(vllm_p50)
+        assert 0.5 < torch_ttft / vllm_ttft < 2.0, (torch_p50, vllm_p50)
+        # vLLM says when its scheduler took each request up: the first four at once, the rest after a wait
+        queue = sorted(latency.queue_ms(vllm_seqs))
+        assert len(queue) == 8 and latency.scheduled_unavailable(vllm_seqs) is None
+        assert max(queue[:4]) < min(queue[4:])
+        assert all(p > 0 for p in latency.prefill_ms(vllm_seqs))
+    finally:
+        torch_session.release()
+        vllm_session.release()
