@@ -139,6 +139,46 @@ class MemoryReport:
         return {**self._values, "methods": dict(self._methods), "unavailable": unavailable}
 
 
+def report_pooled_engine(
+    report: MemoryReport,
+    *,
+    engine: str,
+    weights: int | None,
+    weights_missing: str,
+    pool_bytes: int | None,
+    pool_method: str,
+    pool_missing: str,
+    kv_window: dict[str, Any],
+    kv_method: str,
+) -> None:
+    """The figures of an engine that keeps its weights and a KV cache pool out of this process (vLLM, TensorRT-LLM).
+
+    Weights come from the checkpoint headers, the pool from the engine's block count; the engine does not
+    report its activation memory, so the allocator peak stays null with that reason.
+    """
+    report.set(
+        "weights_bytes", weights, "safetensors checkpoint headers: parameter count x bytes of the run precision",
+        weights_missing,
+    )  # fmt: skip
+    report.set(
+        "reserved_bytes",
+        None if weights is None or pool_bytes is None else weights + pool_bytes,
+        f"weights + {pool_method}",
+        "the size of the weights is unknown (see weights_bytes)" if weights is None else pool_missing,
+    )
+    report.unavailable(
+        "peak_allocated_bytes",
+        f"{engine} does not report the activation memory of its forward passes, so weights + activations + KV "
+        "cache in use cannot be summed; the KV cache in use at its peak is memory.kv_cache_peak_bytes",
+    )
+    report.set(
+        "kv_cache_peak_bytes",
+        kv_window.get("peak_bytes"),
+        kv_method,
+        kv_window.get("unavailable_reason") or "KV cache use not reported",
+    )
+
+
 def _clear_peak_rss(pid: int) -> bool:
     """Reset one process's peak RSS (VmHWM) to its current RSS (Linux `clear_refs` 5)."""
     try:

@@ -28,7 +28,7 @@ from typing import Any
 from llem.backends.base import Backend, GenerationOutput, LoadInfo, SequenceTiming
 from llem.backends.errors import HardwareUnsupported
 from llem.backends.sampling import engine_sampling_kwargs
-from llem.backends.resources import HostPeakRss, KvCachePeak, MemoryReport, checkpoint_sizes
+from llem.backends.resources import HostPeakRss, KvCachePeak, MemoryReport, checkpoint_sizes, report_pooled_engine
 from llem.backends.stop_tokens import stop_token_ids
 from llem.config import ConfigError, ExperimentConfig, TensorRTConfig
 from llem.measure.flops import architecture_dict
@@ -464,13 +464,6 @@ class TensorRTBackend(Backend):
 
     def memory_stats(self) -> dict[str, Any]:
         report = MemoryReport()
-        weights = self._model_bytes
-        report.set(
-            "weights_bytes",
-            weights,
-            "safetensors checkpoint headers: parameter count x bytes of the run precision",
-            self._weights_missing,
-        )
         stats = self._iteration_stats(2.0) if self._llm is not None else None
         used, pool_blocks, tokens_per_block = kv_cache_block_stats(stats or [])
         for blocks in used:
@@ -481,38 +474,27 @@ class TensorRTBackend(Backend):
         block_bytes = None
         if self._kv_token_bytes is not None and tokens_per_block is not None:
             block_bytes = tokens_per_block * self._kv_token_bytes
-        pool_bytes = None if block_bytes is None or pool_blocks is None else pool_blocks * block_bytes
-        if weights is None:
-            why = "the size of the weights is unknown (see weights_bytes)"
-        elif stats is None:
-            why = "TensorRT-LLM returned no iteration stats (LLM.get_stats), so its KV cache pool size is unknown"
-        else:
-            why = "the KV cache pool size is unknown (no kvCacheStats in the iteration stats, or no model config)"
-        report.set(
-            "reserved_bytes",
-            None if weights is None or pool_bytes is None else weights + pool_bytes,
-            "weights + the KV cache pool (kvCacheStats.maxNumBlocks x tokensPerBlock x KV bytes per token of the "
-            "whole model, each rank holding its share of every block); the engine's activation workspace is not "
-            "included",
-            why,
-        )
-        report.unavailable(
-            "peak_allocated_bytes",
-            "TensorRT-LLM does not report the activation memory of its engine, so weights + activations + KV cache "
-            "in use cannot be summed; the KV cache in use at its peak is memory.kv_cache_peak_bytes",
-        )
-        self._host_rss.report(report)
         self._kv_window = self._kv_peak.summary(
-            self._kv_pool[0],
+            pool_blocks,
             block_bytes,
             "TensorRT-LLM iteration stats (kvCacheStats.usedNumBlocks, highest over the window's iterations)",
         )
-        report.set(
-            "kv_cache_peak_bytes",
-            self._kv_window.get("peak_bytes"),
-            "most KV cache blocks in use at once (kvCacheStats.usedNumBlocks) x bytes per block",
-            self._kv_window.get("unavailable_reason") or "KV cache use not reported",
+        report_pooled_engine(
+            report,
+            engine="TensorRT-LLM",
+            weights=self._model_bytes,
+            weights_missing=self._weights_missing,
+            pool_bytes=None if block_bytes is None or pool_blocks is None else pool_blocks * block_bytes,
+            pool_method="the KV cache pool (kvCacheStats.maxNumBlocks x tokensPerBlock x KV bytes per token of the "
+            "whole model, each rank holding its share of every block); the engine's activation workspace is not "
+            "included",
+            pool_missing="TensorRT-LLM returned no iteration stats (LLM.get_stats), so its KV cache pool size is unknown"
+            if stats is None
+            else "the KV cache pool size is unknown (no kvCacheStats in the iteration stats, or no model config)",
+            kv_window=self._kv_window,
+            kv_method="most KV cache blocks in use at once (kvCacheStats.usedNumBlocks) x bytes per block",
         )
+        self._host_rss.report(report)
         return report.as_dict()
 
     def effective_settings(self) -> dict[str, Any]:

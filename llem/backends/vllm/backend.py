@@ -25,7 +25,7 @@ from typing import Any
 from llem.backends.base import Backend, GenerationOutput, LoadInfo, SequenceTiming
 from llem.backends.errors import HardwareUnsupported
 from llem.backends.sampling import engine_sampling_kwargs
-from llem.backends.resources import HostPeakRss, KvCachePeak, MemoryReport, checkpoint_sizes
+from llem.backends.resources import HostPeakRss, KvCachePeak, MemoryReport, checkpoint_sizes, report_pooled_engine
 from llem.backends.stop_tokens import stop_token_ids
 from llem.config import ConfigError, ExperimentConfig, VLLMConfig
 from llem.measure.flops import architecture_dict
@@ -523,35 +523,20 @@ class VLLMBackend(Backend):
 
     def memory_stats(self) -> dict[str, Any]:
         report = MemoryReport()
-        weights = self._model_bytes
-        report.set(
-            "weights_bytes",
-            weights,
-            "safetensors checkpoint headers: parameter count x bytes of the run precision",
-            self._weights_missing,
-        )
-        kv_pool = self._settings.get("kv_cache_bytes")
-        report.set(
-            "reserved_bytes",
-            None if weights is None or kv_pool is None else weights + kv_pool,
-            "weights + the KV cache pool vLLM allocated (num_gpu_blocks x bytes per block); the headroom it keeps "
+        self._kv_window = self._kv_usage()  # the window ends here; later runs (e.g. a prefill pass) do not count
+        report_pooled_engine(
+            report,
+            engine="vLLM",
+            weights=self._model_bytes,
+            weights_missing=self._weights_missing,
+            pool_bytes=self._settings.get("kv_cache_bytes"),
+            pool_method="the KV cache pool vLLM allocated (num_gpu_blocks x bytes per block); the headroom it keeps "
             "for activations within gpu_memory_utilization is not included",
-            "the size of the weights is unknown (see weights_bytes)" if weights is None
-            else "the KV cache pool size is unknown for this attention layout",
-        )
-        report.unavailable(
-            "peak_allocated_bytes",
-            "vLLM does not report the activation memory of its forward passes, so weights + activations + KV cache "
-            "in use cannot be summed; the KV cache in use at its peak is memory.kv_cache_peak_bytes",
+            pool_missing="the KV cache pool size is unknown for this attention layout",
+            kv_window=self._kv_window,
+            kv_method="most KV cache blocks in use at once (vLLM's per-step scheduler statistics) x bytes per block",
         )
         self._host_rss.report(report)
-        self._kv_window = self._kv_usage()  # the window ends here; later runs (e.g. a prefill pass) do not count
-        report.set(
-            "kv_cache_peak_bytes",
-            self._kv_window.get("peak_bytes"),
-            "most KV cache blocks in use at once (vLLM's per-step scheduler statistics) x bytes per block",
-            self._kv_window.get("unavailable_reason") or "KV cache use not reported",
-        )
         return report.as_dict()
 
     def _kv_usage(self) -> dict[str, Any]:
