@@ -67,10 +67,9 @@ class CampaignProgress:
         self.total = total
         self.console = stream if isinstance(stream, Console) else Console(file=stream, stderr=stream is None)
         self.live = self.console.is_terminal and not quiet
-        self.done = already_done
-        self.failed = 0
+        self._already_done = already_done
         self._done_jobs: set[int] = set()
-        self._failed_jobs: set[int] = set()
+        self._failed_jobs: set[int] = set()  # failed at their latest attempt
         self._finished_here = 0
         self._last_finish: float | None = None
         self._running: dict[int, tuple[str, str, float]] = {}
@@ -157,20 +156,23 @@ class CampaignProgress:
             else:
                 self._refresh()
 
+    @property
+    def done(self) -> int:
+        return self._already_done + len(self._done_jobs)
+
+    @property
+    def failed(self) -> int:
+        return len(self._failed_jobs)
+
     def job_finished(self, job_num: int, status: str, reason: str | None = None) -> None:
         """Count a job once however often it was tried: a retry that succeeds is no longer a failure."""
         with self._lock:
             started = self._running.pop(job_num, None)
             if status in DONE_STATUSES:
-                if job_num not in self._done_jobs:
-                    self._done_jobs.add(job_num)
-                    self.done += 1
-                if job_num in self._failed_jobs:
-                    self._failed_jobs.discard(job_num)
-                    self.failed -= 1
-            elif job_num not in self._failed_jobs:
+                self._done_jobs.add(job_num)
+                self._failed_jobs.discard(job_num)
+            else:
                 self._failed_jobs.add(job_num)
-                self.failed += 1
             self._finished_here += 1
             self._last_finish = self._clock()
             took = f" in {self._clock() - started[2]:.1f} s" if started else ""
