@@ -12,7 +12,6 @@ from tests.fakes.fake_pynvml import FakeClock, FakeGpu, FakeNvml
 from llem.energy.devices.nvml import NvmlDevices
 from llem.energy.meters import (
     CrossCheckedMeter,
-    NullMeter,
     NvmlCounterMeter,
     NvmlPollingMeter,
     trapezoid_j,
@@ -216,20 +215,6 @@ def test_cross_checked_meter_reports_both_figures() -> None:
     assert w.polled_per_device == {"gpu0": pytest.approx(540.0), "gpu1": pytest.approx(200.0)}
     assert w.samples == 6
     meter.close()
-
-
-def test_null_meter_never_reports_zero() -> None:
-    clock = FakeClock()
-    meter = NullMeter("no energy source available: test", clock=clock)
-    meter.begin_window("run")
-    clock.advance(3.0)
-    w = meter.end_window("run")
-    assert w.source == "none"
-    assert w.total_j is None
-    assert w.per_device == {}
-    assert w.duration_s == pytest.approx(3.0)
-    assert w.unavailable_reason == "no energy source available: test"
-    assert w.to_dict()["total_j"] is None
 
 
 # --------------------------------------------------------------------- instant power and update periods

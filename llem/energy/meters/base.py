@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llem.energy.devices.nvml import NvmlDevices
 
-SOURCES = ("nvml", "nvml_polling", "rapl", "none")
-
 
 @dataclass
 class EnergyWindow:
