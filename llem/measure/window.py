@@ -9,7 +9,7 @@ until `min_seconds` have passed; every pass is whole, so per-pass figures are ex
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from llem.backends.base import Backend, GenerationOutput, SequenceTiming
@@ -22,11 +22,13 @@ class Window:
     """What one measured window ran and what the energy monitor saw over it."""
 
     name: str
-    passes: int
     duration_s: float
-    outputs: list[GenerationOutput]
+    outputs: list[GenerationOutput]  # one per pass
     energy: Any
-    pass_durations_s: list[float] = field(default_factory=list)
+
+    @property
+    def passes(self) -> int:
+        return len(self.outputs)
 
     @property
     def sequences(self) -> list[SequenceTiming]:
@@ -46,20 +48,16 @@ def run_window(
     The device is synchronised at both edges, so the window holds exactly the work it reports.
     """
     outputs: list[GenerationOutput] = []
-    pass_durations: list[float] = []
     backend.synchronize()
     monitor.begin_window(name)
     try:
         start = time.perf_counter()
         while True:
-            pass_start = time.perf_counter()
             outputs.append(backend.generate(prompts, experiment))
             backend.synchronize()
-            now = time.perf_counter()
-            pass_durations.append(now - pass_start)
-            if now - start >= min_seconds:
+            if time.perf_counter() - start >= min_seconds:
                 break
         duration = time.perf_counter() - start
     finally:
         energy = monitor.end_window(name)
-    return Window(name, len(outputs), duration, outputs, energy, pass_durations)
+    return Window(name, duration, outputs, energy)
