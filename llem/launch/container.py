@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,10 +176,16 @@ class ContainerWorker(WorkerHandle):
             status = f"container exited with code {state.exit_code}"
             if state.oom_killed:
                 status += " (OOM-killed)"
-        try:
-            logs = self.client.container.logs(self.container_id, tail=LOG_TAIL_LINES) if self.container_id else ""
-        except Exception as error:  # noqa: BLE001
-            logs = f"(logs unavailable: {error})"
+        logs: Any = ""
+        for attempt in range(3):  # right after a kill the engine may not have flushed the log yet
+            try:
+                logs = self.client.container.logs(self.container_id, tail=LOG_TAIL_LINES) if self.container_id else ""
+            except Exception as error:  # noqa: BLE001
+                logs = f"(logs unavailable: {error})"
+                break
+            if str(logs).strip() or self.container_id is None:
+                break
+            time.sleep(0.5 * (attempt + 1))
         return f"{status}; last lines of its log:\n{str(logs).strip()}"
 
     def _remove(self) -> None:
