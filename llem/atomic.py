@@ -14,10 +14,10 @@ CRASH_ENV = "LLEM_CRASH_AT_WRITE"
 _writes: dict[str, int] = {}
 
 
-def _maybe_crash(path: Path) -> None:
+def crash_point(path: Path) -> None:
     """Fault injection for crash tests: `LLEM_CRASH_AT_WRITE=<file name>:<n>` kills this process
-    (SIGKILL) during its n-th write of that file, after the temp file is written and before the
-    rename, the worst moment for a non-atomic writer."""
+    (SIGKILL) during its n-th write of that file at the worst moment: for an atomic file write, after the
+    temp file is written and before the rename; for the campaign database, before a transaction commits."""
     spec = os.environ.get(CRASH_ENV)
     if not spec:
         return
@@ -47,7 +47,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
-        _maybe_crash(path)
+        crash_point(path)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -30,6 +30,13 @@ def validate_campaign(data: dict[str, Any] | None) -> CampaignSettings:
     return settings
 
 
+def settings_of(config: DictConfig) -> CampaignSettings | None:
+    """Campaign settings of a composed llem job (None for other apps, or when the section is invalid)."""
+    if "campaign" not in config or OmegaConf.select(config, "backend.name") is None:
+        return None
+    return validate_campaign(OmegaConf.to_container(config.campaign, resolve=True))  # type: ignore[arg-type]
+
+
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
     """Resolve interpolations into a plain dict; a `???` left unset is a user error naming the key."""
     try:

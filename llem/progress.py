@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Callable, TextIO
 
@@ -34,6 +35,28 @@ def _duration(seconds: float | None) -> str:
         return "--:--:--"
     seconds = max(0, int(round(seconds)))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+@dataclass
+class GapPlan:
+    """The gaps still to come: `config_gap_s` before each job after the first, `cycle_gap_s` instead where
+    the cycle changes. `order` lists the jobs to run as (job number, cycle), in run order."""
+
+    config_gap_s: float = 0.0
+    cycle_gap_s: float = 0.0
+    order: list[tuple[int, int]] = field(default_factory=list)
+
+    def remaining_s(self, finished: set[int], started_any: bool) -> float:
+        """Gap time before the jobs not yet finished (the first job of a run has no gap before it)."""
+        left = [cycle for num, cycle in self.order if num not in finished]
+        total = 0.0
+        previous: int | None = None
+        for i, cycle in enumerate(left):
+            if i > 0 or started_any:
+                changed = previous is not None and cycle != previous
+                total += self.cycle_gap_s if changed else self.config_gap_s
+            previous = cycle
+        return total
 
 
 class _LiveText(ProgressColumn):
@@ -63,6 +86,8 @@ class CampaignProgress:
         stream: TextIO | Console | None = None,
         already_done: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        gaps: GapPlan | None = None,
+        title: str | None = None,
     ) -> None:
         self.total = total
         self.console = stream if isinstance(stream, Console) else Console(file=stream, stderr=stream is None)
@@ -78,6 +103,10 @@ class CampaignProgress:
         self._lock = threading.RLock()
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._gaps = gaps
+        self._gap_slept = 0.0  # gaps before jobs that have finished
+        self._gap_pending = 0.0  # a gap slept since the last finish
+        self._title = title
 
     # -- figures ---------------------------------------------------------------------
 
@@ -90,14 +119,22 @@ class CampaignProgress:
         return max(0, self.total - self.done - self.failed)
 
     def eta_s(self) -> float | None:
-        """Time left at this session's pace: elapsed per finished job (which allows for jobs that
-        overlap) times jobs remaining, counting down from the last finish; None before any finish."""
+        """Time left: the mean time per finished job (gaps excluded; it allows for jobs that overlap) times the
+        jobs remaining, plus the gaps still to come, counting down from the last finish; None before any finish."""
         if self.remaining == 0:
             return 0.0
         if self._finished_here == 0 or self._last_finish is None:
             return None
-        per_job = (self._last_finish - self._start) / self._finished_here
-        return max(0.0, per_job * self.remaining - (self._clock() - self._last_finish))
+        per_job = max(0.0, self._last_finish - self._start - self._gap_slept) / self._finished_here
+        gaps = 0.0
+        if self._gaps is not None:
+            gaps = self._gaps.remaining_s(self._done_jobs | self._failed_jobs, started_any=True)
+        return max(0.0, per_job * self.remaining + gaps - (self._clock() - self._last_finish))
+
+    def gap(self, seconds: float) -> None:
+        """A gap of `seconds` is about to be slept: job time excludes it, the ETA counts it where it lies ahead."""
+        with self._lock:
+            self._gap_pending += seconds
 
     def _counts(self) -> str:
         return (
@@ -124,7 +161,8 @@ class CampaignProgress:
             self._progress.start()
             self._task = self._progress.add_task("starting", total=self.total, completed=self.done + self.failed)
         else:
-            self._line(f"campaign started: {self.total} jobs ({self.done} already done)")
+            what = f"{self._title}: " if self._title else "campaign "
+            self._line(f"{what}started: {self.total} jobs ({self.done} already done)")
         return self
 
     def __exit__(
@@ -134,8 +172,9 @@ class CampaignProgress:
         tb: TracebackType | None,
     ) -> None:
         ending = "interrupted" if exc_type is not None else "finished"
+        what = f"{self._title}" if self._title else "campaign"
         summary = (
-            f"campaign {ending}: {self.done} done, {self.failed} failed of {self.total} "
+            f"{what} {ending}: {self.done} done, {self.failed} failed of {self.total} "
             f"in {_duration(self.elapsed_s)}"
         )
         if self._progress is not None:
@@ -175,6 +214,8 @@ class CampaignProgress:
                 self._failed_jobs.add(job_num)
             self._finished_here += 1
             self._last_finish = self._clock()
+            self._gap_slept += self._gap_pending
+            self._gap_pending = 0.0
             took = f" in {self._clock() - started[2]:.1f} s" if started else ""
             why = f": {reason}" if reason and status not in DONE_STATUSES else ""
             if self._progress is None:

@@ -1,7 +1,7 @@
-"""`hydra/launcher=llem_container`: one long-lived container per routing key (per backend)."""
+"""`hydra/launcher=llem_container`: one long-lived container per routing key (see llem.launch.hydra_launcher)."""
 
-from hydra_plugins.llem_launcher.llem_local_launcher import LlemLocalLauncher
+from llem.launch.hydra_launcher import LlemContainerLauncherBase
 
 
-class LlemContainerLauncher(LlemLocalLauncher):
+class LlemContainerLauncher(LlemContainerLauncherBase):
     kind = "container"

@@ -28,7 +28,6 @@ class LlemSweeper(Sweeper):
         self.hydra_context: Optional[HydraContext] = None
         self.config: Optional[DictConfig] = None
         self.launcher: Any = None
-        self.notifier: Any = None  # the campaign's webhook notifier, while a campaign runs
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -40,11 +39,12 @@ class LlemSweeper(Sweeper):
         )
 
     def sweep(self, arguments: List[str]) -> Any:
-        from hydra_plugins.llem_sweeper._core import SweepError, run_sweep
+        from hydra_plugins.llem_sweeper._core import run_sweep
+        from llem.campaign import CampaignError
 
         try:
             return run_sweep(self, arguments)
-        except SweepError as error:
+        except CampaignError as error:
             # A user mistake or failed jobs: the message says what and where. No traceback, and not Hydra's
             # HYDRA_FULL_ERROR hint (there is no stack worth reading); exit status 1.
             sys.stderr.write(f"{error}\n")

@@ -16,51 +16,17 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from llem.config import CampaignSettings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llem.config import CampaignSettings
 from llem.launch import protocol
 from llem.launch.handle import WorkerDied, WorkerHandle, WorkerTimeout
-from llem.measure.result import RESULT_FILENAME
-from llem.notify import Notifier, notifier_for
-from llem.plan.manifest import read_manifest, record_event, update_jobs, utc_now
+from llem.launch.outcome import JobFailure
 
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 30.0
-
-
-class JobFailure(RuntimeError):
-    """Why the launcher itself failed a job (worker death, timeout, unhealthy worker)."""
-
-
-# Failures no retry can change in the same environment: the engine is not installed, the hardware cannot run
-# the settings, the settings are invalid for this machine, the requested energy source does not exist here.
-PERMANENT_FAILURES = frozenset(
-    {"HardwareUnsupported", "ConfigError", "EngineArgsError", "BuildArgsError", "MeasurementError", "ValidationError"}
-)
-
-
-def failure_type(error: BaseException) -> str:
-    """The original exception class of a failure, also when it travelled from a worker as text."""
-    name = type(error).__name__
-    if name == "RuntimeError":  # a worker's exception, packed as "<Type>: <message>" (see llem.launch.worker)
-        head = str(error).split(":", 1)[0].strip()
-        if head.isidentifier():
-            return head
-    return name
-
-
-def retryable(error: BaseException) -> bool:
-    """Whether running the job again could succeed (a crash, a timeout, a lost device may be transient)."""
-    return failure_type(error) not in PERMANENT_FAILURES
-
-
-def first_line(error: str, limit: int = 240) -> str:
-    """The part of an error a console line shows: its first line, shortened."""
-    line = error.strip().splitlines()[0] if error.strip() else "no error message"
-    wrapper, _, rest = line.partition(": ")
-    if wrapper == "RuntimeError" and rest.split(":", 1)[0].strip().isidentifier() and ": " in rest:
-        line = rest  # a worker's exception packed as text: show its own type
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 @dataclass
@@ -73,23 +39,9 @@ class RunnerOptions:
 class _KeyState:
     worker: WorkerHandle | None = None
     experiments_since_check: int = 0
-    last_checked_cycle: int | None = None
+    last_checked_period: tuple[int | None, int | None] | None = None
     warmed: bool = False
     disabled_reason: str | None = None
-
-
-@dataclass
-class CampaignContext:
-    """What the llem sweeper tells the launcher (absent for other sweepers)."""
-
-    manifest_path: Path | None = None
-    settings: CampaignSettings | None = None
-    cycles: dict[int, int] = field(default_factory=dict)
-    repetitions: dict[int, int] = field(default_factory=dict)
-    backends: dict[int, str] = field(default_factory=dict)
-    attempts: dict[int, int] = field(default_factory=dict)
-    campaign_name: str | None = None
-    notifier: Notifier | None = None
 
 
 class CampaignRunner:
@@ -100,55 +52,46 @@ class CampaignRunner:
         make_worker: Callable[[str], WorkerHandle],
         options: RunnerOptions,
         sleep: Callable[[float], None] = time.sleep,
-        progress: Any = None,
     ) -> None:
         self.make_worker = make_worker
         self.options = options
-        self.context = CampaignContext()
+        self.session: Any = None
         self.keys: dict[str, _KeyState] = {}
         self.restarts = 0
         self.sleep = sleep
-        self.progress = progress
-        self._previous_cycle: int | None = None
-        self._current_attempts = 0
+        self._previous_cycle: tuple[int | None, int | None] | None = None
         self._ran_any = False
 
-    # ---------------------------------------------------------------- campaign context
-    def attach(self, manifest_path: Path | None, settings: CampaignSettings | None) -> None:
-        self.context.manifest_path = manifest_path
-        self.context.settings = settings
-        if manifest_path is not None and Path(manifest_path).exists():
-            manifest = read_manifest(manifest_path)
-            jobs = manifest.jobs
-            self.context.cycles = {j.job_num: j.cycle for j in jobs}
-            self.context.repetitions = {j.job_num: j.repetition for j in jobs}
-            self.context.backends = {j.job_num: j.backend for j in jobs}
-            self.context.attempts = {j.job_num: j.attempts for j in jobs}
-            self.context.campaign_name = manifest.campaign_name
-        if self.context.campaign_name is not None:
-            self.context.notifier = notifier_for(settings, self.context.campaign_name)
+    # ---------------------------------------------------------------- campaign
+    def attach(self, session: Any) -> None:
+        """The campaign's session (llem.campaign.JobSession): where every job's lifecycle is reported."""
+        self.session = session
 
-    def _notify_with(self, config: DictConfig) -> None:
-        """Without the llem sweeper, the campaign is named by its settings or the Hydra job."""
-        if self.context.campaign_name is None:
-            settings = self.context.settings
-            self.context.campaign_name = (settings.campaign_name if settings else None) or str(config.hydra.job.name)
-            self.context.notifier = notifier_for(settings, self.context.campaign_name)
+    @property
+    def settings(self) -> CampaignSettings | None:
+        return None if self.session is None else self.session.settings
+
+    def _session_for(self, config: DictConfig) -> Any:
+        """Without the llem sweeper, a detached session named by the settings or the Hydra job."""
+        if self.session is None:
+            from llem.campaign.session import JobSession
+            from llem.composed import settings_of
+
+            settings = settings_of(config)
+            name = (settings.campaign_name if settings else None) or str(config.hydra.job.name)
+            self.session = JobSession.detached(settings, name)
+        return self.session
+
+    def _session_for_job(self, job_num: int) -> Any:
+        if self.session is None:
+            from llem.campaign.session import JobSession
+
+            self.session = JobSession.detached(None, "campaign")
+        return self.session
 
     def _event(self, **event: Any) -> None:
-        # internal records (health checks, restarts) go to the manifest and the debug log, not the console
-        log.debug("llem: %s", " ".join(f"{k}={v}" for k, v in event.items()))
-        if self.context.manifest_path is not None:
-            record_event(self.context.manifest_path, event)
-
-    def _update(self, job_num: int, **fields: Any) -> None:
-        path = self.context.manifest_path
-        if path is None:
-            return
-        try:
-            update_jobs(path, {job_num: fields})
-        except KeyError:
-            pass  # a job the manifest does not list (another sweeper)
+        if self.session is not None:
+            self.session.event(**event)
 
     # ---------------------------------------------------------------- workers
     def _state(self, key: str) -> _KeyState:
@@ -167,13 +110,13 @@ class CampaignRunner:
         return state.worker
 
     def _max_restarts(self) -> int:
-        s = self.context.settings
+        s = self.settings
         return s.health_check.max_restarts if s is not None else 3
 
     def _restart(self, key: str, reason: str) -> bool:
         """Restart the key's worker if the campaign's restart budget allows; else disable the key."""
         state = self._state(key)
-        settings = self.context.settings
+        settings = self.settings
         allowed = settings is None or settings.health_check.restart_on_failure
         if not allowed or self.restarts >= self._max_restarts():
             why = "restarts are disabled" if not allowed else f"max_restarts ({self._max_restarts()}) reached"
@@ -207,35 +150,36 @@ class CampaignRunner:
                     log.warning("llem: could not stop worker: %s", error)
 
     # ---------------------------------------------------------------- between jobs
+    def _period(self, job_num: int) -> tuple[int | None, int | None]:
+        """(repetition, cycle) of a job: gaps and per-cycle health checks follow it, also across repetitions."""
+        if self.session is None:
+            return (None, None)
+        return (self.session.repetition_of(job_num), self.session.cycle_of(job_num))
+
     def _gap(self, job_num: int) -> None:
-        settings = self.context.settings
-        cycle = self.context.cycles.get(job_num)
+        settings = self.settings
+        period = self._period(job_num)
         if settings is not None and self._ran_any:
-            new_cycle = cycle is not None and self._previous_cycle is not None and cycle != self._previous_cycle
+            new_cycle = period[1] is not None and self._previous_cycle is not None and period != self._previous_cycle
             seconds = settings.execution.cycle_gap_seconds if new_cycle else settings.execution.config_gap_seconds
             if seconds > 0:
-                self._say(f"waiting {seconds:g} s ({'cycle' if new_cycle else 'config'} gap)")
+                self.session.say(f"waiting {seconds:g} s ({'cycle' if new_cycle else 'config'} gap)")
+                self.session.gap(seconds)
                 self.sleep(seconds)
-        self._previous_cycle = cycle
-
-    def _say(self, message: str) -> None:
-        if self.progress is not None:
-            self.progress.log(message)
-        else:
-            log.info("llem: %s", message)
+        self._previous_cycle = period
 
     def _health_due(self, key: str, job_num: int) -> bool:
-        settings = self.context.settings
+        settings = self.settings
         if settings is None or not settings.health_check.enabled:
             return False
         state = self._state(key)
         interval = settings.health_check.interval_experiments
         if interval > 0:
             return state.experiments_since_check >= interval
-        return state.last_checked_cycle != self.context.cycles.get(job_num, 0)
+        return state.last_checked_period != self._period(job_num)
 
     def _health_check(self, key: str, job_num: int) -> None:
-        settings = self.context.settings
+        settings = self.settings
         assert settings is not None
         state = self._state(key)
         threshold = settings.health_check.gpu_memory_threshold_pct
@@ -259,7 +203,7 @@ class CampaignRunner:
             problem = f"no answer to the health check ({error})"
             self._event(kind="health_check", key=key, job_num=job_num, healthy=False, reason=problem)
         state.experiments_since_check = 0
-        state.last_checked_cycle = self.context.cycles.get(job_num, 0)
+        state.last_checked_period = self._period(job_num)
         if problem is not None:
             self._restart(key, problem)
 
@@ -279,7 +223,7 @@ class CampaignRunner:
         return ret
 
     def _timeout(self) -> float | None:
-        settings = self.context.settings
+        settings = self.settings
         if settings is not None and settings.execution.experiment_timeout_seconds:
             return settings.execution.experiment_timeout_seconds
         return self.options.timeout_s
@@ -294,16 +238,17 @@ class CampaignRunner:
     ) -> JobReturn:
         """Run one composed job on its worker. `while_waiting` runs once the job is dispatched."""
         job_num = int(config.hydra.job.num)
-        self._notify_with(config)
+        session = self._session_for(config)
         key = str(OmegaConf.select(config, self.options.route_by, default=None) or "default")
         state = self._state(key)
-        self._current_attempts = self._attempts(job_num) + 1  # every hand-over counts, even one we fail ourselves
         self._gap(job_num)
         if state.disabled_reason is None and self._health_due(key, job_num):
             self._health_check(key, job_num)
+        # every hand-over counts as an attempt, even one the launcher fails itself
+        session.started(job_num, key=key, label=" ".join(filter_overrides(list(overrides))))
         if state.disabled_reason is not None:
             return self._finish(job_num, key, self._failed(config, overrides, JobFailure(state.disabled_reason)))
-        settings = self.context.settings
+        settings = self.settings
         try:
             worker = self._ensure_worker(key)
             if settings is not None and settings.cold_start.restart_container and worker.jobs_run > 0:
@@ -317,9 +262,6 @@ class CampaignRunner:
                 return self._finish(job_num, key, self._failed(config, overrides, JobFailure(str(state.disabled_reason))))
             worker = self._ensure_worker(key)
 
-        self._update(job_num, status="running", started_at=utc_now(), error=None, attempts=self._current_attempts)
-        if self.progress is not None:
-            self.progress.job_started(job_num, key, " ".join(filter_overrides(list(overrides))))
         message: dict[str, Any] = {"op": protocol.OP_RUN, "config": protocol.pack(config)}
         if not worker.context_sent:
             message["task_function"] = protocol.pack(task_function)
@@ -354,54 +296,20 @@ class CampaignRunner:
         self._ran_any = True
         return self._finish(job_num, key, ret)
 
-    def _attempts(self, job_num: int) -> int:
-        """Attempts so far, counted here (the manifest is read once, at attach time)."""
-        count = self.context.attempts.get(job_num, 0)
-        self.context.attempts[job_num] = count + 1
-        return count
-
     def _finish(self, job_num: int, key: str, ret: JobReturn) -> JobReturn:
-        done: dict[str, Any] = {"completed_at": utc_now(), "attempts": self._current_attempts}
-        path = result_path_of(ret)
-        if path is not None:
-            done["result_path"] = path
-        error: str | None = None
-        if ret.status == JobStatus.COMPLETED:
-            self._update(job_num, status="completed", error=None, **done)
-        else:
-            err = ret._return_value
-            error = f"{type(err).__name__}: {err}"
-            self._update(job_num, status="failed", error=error, retryable=retryable(err), **done)
-        status = "completed" if ret.status == JobStatus.COMPLETED else "failed"
-        if self.progress is not None:
-            self.progress.job_finished(job_num, status, reason=None if error is None else first_line(error))
-        if self.context.notifier is not None:
-            self.context.notifier.job_finished(
-                job_num=job_num, overrides=list(ret.overrides or []), status=status, error=error, result_path=path,
-                cycle=self.context.cycles.get(job_num), repetition=self.context.repetitions.get(job_num),
-                attempt=self._current_attempts, backend=self.context.backends.get(job_num),
-            )
+        self.session.finished(job_num, ret)
         return ret
 
     def compose_failed(self, job_num: int, overrides: Sequence[str], error: Exception) -> JobReturn:
         """A job whose config could not be composed: failed, with Hydra's message."""
-        self._current_attempts = self._attempts(job_num) + 1
+        self._session_for_job(job_num).started(job_num, label=" ".join(overrides))
         ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED,
                         _return_value=JobFailure(f"job {job_num} could not be composed: {error}"))
         return self._finish(job_num, "", ret)
 
     def mark_interrupted(self, job_num: int | None) -> None:
-        if job_num is not None:
-            self._update(job_num, status="interrupted", error="interrupted by the user", completed_at=utc_now())
-        self._event(kind="interrupted", job_num=job_num)
-
-
-def result_path_of(ret: JobReturn) -> str | None:
-    """Where a job's result.json is (None when the job has no output dir, e.g. it never started)."""
-    try:
-        return str(Path(ret.hydra_cfg.hydra.runtime.output_dir) / RESULT_FILENAME)  # type: ignore[union-attr]
-    except Exception:  # noqa: BLE001 - a failed or foreign job return may lack hydra_cfg
-        return None
+        if self.session is not None:
+            self.session.interrupted(job_num)
 
 
 def compose_job(

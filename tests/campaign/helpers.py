@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from llem.plan.manifest import CampaignManifest, read_manifest
+from llem.campaign.state import read_state
+from llem.plan.manifest import CampaignManifest
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["num_input_prompts=2", "max_output_tokens=3", "max_input_tokens=16", "warmup.num_prompts=0",
@@ -28,8 +29,8 @@ def start(sweep: Path, *args: str, env: dict[str, str] | None = None) -> subproc
 
 
 def manifest(sweep: Path) -> CampaignManifest | None:
-    path = sweep / ".state" / "campaign_manifest.json"
-    return read_manifest(path) if path.exists() else None
+    """The campaign's live state (the database; the JSON export may lag by a few seconds)."""
+    return read_state(sweep / ".state" / "campaign_manifest.json")
 
 
 def wait_for(proc: subprocess.Popen[str], sweep: Path, condition: Callable[[CampaignManifest], bool],

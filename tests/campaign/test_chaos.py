@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from llem.measure.result import read_result
+from llem.plan.manifest import read_manifest
 from tests.campaign import helpers as h
 
 pytestmark = pytest.mark.slow
@@ -53,11 +54,19 @@ def test_kill_and_resume_until_done(tmp_path: Path) -> None:
     seen = _fingerprints(sweep)
     assert any(e["kind"] == "resumed" for e in m.events)
 
-    # 3. resumed, then killed in the middle of a manifest write (after the temp file, before the rename)
-    proc = h.start(sweep, *AXES, gap, env={"LLEM_CRASH_AT_WRITE": "campaign_manifest.json:4"})
+    # 3. resumed, then killed in the middle of a state write (transaction written, not committed)
+    proc = h.start(sweep, *AXES, gap, env={"LLEM_CRASH_AT_WRITE": "campaign.db:4"})
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == -9, err[-2000:]
-    assert h.manifest(sweep) is not None  # still a whole, valid manifest
+    assert h.manifest(sweep) is not None  # the state is whole and readable
+    _unchanged(seen, sweep)
+    seen = _fingerprints(sweep)
+
+    # 3b. resumed, then killed while exporting the readable manifest (after the temp file, before the rename)
+    proc = h.start(sweep, *AXES, gap, env={"LLEM_CRASH_AT_WRITE": "campaign_manifest.json:1"})
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -9, err[-2000:]
+    read_manifest(sweep / ".state" / "campaign_manifest.json")  # the previous export is still whole
     _unchanged(seen, sweep)
     seen = _fingerprints(sweep)
 

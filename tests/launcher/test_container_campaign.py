@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from llem.measure.result import read_result
+from llem.campaign.state import read_state
 from llem.plan.manifest import read_manifest
-from hydra_plugins.llem_launcher._core import CAMPAIGN_LABEL, campaign_id
+from llem.launch.hydra_launcher import CAMPAIGN_LABEL
+from llem.launch.hydra_launcher import campaign_label as campaign_id
 from tests.containers import image
 
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(image.BUILD_TIMEOUT_S + 900)]
@@ -75,7 +77,7 @@ def test_container_killed_mid_job(ref: str, tmp_path: Path) -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()
-            if path.exists() and read_manifest(path).job(0).status == "running":
+            if (m := read_state(path)) is not None and m.job(0).status == "running":
                 break
             time.sleep(0.3)
         time.sleep(3)

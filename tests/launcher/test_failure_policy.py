@@ -6,7 +6,7 @@ import io
 import re
 
 from llem.backends.errors import HardwareUnsupported
-from llem.launch.runner import failure_type, first_line, retryable
+from llem.launch.outcome import failure_type, first_line, retryable
 from llem.launch.worker import _safe_exception
 from llem.progress import CampaignProgress
 

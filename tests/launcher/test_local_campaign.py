@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from llem.measure.result import read_result
+from llem.campaign.state import read_state
 from llem.plan.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
@@ -62,7 +63,7 @@ def _wait_running(tmp_path: Path, job_num: int, proc: subprocess.Popen[str], tim
     path = tmp_path / "sweep" / ".state" / "campaign_manifest.json"
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        if path.exists() and read_manifest(path).job(job_num).status == "running" and _worker_pids(tmp_path):
+        if (m := read_state(path)) is not None and m.job(job_num).status == "running" and _worker_pids(tmp_path):
             time.sleep(1.0)  # let the job get into generation
             return
         time.sleep(0.2)

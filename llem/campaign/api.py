@@ -1,0 +1,99 @@
+"""Campaigns from Python: the same plan, state and launchers as `python -m llem -m ...`, no command line.
+
+    from llem.campaign import run_campaign
+    outcome = run_campaign(["backend.batch_size=1,4", "model=tiny"], sweep_dir="runs/batch")
+    print(outcome.counts, outcome.manifest_path)
+
+Overrides are Hydra's, exactly as on the command line (`hydra/launcher=llem_container`,
+`campaign.execution.cycles=3`, `hydra.sweeper.max_attempts=1`, ...). Running the same call again
+resumes the campaign in `sweep_dir`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from llem.campaign.engine import Campaign, CampaignOptions, CampaignOutcome
+from llem.campaign.planning import manifest_path, plan_campaign
+from llem.campaign.state import recorded_shuffle_seed
+
+DEFAULT_SUBDIR = "${hydra.job.num}"
+
+
+def options_from(config: DictConfig) -> CampaignOptions:
+    """The engine options a composed config's `hydra.sweeper` section sets (llem sweeper keys)."""
+    sweeper = OmegaConf.select(config, "hydra.sweeper") or {}
+    known = set(CampaignOptions.__dataclass_fields__)
+    values = {k: v for k, v in dict(sweeper).items() if k in known}
+    values["max_attempts"] = max(1, int(values.get("max_attempts", 2)))
+    return CampaignOptions(**values)
+
+
+def workers_of(launcher: Any) -> Any:
+    """Where the llem launchers run jobs, for the preflight; None for other launchers (e.g. SLURM)."""
+    from llem.launch.hydra_launcher import LlemLauncher
+
+    return launcher.preflight_workers() if isinstance(launcher, LlemLauncher) else None
+
+
+def campaign_for(
+    config: DictConfig, config_loader: Any, launcher: Any, arguments: Sequence[str], options: CampaignOptions
+) -> Campaign:
+    """Plan the campaign a composed multirun config and its sweep arguments describe, on `launcher`."""
+    sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+    planned = plan_campaign(
+        config, config_loader, arguments,
+        recorded_seed=lambda settings: recorded_shuffle_seed(manifest_path(sweep_dir, settings)),
+    )  # fmt: skip
+    subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")  # type: ignore[union-attr]
+    return Campaign(
+        planned,
+        launcher=launcher,
+        sweep_dir=sweep_dir,
+        options=options,
+        campaign_name=str(config.hydra.job.name),
+        custom_subdir=str(subdir) != DEFAULT_SUBDIR,
+        workers=workers_of(launcher),
+        multirun_yaml=OmegaConf.to_yaml(config),
+    )
+
+
+def run_campaign(
+    overrides: Sequence[str] = (),
+    *,
+    sweep_dir: str | Path,
+    config_module: str = "llem.conf",
+    config_name: str = "config",
+    options: CampaignOptions | None = None,
+) -> CampaignOutcome:
+    """Plan and run (or resume) a campaign in `sweep_dir`; returns how it ended (see `CampaignOutcome.ok`).
+
+    Raises `CampaignError` for a mistake in the campaign (nothing launched) and `CampaignInterrupted`
+    on Ctrl-C. Failed jobs do not raise: they are in `outcome.failed`.
+    """
+    from hydra import initialize_config_module
+    from hydra.core.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.plugins import Plugins
+    from hydra.types import HydraContext, RunMode
+
+    from llem.task import run_task
+
+    all_overrides = [*overrides, f"hydra.sweep.dir={Path(sweep_dir).absolute()}"]
+    had_hydra = GlobalHydra.instance().is_initialized()
+    if had_hydra:
+        raise RuntimeError("run_campaign needs Hydra uninitialised (call it outside hydra.initialize/@hydra.main)")
+    with initialize_config_module(config_module=config_module, version_base="1.3", job_name="llem"):
+        loader = GlobalHydra.instance().config_loader()
+        config = loader.load_configuration(config_name=config_name, overrides=all_overrides, run_mode=RunMode.MULTIRUN)
+        HydraConfig.instance().set_config(config)
+        context = HydraContext(config_loader=loader, callbacks=Callbacks(config))
+        launcher = Plugins.instance().instantiate_launcher(hydra_context=context, task_function=run_task, config=config)
+        arguments = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))  # type: ignore[arg-type]
+        campaign = campaign_for(config, loader, launcher, arguments, options or options_from(config))
+        return campaign.run()

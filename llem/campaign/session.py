@@ -1,0 +1,143 @@
+"""What a launcher tells the campaign about its jobs, recorded in one place.
+
+Launchers never write campaign state themselves: they call `started`, `finished`, `placed`
+and `event` on the session the campaign hands them, and the session records the change,
+counts the attempt (once), updates the progress display and sends notifications.
+
+A session without state (`JobSession.detached`) serves a llem launcher run under another
+sweeper: it counts attempts and sends notifications, and records nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from hydra.core.utils import JobReturn
+
+from llem.campaign.state import CampaignState
+from llem.config import CampaignSettings
+from llem.launch.outcome import first_line, job_outcome
+from llem.notify import Notifier, notifier_for
+from llem.plan.manifest import ManifestJob, utc_now
+
+log = logging.getLogger(__name__)
+
+
+class JobSession:
+    """The campaign's side of a launcher: job lifecycle calls, thread-safe."""
+
+    def __init__(
+        self,
+        state: CampaignState | None,
+        settings: CampaignSettings | None,
+        *,
+        notifier: Notifier | None = None,
+        campaign_name: str | None = None,
+    ) -> None:
+        self.state = state
+        self.settings = settings
+        self.notifier = notifier
+        self.campaign_name = campaign_name
+        self.progress: Any = None  # a CampaignProgress while a repetition runs
+        self._attempts: dict[int, int] = {}  # detached sessions only
+        self._lock = threading.RLock()
+        self.on_finished: Callable[[int, str], None] | None = None
+
+    @classmethod
+    def detached(cls, settings: CampaignSettings | None, campaign_name: str) -> JobSession:
+        """For a llem launcher under another sweeper: notifications and attempt counts, no state."""
+        return cls(None, settings, notifier=notifier_for(settings, campaign_name), campaign_name=campaign_name)
+
+    # ------------------------------------------------------------------ lookups
+    def job(self, job_num: int) -> ManifestJob | None:
+        if self.state is None or not self.state.has_job(job_num):
+            return None
+        return self.state.job(job_num)
+
+    def cycle_of(self, job_num: int) -> int | None:
+        job = self.job(job_num)
+        return None if job is None else job.cycle
+
+    def repetition_of(self, job_num: int) -> int | None:
+        job = self.job(job_num)
+        return None if job is None else job.repetition
+
+    def attempts(self, job_num: int) -> int:
+        job = self.job(job_num)
+        return self._attempts.get(job_num, 0) if job is None else job.attempts
+
+    # ------------------------------------------------------------------ lifecycle
+    def started(self, job_num: int, *, key: str = "", label: str = "", **placement: Any) -> int:
+        """A job was handed to a worker: count the attempt, mark it running. Returns the attempt number."""
+        with self._lock:
+            attempt = self.attempts(job_num) + 1
+            if self.job(job_num) is None:
+                self._attempts[job_num] = attempt
+            else:
+                assert self.state is not None
+                self.state.update({job_num: {
+                    "status": "running", "started_at": utc_now(), "error": None, "attempts": attempt, **placement
+                }})  # fmt: skip
+            if self.progress is not None:
+                self.progress.job_started(job_num, key, label)
+        return attempt
+
+    def finished(self, job_num: int, ret: JobReturn, *, overrides: list[str] | None = None) -> dict[str, Any]:
+        """A job ended (completed or failed): record its outcome, show it, notify. Returns the recorded fields."""
+        outcome = {**job_outcome(ret), "completed_at": utc_now()}
+        with self._lock:
+            job = self.job(job_num)
+            if job is not None:
+                assert self.state is not None
+                self.state.update({job_num: outcome})
+            if self.progress is not None:
+                reason = None if outcome["error"] is None else first_line(outcome["error"])
+                self.progress.job_finished(job_num, outcome["status"], reason=reason)
+            if self.on_finished is not None:
+                self.on_finished(job_num, outcome["status"])
+        if self.notifier is not None:
+            self.notifier.job_finished(
+                job_num=job_num, overrides=list(overrides if overrides is not None else (ret.overrides or [])),
+                status=outcome["status"], error=outcome["error"], result_path=outcome.get("result_path"),
+                cycle=None if job is None else job.cycle, repetition=None if job is None else job.repetition,
+                attempt=self.attempts(job_num), backend=None if job is None else job.backend,
+            )
+        return outcome
+
+    def placed(self, job_num: int, **fields: Any) -> None:
+        """Where a job ran (SLURM job id, node, GPUs), once the launcher knows."""
+        with self._lock:
+            if self.job(job_num) is not None:
+                assert self.state is not None
+                self.state.update({job_num: fields})
+
+    def interrupted(self, job_num: int | None) -> None:
+        with self._lock:
+            if job_num is not None and self.job(job_num) is not None:
+                assert self.state is not None
+                self.state.update({job_num: {
+                    "status": "interrupted", "error": "interrupted by the user", "completed_at": utc_now()
+                }})  # fmt: skip
+        self.event(kind="interrupted", job_num=job_num)
+
+    def event(self, **event: Any) -> None:
+        """An internal record (health check, restart): the campaign state and the debug log, not the console."""
+        log.debug("llem: %s", " ".join(f"{k}={v}" for k, v in event.items()))
+        if self.state is not None:
+            with self._lock:
+                self.state.event(event)
+
+    def say(self, message: str) -> None:
+        """A line for the person watching (a gap, a restart): above the bar, or a log line."""
+        if self.progress is not None:
+            self.progress.log(message)
+        else:
+            log.info("llem: %s", message)
+
+    def gap(self, seconds: float) -> None:
+        """A gap between jobs is about to be slept (the ETA counts it apart from job time)."""
+        if self.progress is not None:
+            self.progress.gap(seconds)
