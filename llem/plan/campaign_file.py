@@ -5,6 +5,9 @@ Its keys sit above the `campaign` config group's (the shipped defaults, or
 `campaign=<name>`) and below the command line's `campaign.*` overrides, which are applied
 again on top with Hydra's semantics. Relative paths in the file (`configs`,
 `experiments[].config`, a `dataset` file) are resolved from the file's own directory.
+
+A file that is not valid YAML, or whose values the schemas reject, is reported with the
+file, the line and the key, one line per problem.
 """
 
 from __future__ import annotations
@@ -13,11 +16,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
-from llem.config import CampaignConfig, CampaignSettings, validate_or_raise
+from llem.config import CampaignConfig, CampaignSettings, ConfigError, validate_or_raise
+from llem.config.errors import shape_name
+from llem.config.yaml_source import (
+    KeyPath,
+    YamlSource,
+    YamlSyntaxError,
+    dotted,
+    load_yaml,
+)
 from llem.plan.compose import ComposeError, apply_value_override
 
 CAMPAIGN_PREFIX = "campaign."
@@ -40,37 +50,82 @@ def _resolve(entry: str, base: Path) -> str:
     return str(path) if not beside.exists() and path.exists() else str(beside)
 
 
-def read_campaign_file(path: Path) -> dict[str, Any]:
-    """The file's campaign keys, with relative paths resolved from its directory."""
+def _at(path: Path, source: YamlSource, key: KeyPath = (), shown: str | None = None) -> str:
+    """`llem: campaign file <path>, line N[, key 'k']` for the key path `key` of the file."""
+    line = source.line_of(key)
+    where = f"llem: campaign file {path}" + (f", line {line}" if line is not None else "")
+    shown = dotted(key) if shown is None else shown
+    return where + (f", key '{shown}'" if shown else "")
+
+
+def read_campaign_source(path: Path) -> tuple[dict[str, Any], YamlSource]:
+    """The file's campaign keys (relative paths resolved from its directory) and where each sits in it."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        source = load_yaml(Path(path))
     except OSError as error:
         raise CampaignFileError(f"campaign.file: cannot read {path}: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise CampaignFileError(f"campaign.file: {path} is not valid YAML: {error}") from None
+    except YamlSyntaxError as error:
+        where = f", line {error.line}" if error.line is not None else ""
+        raise CampaignFileError(f"llem: campaign file {path}{where}: not valid YAML: {error.problem}") from None
+    data = source.data
     if isinstance(data, dict) and set(data) == {"campaign"} and isinstance(data["campaign"], dict):
-        data = data["campaign"]  # an experiment-style file holding only a campaign section
+        source = source.within("campaign")  # an experiment-style file holding only a campaign section
+        data = source.data
     if not isinstance(data, dict):
-        raise CampaignFileError(f"campaign.file: {path} must hold a mapping of campaign keys")
+        raise CampaignFileError(f"{_at(path, source)}: must hold a mapping of campaign keys, got {shape_name(data)}")
+    data = dict(data)
     defaults = data.pop("defaults", None)
-    extra = [d for d in defaults or [] if d not in IGNORED_DEFAULTS]
-    if extra:
+    extra = [d for d in (defaults if isinstance(defaults, list) else [defaults]) if d not in IGNORED_DEFAULTS]
+    if defaults is not None and extra:
         raise CampaignFileError(
-            f"campaign.file: {path} has a defaults list {defaults}: select composed campaign files with "
+            f"{_at(path, source, ('defaults',))}: a defaults list {defaults}: select composed campaign files with "
             "campaign=<name> instead"
         )
     if "file" in data:
-        raise CampaignFileError(f"campaign.file: {path} names another campaign file (file:); give one file")
+        raise CampaignFileError(f"{_at(path, source, ('file',))}: names another campaign file; give one file")
     base = Path(path).resolve().parent
     if isinstance(data.get("configs"), list):
         data["configs"] = [_resolve(str(p), base) if isinstance(p, str) else p for p in data["configs"]]
-    for experiment in data.get("experiments") or []:
-        if isinstance(experiment, dict) and isinstance(experiment.get("config"), str):
-            experiment["config"] = _resolve(experiment["config"], base)
+    if isinstance(data.get("experiments"), list):
+        data["experiments"] = [dict(e) if isinstance(e, dict) else e for e in data["experiments"]]
+        for experiment in data["experiments"]:
+            if isinstance(experiment, dict) and isinstance(experiment.get("config"), str):
+                experiment["config"] = _resolve(experiment["config"], base)
     dataset = data.get("dataset")
     if isinstance(dataset, str) and (base / dataset).exists() and not Path(dataset).is_absolute():
         data["dataset"] = str(base / dataset)
-    return data
+    return data, source
+
+
+def read_campaign_file(path: Path) -> dict[str, Any]:
+    """The file's campaign keys, with relative paths resolved from its directory."""
+    return read_campaign_source(path)[0]
+
+
+def _overridden(name: str, lines: Sequence[str]) -> bool:
+    """Whether a command-line `campaign.*` override sets key `name`, a key inside it or a section holding it."""
+    for line in lines:
+        inner = _strip_prefix(line)
+        if inner is None:
+            continue
+        target = inner.split("=", 1)[0].lstrip("+~")
+        if name == target or name.startswith(f"{target}.") or target.startswith(f"{name}."):
+            return True
+    return False
+
+
+def _locate_problems(error: ConfigError, path: Path, source: YamlSource, overrides: Sequence[str]) -> ConfigError:
+    """`error` with one line per problem, naming the line and key of the file for those it holds."""
+    if not error.details:
+        return error
+    lines = []
+    for problem in error.details:
+        found = source.find(problem.loc, problem.key)
+        if found is not None and not _overridden(found[1], overrides):
+            lines.append(f"{_at(path, source, *found)}: {problem.message}")
+        else:
+            lines.append(f"llem: campaign (file {path}): {problem}")
+    return ConfigError("\n".join(lines), error.problems, error.details)
 
 
 def merge_campaign(section: dict[str, Any], file_data: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +183,10 @@ def load_settings(section: dict[str, Any] | None, overrides: Sequence[str], *, c
         return validate_settings(section)
     path = Path(str(name)).expanduser()
     path = path if path.is_absolute() else Path(cwd) / path
-    merged = apply_overrides(merge_campaign(section, read_campaign_file(path)), overrides)
+    data, source = read_campaign_source(path)
+    merged = apply_overrides(merge_campaign(section, data), overrides)
     merged["file"] = str(path)
-    return validate_settings(merged, context=f"campaign (file {path})")
+    try:
+        return validate_settings(merged, context=f"campaign (file {path})")
+    except ConfigError as error:
+        raise _locate_problems(error, path, source, overrides) from None

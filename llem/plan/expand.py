@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from llem.config.backends import BACKEND_CLASSES, BACKEND_NAMES, backends_with_field
 from llem.config.campaign import CampaignSettings
+from llem.config.errors import Problem, shape_name
+from llem.config.yaml_source import YamlSource, YamlSyntaxError, dotted, load_yaml
 from llem.plan.campaign_defaults import DefaultsError, model_overrides, prompt_overrides
-from llem.plan.experiment_file import experiment_file_overrides
+from llem.plan.experiment_file import experiment_file_overrides, shape_problems
 from llem.plan.values import render_override
 
 BACKEND_PREFIX = "backend."
@@ -51,6 +51,31 @@ class Axis:
 
 
 @dataclass(frozen=True)
+class ExperimentSource:
+    """The experiment file a configuration was read from, and the overrides that file produced."""
+
+    source: YamlSource
+    overrides: frozenset[str]
+
+    def locate(self, problem: Problem, overrides: Iterable[str]) -> str | None:
+        """`experiment file <path>, line N, key 'k'` for a problem whose value comes from this file
+        (not from an inline override, the campaign or the command line), else None."""
+        found = self.source.find(problem.loc, problem.key)
+        if found is None:
+            return None
+        key = found[1]
+        setting = [o for o in overrides if _touches(override_key(o), key)]
+        if not setting or any(o not in self.overrides for o in setting):
+            return None
+        return f"experiment file {self.source.path}, line {self.source.line_of(found[0])}, key '{key}'"
+
+
+def _touches(override: str, key: str) -> bool:
+    """Whether an override of key `override` sets `key`, a key inside it or the section holding it."""
+    return override == key or override.startswith(f"{key}.") or key.startswith(f"{override}.")
+
+
+@dataclass(frozen=True)
 class PlannedConfig:
     """A distinct experiment, before cycles: its overrides, backend and where it came from."""
 
@@ -58,6 +83,7 @@ class PlannedConfig:
     backend: str
     origin: str
     params: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    source: ExperimentSource | None = field(default=None, compare=False, hash=False)
 
 
 def strip_prefix(key: str) -> str:
@@ -77,11 +103,36 @@ def _backend_has(backend: str, key: str) -> bool:
     return key.split(".", 1)[0] in BACKEND_CLASSES[backend].model_fields
 
 
-def _product(base: list[str], axes: Sequence[Axis], backend: str, origin: str) -> Iterable[PlannedConfig]:
+def _product(
+    base: list[str], axes: Sequence[Axis], backend: str, origin: str, source: ExperimentSource | None = None
+) -> Iterable[PlannedConfig]:
     for combo in itertools.product(*(a.choices for a in axes)):
         overrides = tuple(base) + tuple(combo)
         params = {override_key(o): override_value(o) for o in overrides if "=" in o}
-        yield PlannedConfig(overrides=overrides, backend=backend, origin=origin, params=params)
+        yield PlannedConfig(overrides=overrides, backend=backend, origin=origin, params=params, source=source)
+
+
+def read_experiment_file(path: str, origin: str) -> YamlSource:
+    """An experiment file's data and lines; PlanError naming the file, line and key if it is unusable."""
+    try:
+        source = load_yaml(Path(path))
+    except OSError as error:
+        raise PlanError(f"{origin}: cannot read experiment file {path}: {error.strerror or error}") from None
+    except YamlSyntaxError as error:
+        where = f", line {error.line}" if error.line is not None else ""
+        raise PlanError(f"experiment file {path}{where}: not valid YAML: {error.problem}") from None
+    if source.data is None:
+        return YamlSource(source.path, {}, {})
+    if not isinstance(source.data, dict):
+        raise PlanError(
+            f"experiment file {path}, line {source.line_of(())}: must hold a mapping of config keys, "
+            f"got {shape_name(source.data)}"
+        )
+    problems = shape_problems(source.data)
+    if problems:
+        key, problem = problems[0]
+        raise PlanError(f"experiment file {path}, line {source.line_of(key)}, key '{dotted(key)}': {problem}")
+    return source
 
 
 def _merge_axes(base: list[Axis], top: list[Axis]) -> list[Axis]:
@@ -220,13 +271,9 @@ def _explicit_configs(
     sources: list[tuple[str, str, dict[str, Any]]] = [(p, f"configs[{i}]", {}) for i, p in enumerate(campaign.configs)]
     sources += [(e.config, f"experiments[{i}]", e.overrides) for i, e in enumerate(campaign.experiments)]
     for path, origin, inline in sources:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise PlanError(f"{origin}: cannot read experiment file {path}: {error}") from None
-        if not isinstance(data, dict):
-            raise PlanError(f"{origin}: {path} must hold a mapping of config keys")
-        own = _merge_axes(_lines_as_axes(experiment_file_overrides(data)), defaults.prompts)
+        source = read_experiment_file(path, origin)
+        from_file = experiment_file_overrides(source.data)
+        own = _merge_axes(_lines_as_axes(from_file), defaults.prompts)
         # inline overrides come last and replace the file's (and the campaign's) value for their key
         for line in (render_override(k, v) for k, v in inline.items()):
             own = _merge_axes(own, [Axis(override_key(line), [line])])
@@ -234,7 +281,7 @@ def _explicit_configs(
         chosen = next((a for a in own if a.key == "backend"), None)
         backend = override_value(chosen.choices[0]) if chosen is not None else default_backend
         axes = _merge_axes(own, cli.generic + _scoped_for(backend, cli.scoped))
-        out.extend(_product([], axes, backend, origin))
+        out.extend(_product([], axes, backend, origin, ExperimentSource(source, frozenset(from_file))))
     return out
 
 

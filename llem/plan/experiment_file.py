@@ -3,6 +3,9 @@
 Sections with a discriminator (`backend.name`, `dataset.source`) become config-group
 selections, nested sections become dotted keys; keys the schema does not know are
 added with `+` so validation reports them by name instead of Hydra refusing them.
+
+A section given something other than a mapping is refused here, with the file's line and
+key, before Hydra would refuse the override it becomes.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from llem.config.errors import shape_name
 from llem.config.experiment import ExperimentConfig
 from llem.config.introspect import field_model
+from llem.config.yaml_source import KeyPath
 from llem.plan.values import render_override
 
 GROUP_DISCRIMINATORS = {"backend": "name", "dataset": "source"}
+CONFIG_GROUPS = ("backend", "dataset", "model")
 NOT_EXPERIMENT = ("hydra", "campaign")
 
 
@@ -57,4 +63,24 @@ def experiment_file_overrides(data: dict[str, Any]) -> list[str]:
                     _flatten(f"{key}.{sub_key}", sub_value, field_model(section, sub_key), section, out)
             continue
         _flatten(key, value, field_model(ExperimentConfig, key), ExperimentConfig, out)
+    return out
+
+
+def shape_problems(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
+    """Sections of an experiment file given something other than a mapping, as (key path, problem).
+
+    A config-group section (`backend`, `dataset`, `model`) may also name an option (`backend: vllm`).
+    """
+    out: list[tuple[KeyPath, str]] = []
+    for key, value in data.items():
+        if key in NOT_EXPERIMENT or key == "defaults" or value is None or isinstance(value, dict):
+            continue
+        if not isinstance(key, str) or field_model(ExperimentConfig, key) is None:
+            continue  # a leaf or an unknown key: validation names it
+        if key in CONFIG_GROUPS:
+            if isinstance(value, (list, tuple)):
+                out.append(((key,), "expected a mapping or the name of an option, got a list"))
+            continue
+        shown = "" if isinstance(value, (list, tuple)) else f" ({value!r})"
+        out.append(((key,), f"expected a mapping, got {shape_name(value)}{shown}"))
     return out

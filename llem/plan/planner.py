@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from llem.config import ConfigError, ExperimentConfig, validate_or_raise
 from llem.config.campaign import CampaignSettings, campaign_id
+from llem.config.errors import invalid_message
 from llem.config.hashing import canonical_json, config_hash
 from llem.plan.compose import ComposeError
 from llem.plan.expand import Axis, PlannedConfig, expand
@@ -78,8 +79,19 @@ def _validate(
     try:
         validated = validate_or_raise(ExperimentConfig, experiment, context=label)
     except ConfigError as error:
-        return None, str(error), None
+        return None, _in_file(error, config, label), None
     return config_hash(validated), None, validated.model_dump(mode="json")
+
+
+def _in_file(error: ConfigError, config: PlannedConfig, label: str) -> str:
+    """The error's message, naming the experiment file's line and key for values that come from it."""
+    if config.source is None or not error.details:
+        return str(error)
+    problems = []
+    for problem in error.details:
+        where = config.source.locate(problem, config.overrides)
+        problems.append(f"{where}: {problem.message}" if where else str(problem))
+    return invalid_message(label, problems)
 
 
 def _swept_keys(configs: list[PlannedConfig]) -> list[str]:

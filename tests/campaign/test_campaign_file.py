@@ -95,11 +95,14 @@ def test_unknown_keys_are_refused_with_a_suggestion(tmp_path: Path) -> None:
     path = legacy_file(tmp_path, num_sample=3)
     with pytest.raises(ConfigError) as info:
         load_settings({**DEFAULT_SECTION, "file": str(path)}, [], cwd=tmp_path)
-    assert f"Invalid campaign (file {path})" in str(info.value)
+    line = path.read_text().splitlines().index("num_sample: 3") + 1
+    assert str(info.value) == (
+        f"llem: campaign file {path}, line {line}, key 'num_sample': unknown key; did you mean 'num_samples'?"
+    )
     assert "num_sample: unknown key; did you mean 'num_samples'?" in info.value.problems
     (tmp_path / "sub").mkdir()
     path = legacy_file(tmp_path / "sub", schedule={"at": "03:00", "day": ["mon"]})
-    with pytest.raises(ConfigError, match=r"schedule.day: unknown key; did you mean 'days'\?"):
+    with pytest.raises(ConfigError, match=r"line \d+, key 'schedule.day': unknown key; did you mean 'days'\?"):
         load_settings({**DEFAULT_SECTION, "file": str(path)}, [], cwd=tmp_path)
 
 
