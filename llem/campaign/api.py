@@ -76,7 +76,7 @@ def run_campaign(
     on Ctrl-C. Failed jobs do not raise: they are in `outcome.failed`.
     """
     from hydra import initialize_config_module
-    from hydra.core.callbacks import Callbacks
+    from hydra._internal.callbacks import Callbacks
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.plugins import Plugins

@@ -241,9 +241,10 @@ class CampaignRunner:
         session = self._session_for(config)
         key = str(OmegaConf.select(config, self.options.route_by, default=None) or "default")
         state = self._state(key)
-        self._gap(job_num)
-        if state.disabled_reason is None and self._health_due(key, job_num):
-            self._health_check(key, job_num)
+        if state.disabled_reason is None:  # a disabled key's jobs fail at once, without a gap
+            self._gap(job_num)
+            if self._health_due(key, job_num):
+                self._health_check(key, job_num)
         # every hand-over counts as an attempt, even one the launcher fails itself
         session.started(job_num, key=key, label=" ".join(filter_overrides(list(overrides))))
         if state.disabled_reason is not None:

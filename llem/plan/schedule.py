@@ -22,6 +22,16 @@ from llem.config.campaign import WEEKDAYS, CampaignDaemonConfig, CampaignSchedul
 _UTC = dt.timezone.utc
 
 
+def _local_instant(wall: dt.datetime) -> dt.datetime:
+    """The UTC instant of a naive local wall time: a time a change repeats at its first occurrence, a time it
+    skips an hour later (as zoneinfo does for a named zone; the platform's mktime may pick either)."""
+    first, second = (wall.replace(fold=f).astimezone(_UTC) for f in (0, 1))
+    if first == second:
+        return first
+    exists = any(m.astimezone().replace(tzinfo=None) == wall for m in (first, second))
+    return min(first, second) if exists else max(first, second)
+
+
 @dataclass(frozen=True)
 class Calendar:
     """Which days and at what wall-clock time runs may start, in one time zone (None: local time)."""
@@ -47,7 +57,7 @@ class Calendar:
     def _instant(self, day: dt.date, hour: int, minute: int) -> dt.datetime:
         """The UTC instant the wall clock shows `day` HH:MM (fold 0: an hour a change skips runs late)."""
         if self.zone is None:
-            return dt.datetime(day.year, day.month, day.day, hour, minute).astimezone(_UTC)
+            return _local_instant(dt.datetime(day.year, day.month, day.day, hour, minute))
         wall = dt.datetime(day.year, day.month, day.day, hour, minute, tzinfo=zoneinfo.ZoneInfo(self.zone))
         return wall.astimezone(_UTC)
 

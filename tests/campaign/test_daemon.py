@@ -49,20 +49,28 @@ def _check_repetitions(sweep: Path, interval: float) -> dict[int, list]:
     reps: dict[int, list] = {}
     for job in m.jobs:
         reps.setdefault(job.repetition, []).append(job)
+    assert sorted(reps) == list(range(len(reps)))  # no repetition skipped
     deadline = _t(m.schedule["deadline"])
     began = {e["repetition"]: _t(e["at"]) for e in m.events if e["kind"] == "repetition_started"}
+    planned = sorted(j.config_hash for j in reps[0])
+    assert len(planned) == len(set(planned)) == 2 and None not in planned  # batch_size=1 and 2: two configs
+    assert sorted(str(j.params["backend.batch_size"]) for j in reps[0]) == ["1", "2"]
     previous_end = None
     for r in sorted(reps):
         jobs = reps[r]
-        assert len(jobs) == 2 and {j.status for j in jobs} == {"completed"}
+        # every planned config ran exactly once in this repetition, on its first attempt
+        assert sorted(j.config_hash for j in jobs) == planned
+        assert sorted(str(j.params["backend.batch_size"]) for j in jobs) == ["1", "2"]
+        assert [(j.status, j.attempts) for j in jobs] == [("completed", 1)] * len(planned)
         assert began[r] < deadline  # every repetition began before the deadline
         start = min(_t(j.started_at) for j in jobs)
+        assert start >= began[r]
         if previous_end is not None:
             assert (start - previous_end).total_seconds() >= interval - 0.05
         previous_end = max(_t(j.completed_at) for j in jobs)
     assert len({j.job_num for j in m.jobs}) == len(m.jobs)
     assert len({j.result_path for j in m.jobs}) == len(m.jobs)
-    assert m.schedule["repetitions_done"] == len(reps)
+    assert m.schedule["repetitions_done"] == len(reps) == len(began)
     assert _t(m.schedule["next_start"]) >= deadline  # stopped because the next one could not begin in time
     return reps
 
@@ -71,12 +79,24 @@ def _check_repetitions(sweep: Path, interval: float) -> dict[int, list]:
 def test_daemon_repeats_until_the_deadline(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = subprocess.run(h.command(sweep, *DAEMON, "campaign.daemon.interval=2s",
-                                    "campaign.daemon.total_duration=14s"),
+                                    "campaign.daemon.total_duration=14s", "campaign.health_check.enabled=true"),
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reps = _check_repetitions(sweep, 2.0)
     assert len(reps) >= 2
-    assert "daemon schedule finished" in proc.stderr
+    m = h.manifest(sweep)
+    assert m is not None
+    assert [e["repetition"] for e in m.events if e["kind"] == "repetition_started"] == list(range(len(reps)))
+    # cycles=1: one health check per repetition (not one per campaign), before that repetition's first job
+    repetition_of = {j.job_num: j.repetition for j in m.jobs}
+    checks = [e for e in m.events if e["kind"] == "health_check"]
+    assert [repetition_of[e["job_num"]] for e in checks] == sorted(reps)
+    for check in checks:
+        jobs = reps[repetition_of[check["job_num"]]]
+        assert check["job_num"] == min(jobs, key=lambda j: _t(j.started_at)).job_num
+        assert check["healthy"] is True and check["key"] == "pytorch"
+    assert not [e for e in m.events if e["kind"] in ("worker_restart", "worker_disabled")]
+    assert f"daemon schedule finished after {len(reps)} repetition(s)" in proc.stderr
     assert " llem: job 0 started" in proc.stderr  # quiet: plain log lines, no live display
 
 

@@ -59,19 +59,48 @@ def test_the_zone_decides_which_day_it_is() -> None:
     )
 
 
-def test_daily_start_keeps_its_wall_clock_time_across_daylight_saving() -> None:
-    cal = _calendar(at="02:00", timezone="Europe/London")
-    start = _utc(2026, 3, 27, 12, 0)  # Friday; clocks go forward on Sunday 2026-03-29 at 01:00 UTC
+def _daily(cal: Calendar, after: dt.datetime, count: int) -> list[dt.datetime]:
+    """The next `count` starts, each one after the previous."""
     starts = []
-    for _ in range(4):
-        start = cal.next_start(start)
-        starts.append(start)
-    assert [s.astimezone(LONDON).strftime("%a %H:%M") for s in starts] == [
-        "Sat 02:00", "Sun 02:00", "Mon 02:00", "Tue 02:00"
+    for _ in range(count):
+        after = cal.next_start(after)
+        starts.append(after)
+    return starts
+
+
+def test_daily_start_keeps_its_wall_clock_time_across_daylight_saving() -> None:
+    # Exact UTC instants, worked out by hand; a fixed UTC offset (the zone's offset "now", or UTC itself)
+    # gets the starts on one side of each change wrong by an hour.
+    london = _calendar(at="02:00", timezone="Europe/London")
+    # clocks go forward on Sunday 2026-03-29 at 01:00 UTC: 02:00 GMT = 02:00 UTC, then 02:00 BST = 01:00 UTC
+    spring = _daily(london, _utc(2026, 3, 27, 12, 0), 4)
+    assert spring == [_utc(2026, 3, 28, 2, 0), _utc(2026, 3, 29, 1, 0), _utc(2026, 3, 30, 1, 0), _utc(2026, 3, 31, 1, 0)]
+    # clocks go back on Sunday 2026-10-25 at 01:00 UTC: 02:00 BST = 01:00 UTC, then 02:00 GMT = 02:00 UTC
+    autumn = _daily(london, _utc(2026, 10, 23, 12, 0), 3)
+    assert autumn == [_utc(2026, 10, 24, 1, 0), _utc(2026, 10, 25, 2, 0), _utc(2026, 10, 26, 2, 0)]
+    new_york = _calendar(at="09:00", timezone="America/New_York")
+    # forward on Sunday 2026-03-08 (EST, UTC-5 -> EDT, UTC-4); back on Sunday 2026-11-01
+    assert _daily(new_york, _utc(2026, 3, 6, 20, 0), 3) == [
+        _utc(2026, 3, 7, 14, 0), _utc(2026, 3, 8, 13, 0), _utc(2026, 3, 9, 13, 0)
     ]
-    assert [s.hour for s in starts] == [2, 1, 1, 1]  # in UTC the start moves an hour earlier with the clocks
-    back = cal.next_start(_utc(2026, 10, 24, 12, 0))  # Sunday 2026-10-25: clocks go back at 01:00 UTC
-    assert back == _utc(2026, 10, 25, 2, 0) and back.astimezone(LONDON).strftime("%H:%M") == "02:00"
+    assert _daily(new_york, _utc(2026, 10, 30, 20, 0), 3) == [
+        _utc(2026, 10, 31, 13, 0), _utc(2026, 11, 1, 14, 0), _utc(2026, 11, 2, 14, 0)
+    ]
+    for start in spring + autumn:
+        assert start.tzinfo == UTC and start.astimezone(LONDON).strftime("%H:%M") == "02:00"
+
+
+def test_a_zoned_calendar_ignores_the_machines_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    cal = _calendar(at="02:00", timezone="Europe/London")
+    expected = [_utc(2026, 3, 28, 2, 0), _utc(2026, 3, 29, 1, 0)]
+    try:
+        for machine in ("UTC", "America/New_York", "Asia/Kolkata"):
+            monkeypatch.setenv("TZ", machine)
+            time.tzset()
+            assert _daily(cal, _utc(2026, 3, 27, 12, 0), 2) == expected, machine
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_a_time_the_change_skips_runs_an_hour_later_and_a_repeated_one_at_its_first_occurrence() -> None:
@@ -98,10 +127,27 @@ def test_local_time_by_default_follows_daylight_saving(london_local_time: None) 
     local = _calendar(at="02:00", days="weekends")
     zoned = _calendar(at="02:00", days="weekends", timezone="Europe/London")
     moment = _utc(2026, 3, 26, 12, 0)
-    for _ in range(4):  # Sat 28 (GMT), Sun 29 (BST), Sat 4 April, Sun 5
-        assert local.next_start(moment) == zoned.next_start(moment)
-        moment = local.next_start(moment)
-    assert moment == _utc(2026, 4, 5, 1, 0)
+    # Sat 28 March 02:00 GMT, Sun 29 02:00 BST (the clocks went forward at 01:00 UTC), Sat 4 April, Sun 5
+    expected = [_utc(2026, 3, 28, 2, 0), _utc(2026, 3, 29, 1, 0), _utc(2026, 4, 4, 1, 0), _utc(2026, 4, 5, 1, 0)]
+    starts = _daily(local, moment, 4)
+    assert starts == expected and _daily(zoned, moment, 4) == expected
+    # autumn: Sat 24 October 02:00 BST, Sun 25 02:00 GMT (the clocks went back at 01:00 UTC)
+    assert _daily(local, _utc(2026, 10, 22, 12, 0), 2) == [_utc(2026, 10, 24, 1, 0), _utc(2026, 10, 25, 2, 0)]
+
+
+def test_local_time_by_default_starts_a_repeated_time_at_its_first_occurrence(london_local_time: None) -> None:
+    cal = _calendar(at="01:30", days=["sun"])
+    first = cal.next_start(_utc(2026, 10, 24, 12, 0))
+    assert first == _utc(2026, 10, 25, 0, 30)  # 01:30 BST; 01:30 GMT (01:30 UTC) comes again an hour later
+    assert cal.next_start(first) == _utc(2026, 11, 1, 1, 30)  # not a second time that night
+
+
+def test_local_time_by_default_starts_a_skipped_time_an_hour_later(london_local_time: None) -> None:
+    local = _calendar(at="01:30", days=["sun"])
+    zoned = _calendar(at="01:30", days=["sun"], timezone="Europe/London")
+    after = _utc(2026, 3, 28, 12, 0)
+    assert zoned.next_start(after) == _utc(2026, 3, 29, 1, 30)  # 02:30 BST: the documented behaviour
+    assert local.next_start(after) == _utc(2026, 3, 29, 1, 30)  # the same with the machine's local time
 
 
 def test_daemon_repetitions_start_only_on_allowed_days() -> None:
