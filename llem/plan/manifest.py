@@ -54,6 +54,8 @@ class ManifestJob(_Model):
         "installed, hardware unsupported, settings this machine cannot run): not retried within the run.",
     )
     retired: bool = Field(False, description="No longer part of the campaign (kept with its result).")
+    slurm_job_id: str | None = Field(None, description="SLURM job that ran this job (llem_slurm launcher).")
+    node: str | None = Field(None, description="Host that ran this job, where the launcher knows it.")
 
 
 class Duplicate(_Model):
