@@ -146,7 +146,8 @@ def _start_daemon(name: str, argv: list[str], state_dir: Path, user: pwd.struct_
 
 
 def _node_idle(host: str) -> bool:
-    proc = subprocess.run(["sinfo", "-h", "-N", "-n", host, "-o", "%t"], capture_output=True, text=True)
+    proc = subprocess.run(["sinfo", "-h", "-N", "-n", host, "-o", "%t"], check=False, capture_output=True,
+                          text=True)
     return proc.returncode == 0 and proc.stdout.strip().rstrip("*") in ("idle", "mix", "alloc")
 
 

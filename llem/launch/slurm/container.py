@@ -8,8 +8,8 @@ inherits the environment), so their values never appear in a command line or a f
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from llem.launch.slurm.options import SlurmContainerOptions
 

@@ -66,7 +66,8 @@ def describe(spec: JobSpec, route_by: str) -> JobSpec:
         from llem.config.hashing import config_hash
         from llem.measure.job_devices import gpu_need
 
-        experiment = validate_composed(config).experiment
+        task_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])  # what the task gets
+        experiment = validate_composed(task_cfg).experiment
     except Exception:  # noqa: BLE001 - not an llem job, or an invalid one
         return spec
     spec.config_hash = config_hash(experiment)

@@ -87,11 +87,10 @@ def result_done(job_dir: str, config_hash: str | None) -> bool:
 
 
 def _with_output_dir(spec: JobSpec) -> Any:
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import OmegaConf
 
     hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(spec.config.hydra, resolve=False)})
-    with open_dict(hydra_cfg):
-        hydra_cfg.hydra.runtime.output_dir = spec.job_dir
+    OmegaConf.update(hydra_cfg, "hydra.runtime.output_dir", spec.job_dir, force_add=True)
     return hydra_cfg
 
 
@@ -102,7 +101,7 @@ def completed_return(spec: JobSpec) -> Any:
 
     from llem.measure.result import RESULT_FILENAME
 
-    task_cfg = OmegaConf.masked_copy(spec.config, [k for k in spec.config.keys() if k != "hydra"])
+    task_cfg = OmegaConf.masked_copy(spec.config, [k for k in spec.config if k != "hydra"])
     path = str(Path(spec.job_dir) / RESULT_FILENAME)
     return JobReturn(
         overrides=list(spec.overrides), cfg=task_cfg, hydra_cfg=_with_output_dir(spec), working_dir=spec.job_dir,
@@ -115,7 +114,7 @@ def failed_return(spec: JobSpec, error: BaseException) -> Any:
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import OmegaConf
 
-    task_cfg = OmegaConf.masked_copy(spec.config, [k for k in spec.config.keys() if k != "hydra"])
+    task_cfg = OmegaConf.masked_copy(spec.config, [k for k in spec.config if k != "hydra"])
     return JobReturn(
         overrides=list(spec.overrides), cfg=task_cfg, hydra_cfg=_with_output_dir(spec), working_dir=spec.job_dir,
         task_name=str(spec.config.hydra.job.name), status=JobStatus.FAILED, _return_value=error,
@@ -257,7 +256,7 @@ class GroupJob(Checkpointable):
 
         signal.signal(signal.SIGTERM, _cancelled)
         try:
-            proc = subprocess.run(argv, env=environ, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(argv, check=False, env=environ, stdin=subprocess.DEVNULL)
         finally:
             signal.signal(signal.SIGTERM, previous)
             self._container_name = None
@@ -277,7 +276,7 @@ class GroupJob(Checkpointable):
     def _remove_container(self) -> None:
         name = self._container_name
         if name and self.container is not None and self.container.engine == "podman":
-            subprocess.run(["podman", "rm", "--force", "--time", "0", name], capture_output=True)
+            subprocess.run(["podman", "rm", "--force", "--time", "0", name], check=False, capture_output=True)
 
 
 def _release_model() -> None:

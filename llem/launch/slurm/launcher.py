@@ -10,15 +10,34 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    configure_log,
+    filter_overrides,
+    setup_globals,
+)
 from omegaconf import DictConfig
 
 from llem.launch.runner import JobFailure, compose_job
-from llem.launch.slurm.groups import Group, JobSpec, campaign_value, describe, group_jobs
-from llem.launch.slurm.job import GroupJob, JobOutcome, completed_return, read_placement, result_done
+from llem.launch.slurm.groups import (
+    Group,
+    JobSpec,
+    campaign_value,
+    describe,
+    group_jobs,
+)
+from llem.launch.slurm.job import (
+    GroupJob,
+    JobOutcome,
+    completed_return,
+    read_placement,
+    result_done,
+)
 from llem.launch.slurm.options import SlurmOptions, executor_parameters
 
 log = logging.getLogger(__name__)
@@ -170,8 +189,8 @@ class SlurmLaunch:
             for _, job in submitted:
                 try:
                     job.cancel(check=False)
-                except Exception:  # noqa: BLE001 - already gone
-                    pass
+                except Exception as error:  # noqa: BLE001 - already gone
+                    log.debug("llem: could not cancel SLURM job %s: %s", job.job_id, error)
             raise
         return [r if r is not None else _compose_failed([], initial_job_idx + i, RuntimeError("no outcome"))
                 for i, r in enumerate(returns)]
@@ -255,8 +274,8 @@ class SlurmLaunch:
             lines = [line for line in err.strip().splitlines() if line.strip()][-8:]
             if lines:
                 tail = "; last lines of its log:\n" + "\n".join(lines)
-        except Exception:  # noqa: BLE001 - no log yet
-            pass
+        except Exception as error:  # noqa: BLE001 - no log yet
+            log.debug("llem: no log for SLURM job %s: %s", job.job_id, error)
         return f"SLURM job {job.job_id} {what} before this job finished{tail}"
 
 

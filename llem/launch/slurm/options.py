@@ -1,3 +1,4 @@
+# ruff: noqa: UP006, UP035, UP045  (OmegaConf structured configs need typing generics)
 """Options of `hydra/launcher=llem_slurm`, typed, and how they become submitit's SLURM parameters.
 
 The dataclasses use `typing` generics so OmegaConf can type-check them as Hydra structured configs.
