@@ -1,6 +1,7 @@
 """`hydra/launcher=llem_slurm`: one SLURM job per group of jobs that share a backend and a model."""
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
@@ -16,9 +17,9 @@ class LlemSlurmLauncher(Launcher):
         from llem.launch.slurm.options import options_from
 
         self.options = options_from(options)
-        self.config: Optional[DictConfig] = None
-        self.task_function: Optional[TaskFunction] = None
-        self.hydra_context: Optional[HydraContext] = None
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
         self.session: Any = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
