@@ -1,0 +1,1 @@
+"""llem's SLURM launcher: `hydra/launcher=llem_slurm`."""
