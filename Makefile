@@ -21,7 +21,7 @@ $(VENV)/.stamp-run: pyproject.toml | $(BIN)/python
 	$(PIP) -e ".[pytorch]"
 	touch $@
 
-$(VENV)/.stamp-test: pyproject.toml scripts/setup_test_deps.sh scripts/deps/podman.sh scripts/deps/chromium.sh $(VENV)/.stamp-run
+$(VENV)/.stamp-test: pyproject.toml scripts/setup_test_deps.sh scripts/deps/podman.sh scripts/deps/chromium.sh scripts/deps/slurm.sh $(VENV)/.stamp-run
 	$(PIP) -e ".[pytorch,dev,campaign]"
 	bash scripts/setup_test_deps.sh "$(BIN)/python"
 	touch $@

@@ -9,6 +9,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 if [ "$(id -u)" = 0 ]; then
     bash "$HERE/deps/podman.sh"
     bash "$HERE/deps/chromium.sh"
+    bash "$HERE/deps/slurm.sh"
 else
     echo "setup_test_deps: not root, skipping podman and chromium (their tests will be skipped)" >&2
 fi

@@ -27,15 +27,8 @@ class LlemSlurmLauncher(Launcher):
         self.task_function = task_function
         self.hydra_context = hydra_context
 
-    def attach_campaign(self, session: Any = None, **context: Any) -> None:
-        """The campaign's session: `session.placed(job_num, slurm_job_id=..., node=...)` records where jobs ran.
-
-        A sweeper that passes `manifest_path=` instead gets the same records in that manifest.
-        """
-        if session is None and context.get("manifest_path") is not None:
-            from llem.launch.slurm.compat import ManifestSession
-
-            session = ManifestSession(context["manifest_path"])
+    def attach_campaign(self, session: Any) -> None:
+        """The campaign's session: `session.placed(job_num, slurm_job_id=..., node=...)` records where jobs ran."""
         self.session = session
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:

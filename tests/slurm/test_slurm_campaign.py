@@ -78,7 +78,6 @@ def test_each_group_is_one_slurm_job_that_loads_its_model_once(two_groups: Any) 
     assert len({r.config_hash for r in results.values()}) == 6
 
 
-@pytest.mark.xfail(strict=False, reason="needs the campaign session")
 def test_the_manifest_records_slurm_job_and_node(two_groups: Any) -> None:
     sweep, proc = two_groups
     assert proc.returncode == 0

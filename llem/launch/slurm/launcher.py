@@ -180,7 +180,6 @@ class SlurmLaunch:
                     continue
                 log.info("llem: SLURM job %s runs %d job(s) of %s (gpus=%d)", job.job_id, len(group.jobs),
                          group.name, group.gpus)
-                self._started(group)
                 for spec in group.jobs:
                     self.placements.report(spec.job_num, str(job.job_id))
                 submitted.append((group, job))
@@ -195,16 +194,6 @@ class SlurmLaunch:
         return [r if r is not None else _compose_failed([], initial_job_idx + i, RuntimeError("no outcome"))
                 for i, r in enumerate(returns)]
 
-    def _started(self, group: Group) -> None:
-        started = getattr(self.session, "started", None)
-        if started is not None:
-            started([s.job_num for s in group.jobs])
-
-    def _finished(self, spec: JobSpec, ret: JobReturn) -> None:
-        finished = getattr(self.session, "finished", None)
-        if finished is not None:
-            finished(spec.job_num, ret)
-
     def _fail_group(self, group: Group, returns: list[JobReturn | None], error: BaseException) -> None:
         from llem.launch.slurm.job import failed_return
 
@@ -214,7 +203,6 @@ class SlurmLaunch:
             where = read_placement(spec.job_dir)
             if where:
                 self.placements.report(spec.job_num, where.get("slurm_job_id"), where.get("node"))
-            self._finished(spec, ret)
 
     def _collect(self, group: Group, job: Any, returns: list[JobReturn | None]) -> None:
         try:
@@ -231,7 +219,6 @@ class SlurmLaunch:
                 continue
             returns[spec.index] = outcome.job_return
             self.placements.report(spec.job_num, outcome.slurm_job_id, outcome.node)
-            self._finished(spec, outcome.job_return)
 
     def _wait(self, submitted: list[tuple[Group, Any]], returns: list[JobReturn | None]) -> None:
         pending = list(submitted)
