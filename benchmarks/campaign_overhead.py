@@ -51,14 +51,21 @@ def _campaign(workdir: Path, sweep: Path, seeds: str, launcher: list[str], *extr
     return time.perf_counter() - start
 
 
+def _work_s(result: dict) -> float:
+    """A job's own work: its measured windows (main, and prefill when split), warmup and model load."""
+    split = (result.get("phase_split") or {}).get("prefill_window_s") or 0.0
+    warmup = (result.get("warmup") or {}).get("duration_s") or 0.0
+    return result["duration_s"] + split + warmup + (result["model_load_s"] or 0.0)
+
+
 def _overhead(rows: list[dict], wall: float) -> dict[str, float]:
     """Per-job overhead in steady state: from the end of the first job to the end of the last, minus
-    the measured windows and model loads of the jobs in between."""
+    the work of the jobs in between (measured windows, warmup, model loads)."""
     rows = sorted(rows, key=lambda j: j["job_num"])
     results = [json.loads(Path(j["result_path"]).read_text()) for j in rows]
     loads = sum(1 for r in results if not r["model_reused"])
     # steady state: from the end of job 0 to the end of the last job, minus windows and loads
-    busy = sum(r["duration_s"] + (r["model_load_s"] or 0.0) for r in results[1:])
+    busy = sum(_work_s(r) for r in results[1:])
     span = _ts(rows[-1]["completed_at"]) - _ts(rows[0]["completed_at"])
     first_job = _ts(rows[0]["completed_at"]) - _ts(rows[0]["started_at"])
     return {"wall_s": wall, "per_job_overhead_ms": (span - busy) / (len(rows) - 1) * 1000, "loads": loads,
@@ -80,17 +87,18 @@ def large_state(workdir: Path, total: int, tail: int) -> dict[str, dict[str, flo
     launcher = ["hydra/launcher=llem_local"]
     alone = workdir / "alone"
     seeds = f"range({total - tail},{total})"
-    small = _overhead(_manifest(alone)["jobs"], _campaign(workdir, alone, seeds, launcher))
+    wall = _campaign(workdir, alone, seeds, launcher)
+    small = _overhead(_manifest(alone)["jobs"], wall)
     big = workdir / "big"
     _campaign(workdir, big, f"range(0,{total})", launcher, "hydra.sweeper.dry_run=true")
     template = json.loads(Path(_manifest(alone)["jobs"][0]["result_path"]).read_text())
     for job in _manifest(big)["jobs"]:
-        if job["params"]["random_seed"] < total - tail:
+        if int(job["params"]["random_seed"]) < total - tail:
             path = Path(job["result_path"])
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({**template, "config_hash": job["config_hash"]}))
     wall = _campaign(workdir, big, f"range(0,{total})", launcher)
-    rows = [j for j in _manifest(big)["jobs"] if j["params"]["random_seed"] >= total - tail]
+    rows = [j for j in _manifest(big)["jobs"] if int(j["params"]["random_seed"]) >= total - tail]
     return {f"{tail} jobs alone": small, f"last {tail} of {total}": _overhead(rows, wall)}
 
 

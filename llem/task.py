@@ -24,6 +24,8 @@ SESSION = BackendSession()
 atexit.register(SESSION.release)  # engines with worker processes (vLLM) shut down cleanly at exit
 # Set by a campaign worker before its first job: extra warmup prompts, once per worker.
 CAMPAIGN_WARMUP: dict[str, Any] = {}
+# Set by a campaign worker before each job a parallel launcher placed: its GPUs and the node's concurrency.
+PLACEMENT: dict[str, Any] = {}
 
 USER_ERRORS = (ConfigError, MeasurementError, HardwareUnsupported, BackendUnavailable)
 
@@ -91,7 +93,10 @@ def run_task(cfg: DictConfig) -> Any:
         output_dir = _output_dir()
         warmup = dict(CAMPAIGN_WARMUP)
         CAMPAIGN_WARMUP.clear()
-        result = run_experiment(composed.experiment, output_dir, SESSION, campaign_warmup=warmup or None)
+        placement = dict(PLACEMENT) or None
+        PLACEMENT.clear()
+        result = run_experiment(composed.experiment, output_dir, SESSION, campaign_warmup=warmup or None,
+                                placement=placement)
     except USER_ERRORS as error:
         if single:
             print(f"llem: {error}", file=sys.stderr)

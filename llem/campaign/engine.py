@@ -351,7 +351,7 @@ class Campaign:
             job.error = job.started_at = job.completed_at = None
             job.attempts = 0
             job.retryable = True
-            job.slurm_job_id = job.node = None
+            job.slurm_job_id = job.node = job.gpus = None
             job.result_path = str(self.sweep_dir / str(next_num) / "result.json") if template.result_path else None
             new.append(job)
             next_num += 1

@@ -25,10 +25,12 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from llem.launch.container import ContainerSpec, ContainerWorker, remove_leftovers
+from llem.launch.gpus import Gpu
 from llem.launch.handle import WorkerHandle
 from llem.launch.local import LocalWorker
 from llem.launch.options import ContainerOptions, LocalOptions
-from llem.launch.runner import CampaignRunner, RunnerOptions, compose_job
+from llem.launch.job_config import JobComposer
+from llem.launch.runner import CampaignRunner, RunnerOptions, numbered
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,11 @@ def _parse_mount(text: str) -> tuple[str, str, str]:
     raise ValueError(f"hydra.launcher.mounts: expected 'host:container[:ro|rw]', got {text!r}")
 
 
-def container_spec(options: ContainerOptions, key: str, sweep_dir: str, socket_dir: Path) -> ContainerSpec:
-    """How the worker container for routing key `key` runs: image, mounts, environment, GPUs."""
+def container_spec(
+    options: ContainerOptions, key: str, sweep_dir: str, socket_dir: Path, gpus: Sequence[Gpu] | None = None
+) -> ContainerSpec:
+    """How the worker container for routing key `key` runs: image, mounts, environment, GPUs
+    (`gpus`: the set a parallel launcher pinned it to; else `options.gpus`)."""
     if key not in options.images:
         raise RuntimeError(f"hydra.launcher.images has no image for '{key}' (known: {sorted(options.images)})")
     mounts = [(sweep_dir, sweep_dir, "rw"), (str(socket_dir), str(socket_dir), "rw")]
@@ -68,14 +73,16 @@ def container_spec(options: ContainerOptions, key: str, sweep_dir: str, socket_d
         if workdir != sweep_dir:
             mounts.append((workdir, workdir, "rw"))
     mounts += [_parse_mount(str(m)) for m in options.mounts]
-    gpus = options.gpus
-    if gpus is not None and not isinstance(gpus, str):
-        gpus = [int(g) for g in gpus]
+    devices: Any = options.gpus
+    if gpus is not None:
+        devices = [g.index for g in gpus] or None
+    elif devices is not None and not isinstance(devices, str):
+        devices = [int(g) for g in devices]
     return ContainerSpec(
         engine=options.engine,
         image=str(options.images[key]),
         python=str(options.python or "python"),
-        gpus=gpus,
+        gpus=devices,
         network=options.network,
         mounts=mounts,
         env=env,
@@ -97,20 +104,43 @@ class WorkerPool(CampaignRunner):
             gone = remove_leftovers(options.engine, CAMPAIGN_LABEL, campaign_label(self.sweep_dir))
             if gone:
                 log.warning("llem: removed containers left by an earlier run of this campaign: %s", ", ".join(gone))
-        super().__init__(self._make_worker, RunnerOptions(route_by=options.route_by, timeout_s=options.timeout_s))
+        super().__init__(self._make_worker, RunnerOptions(route_by=options.route_by, timeout_s=options.timeout_s,
+                                                          gaps_per_worker=options.parallel))
         # Unix socket paths are limited to ~100 bytes: keep them short, outside the sweep dir.
         self.socket_dir = Path(tempfile.mkdtemp(prefix="llem-w-"))
         self.log_dir = Path(self.sweep_dir) / ".workers"
+        self.pins: dict[str, tuple[str, tuple[Gpu, ...]]] = {}  # worker name -> (routing key, pinned GPUs)
         self._closed = False
         atexit.register(self.close)
+
+    def pin(self, worker: str, route: str, gpus: tuple[Gpu, ...]) -> None:
+        """Worker `worker` (made on first use) runs jobs of `route` on exactly `gpus`."""
+        self.pins[worker] = (route, gpus)
+
+    def evict(self, worker: str) -> None:
+        """Stop an idle pinned worker so its GPUs can be pinned to another."""
+        state = self.keys.pop(worker, None)
+        self.pins.pop(worker, None)
+        if state is not None and state.worker is not None:
+            try:
+                state.worker.stop()
+            except Exception as error:  # noqa: BLE001 - it is being discarded anyway
+                log.warning("llem: could not stop worker %s: %s", worker, error)
+                state.worker.kill()
 
     def _make_worker(self, key: str) -> WorkerHandle:
         state = Singleton.get_state()
         options = self.launcher_options
+        route, gpus = self.pins.get(key, (key, None))
+        socket_name = key.replace("@", "-")
         if isinstance(options, ContainerOptions):
-            return ContainerWorker(key, self.socket_dir, state, container_spec(options, key, self.sweep_dir, self.socket_dir))
-        return LocalWorker(key, self.socket_dir, self.log_dir, state, python=options.python or sys.executable,
-                           env={str(k): str(v) for k, v in options.env.items()})  # fmt: skip
+            spec = container_spec(options, route, self.sweep_dir, self.socket_dir, gpus)
+            return ContainerWorker(socket_name, self.socket_dir, state, spec)
+        env = {str(k): str(v) for k, v in options.env.items()}
+        if gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(g.uuid for g in gpus)  # UUIDs: CUDA's order may differ from NVML's
+        return LocalWorker(socket_name, self.socket_dir, self.log_dir, state, python=options.python or sys.executable,
+                           env=env)  # fmt: skip
 
     def close(self) -> None:
         if self._closed:
@@ -135,6 +165,16 @@ class LlemLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
         self.pool: WorkerPool | None = None
         self.session: Any = None
+        self.composer: JobComposer | None = None
+        self.packer: Any = None  # llem.launch.placement.GpuPacker, with `parallel`
+        self.gpu_locks: Any = None  # llem.launch.gpus.GpuLocks, with `parallel`
+
+    @staticmethod
+    def nvml() -> Any:
+        """The NVML module to list the node's GPUs with (a scripted one under LLEM_NVML_FACTORY)."""
+        from llem.launch.protocol import nvml_from_env
+
+        return nvml_from_env()
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -161,23 +201,32 @@ class LlemLauncher(Launcher):
         from llem.plan.preflight import Workers
 
         options = self.options
+        gpus = visible_gpu_count(nvml_module=self.nvml())
         if isinstance(options, ContainerOptions):
-            return Workers("container", engine=options.engine, images=dict(options.images),
-                           gpu_count=visible_gpu_count())  # fmt: skip
-        return Workers("local", python=options.python, gpu_count=visible_gpu_count())
+            return Workers("container", engine=options.engine, images=dict(options.images), gpu_count=gpus)
+        return Workers("local", python=options.python, gpu_count=gpus)
 
     def finish(self) -> None:
-        """Stop every worker (at the end of a campaign, and at exit)."""
+        """Stop every worker (at the end of a campaign, and at exit), then free the GPUs it held."""
         if self.pool is not None:
             self.pool.close()
+        if self.gpu_locks is not None:
+            self.gpu_locks.release_all()
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        if self.options.parallel:
+            from llem.launch.parallel import launch_parallel
+
+            return launch_parallel(self, job_overrides, initial_job_idx)
         setup_globals()
         config = self.config
         assert config is not None and self.hydra_context is not None
         configure_log(config.hydra.hydra_logging, config.hydra.verbose)
         Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         pool = self._pool()
+        if self.composer is None:
+            self.composer = JobComposer(self.hydra_context.config_loader, config)
+        composer = self.composer
         log.info("llem %s launcher: %d job(s)", self.kind, len(job_overrides))
         returns: list[JobReturn] = []
         current: int | None = None
@@ -194,7 +243,7 @@ class LlemLauncher(Launcher):
             """Compose job `idx` (if any and not yet done); called for the next job while one runs."""
             if idx < len(job_overrides) and idx not in composed:
                 try:
-                    composed[idx] = compose_job(self.hydra_context, config, job_overrides[idx], initial_job_idx + idx)
+                    composed[idx] = numbered(composer.compose(job_overrides[idx]), initial_job_idx + idx)
                 except Exception as error:  # noqa: BLE001 - fails that job only (e.g. a config file edited meanwhile)
                     composed[idx] = error
 

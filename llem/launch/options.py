@@ -22,6 +22,13 @@ class LocalOptions:
     python: Optional[str] = None
     # Extra environment variables for the workers (not for secrets: those are inherited).
     env: Dict[str, str] = field(default_factory=dict)
+    # The node's GPUs this launcher may use: "all", or a list of NVML indices or UUIDs.
+    gpus: Any = "all"
+    # Run jobs side by side, each worker pinned to its own GPU set (CUDA_VISIBLE_DEVICES), packed by each
+    # job's GPU need. Off by default: jobs that share a node share its CPUs, memory bandwidth and power budget.
+    parallel: bool = False
+    # With `parallel`: how long to wait for a GPU another campaign on this node holds (null: as long as it takes).
+    gpu_lock_timeout_s: Optional[float] = None
 
     @classmethod
     def from_config(cls: "type[T]", options: Mapping[str, Any]) -> "T":
@@ -47,8 +54,8 @@ class ContainerOptions(LocalOptions):
     engine: str = "docker"
     # Image per routing key (per backend); see docker/ for how to build them.
     images: Dict[str, str] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
-    # GPUs given to each container: "auto" (all of them when the host has NVIDIA GPUs, else none),
-    # "all", a list of indices, or null for none.
+    # GPUs given to the containers: "auto" (all of them when the host has NVIDIA GPUs, else none), "all", a
+    # list of indices, or null for none. With `parallel`, the pool each container gets its own GPU set from.
     gpus: Any = "auto"
     # Container network (null: the engine's default).
     network: Optional[str] = None

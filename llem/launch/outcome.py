@@ -16,7 +16,8 @@ class JobFailure(RuntimeError):
 # Failures no retry can change in the same environment: the engine is not installed, the hardware cannot run
 # the settings, the settings are invalid for this machine, the requested energy source does not exist here.
 PERMANENT_FAILURES = frozenset(
-    {"HardwareUnsupported", "ConfigError", "EngineArgsError", "BuildArgsError", "MeasurementError", "ValidationError"}
+    {"HardwareUnsupported", "ConfigError", "EngineArgsError", "BuildArgsError", "MeasurementError", "ValidationError",
+     "GpuNeedTooLarge"}
 )
 
 

@@ -33,6 +33,8 @@ HEALTH_TIMEOUT_S = 30.0
 class RunnerOptions:
     route_by: str = "backend.name"
     timeout_s: float | None = None
+    # Gaps between consecutive jobs of the same worker (GPU set), not of the whole launcher: for parallel workers.
+    gaps_per_worker: bool = False
 
 
 @dataclass
@@ -42,6 +44,8 @@ class _KeyState:
     last_checked_period: tuple[int | None, int | None] | None = None
     warmed: bool = False
     disabled_reason: str | None = None
+    ran_any: bool = False  # gaps, when kept per worker
+    previous_period: tuple[int | None, int | None] | None = None
 
 
 class CampaignRunner:
@@ -156,17 +160,26 @@ class CampaignRunner:
             return (None, None)
         return (self.session.repetition_of(job_num), self.session.cycle_of(job_num))
 
-    def _gap(self, job_num: int) -> None:
+    def _gap(self, job_num: int, key: str) -> None:
+        """Sleep the config gap before a job, or the cycle gap when its (repetition, cycle) changes; kept for the
+        whole launcher, or per worker when workers run side by side (each GPU set keeps its own pace)."""
         settings = self.settings
         period = self._period(job_num)
-        if settings is not None and self._ran_any:
-            new_cycle = period[1] is not None and self._previous_cycle is not None and period != self._previous_cycle
+        holder = self._state(key) if self.options.gaps_per_worker else None
+        ran_any = holder.ran_any if holder is not None else self._ran_any
+        previous = holder.previous_period if holder is not None else self._previous_cycle
+        if settings is not None and ran_any:
+            new_cycle = period[1] is not None and previous is not None and period != previous
             seconds = settings.execution.cycle_gap_seconds if new_cycle else settings.execution.config_gap_seconds
             if seconds > 0:
-                self.session.say(f"waiting {seconds:g} s ({'cycle' if new_cycle else 'config'} gap)")
+                where = f" on {key}" if holder is not None else ""
+                self.session.say(f"waiting {seconds:g} s ({'cycle' if new_cycle else 'config'} gap{where})")
                 self.session.gap(seconds)
                 self.sleep(seconds)
-        self._previous_cycle = period
+        if holder is not None:
+            holder.previous_period = period
+        else:
+            self._previous_cycle = period
 
     def _health_due(self, key: str, job_num: int) -> bool:
         settings = self.settings
@@ -235,14 +248,21 @@ class CampaignRunner:
         task_function: Any,
         hydra_context: Any,
         while_waiting: Callable[[], None] | None = None,
+        *,
+        key: str | None = None,
+        placement: dict[str, Any] | None = None,
     ) -> JobReturn:
-        """Run one composed job on its worker. `while_waiting` runs once the job is dispatched."""
+        """Run one composed job on its worker. `while_waiting` runs once the job is dispatched.
+
+        `key` names the worker (default: the value at `route_by`); `placement` (GPUs, concurrency) goes
+        into the job's result.
+        """
         job_num = int(config.hydra.job.num)
         session = self._session_for(config)
-        key = str(OmegaConf.select(config, self.options.route_by, default=None) or "default")
+        key = key or self.route_key(config)
         state = self._state(key)
         if state.disabled_reason is None:  # a disabled key's jobs fail at once, without a gap
-            self._gap(job_num)
+            self._gap(job_num, key)
             if self._health_due(key, job_num):
                 self._health_check(key, job_num)
         # every hand-over counts as an attempt, even one the launcher fails itself
@@ -268,6 +288,8 @@ class CampaignRunner:
             message["task_function"] = protocol.pack(task_function)
             # a job needs the callbacks, not the host's config loader (which may name host-only plugins)
             message["hydra_context"] = protocol.pack(HydraContext(config_loader=None, callbacks=hydra_context.callbacks))
+        if placement is not None:
+            message["placement"] = placement
         if settings is not None and not state.warmed:
             message["campaign_warmup"] = {
                 "prompts": settings.execution.warmup_prompts,
@@ -294,12 +316,22 @@ class CampaignRunner:
         except RuntimeError as error:  # the worker answered, but could not run the job
             ret = self._failed(config, overrides, JobFailure(f"job {job_num}: {error}"))
         state.experiments_since_check += 1
-        self._ran_any = True
+        state.ran_any = self._ran_any = True
         return self._finish(job_num, key, ret)
+
+    def route_key(self, config: DictConfig) -> str:
+        """The value at `route_by` (one warm worker per value, e.g. per backend)."""
+        return str(OmegaConf.select(config, self.options.route_by, default=None) or "default")
 
     def _finish(self, job_num: int, key: str, ret: JobReturn) -> JobReturn:
         self.session.finished(job_num, ret)
         return ret
+
+    def refuse(self, config: DictConfig, overrides: Sequence[str], error: BaseException) -> JobReturn:
+        """Fail a composed job without handing it to a worker (its attempt counts)."""
+        job_num = int(config.hydra.job.num)
+        self._session_for(config).started(job_num, key=self.route_key(config), label=" ".join(overrides))
+        return self._finish(job_num, "", self._failed(config, overrides, error))
 
     def compose_failed(self, job_num: int, overrides: Sequence[str], error: Exception) -> JobReturn:
         """A job whose config could not be composed: failed, with Hydra's message."""
@@ -318,6 +350,11 @@ def compose_job(
 ) -> DictConfig:
     """Compose one job on the host, as Hydra's own launchers do, with its number and id."""
     config = hydra_context.config_loader.load_sweep_config(master_config, list(overrides))
+    return numbered(config, job_num)
+
+
+def numbered(config: DictConfig, job_num: int) -> DictConfig:
+    """Give a composed job its number and id, as Hydra's own launchers do."""
     with open_dict(config):
         config.hydra.job.id = f"{config.hydra.job.name}_{job_num}"
         config.hydra.job.num = job_num

@@ -49,7 +49,9 @@ def _run(message: dict[str, Any]) -> dict[str, Any]:
         _CONTEXT["hydra_context"] = protocol.unpack(message["hydra_context"])
     task_function, hydra_context = _CONTEXT["task_function"], _CONTEXT["hydra_context"]
     _set_campaign_warmup(message.get("campaign_warmup"))
+    _set_placement(message.get("placement"))
     start = time.perf_counter()
+    _save_job_files(config)
     ret = run_job(
         hydra_context=hydra_context,
         task_function=task_function,
@@ -61,6 +63,59 @@ def _run(message: dict[str, Any]) -> dict[str, Any]:
     if ret.status == JobStatus.FAILED:
         ret._return_value = _safe_exception(ret._return_value)
     return {"ok": True, "job_return": protocol.pack(ret), "elapsed_s": elapsed}
+
+
+def _set_placement(placement: dict[str, Any] | None) -> None:
+    """Hand a parallel launcher's placement of this job (GPUs, concurrency) to llem's task for its result."""
+    if placement is None and "llem.task" not in sys.modules:
+        return
+    task = importlib.import_module("llem.task")
+    task.PLACEMENT.clear()
+    task.PLACEMENT.update(placement or {})
+
+
+def _install_nvml_factory() -> None:
+    """With LLEM_NVML_FACTORY set (tests), every NVML user in this worker, the energy monitor included,
+    gets the scripted NVML instead of `pynvml`."""
+    fake = protocol.nvml_from_env()
+    if fake is not None:
+        sys.modules["pynvml"] = fake
+
+
+def _save_job_files(config: Any) -> None:
+    """Write the job's `.hydra/` files (config, hydra, overrides) as Hydra's run_job would, with libyaml
+    (Hydra's pure-Python YAML is a large part of its per-job set-up), then slim the hydra node for run_job.
+
+    Hydra's own saving is then switched off for this job. Anything unexpected leaves it all to Hydra.
+    """
+    import yaml
+    from omegaconf import OmegaConf, open_dict
+
+    dumper = getattr(yaml, "CSafeDumper", None)
+    subdir = OmegaConf.select(config, "hydra.output_subdir", default=None)
+    if dumper is None or subdir is None:
+        return
+    try:
+        job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+        task = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))
+        files = {
+            "config.yaml": task,
+            "hydra.yaml": {"hydra": OmegaConf.to_container(config.hydra)},
+            "overrides.yaml": OmegaConf.to_container(config.hydra.overrides.task),
+        }
+        target = job_dir / str(subdir)
+        target.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            text = yaml.dump(data, Dumper=dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+            (target / name).write_text(text, encoding="utf-8")
+    except Exception:  # noqa: BLE001 - e.g. a sweep dir that needs Hydra's resolvers: Hydra saves as usual
+        return
+    with open_dict(config.hydra):
+        config.hydra.output_subdir = None
+        # Hydra deep-copies the hydra node several times per job; the job needs none of these (they are in
+        # hydra.yaml above): the launcher's and sweeper's options, and the launching process's logging.
+        for key in ("launcher", "sweeper", "hydra_logging"):
+            config.hydra[key] = {}
 
 
 def _set_campaign_warmup(warmup: dict[str, Any] | None) -> None:
@@ -187,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         print("llem worker: no authkey given", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when a worker stops
+    _install_nvml_factory()
     if os.getppid() != 1:  # a local worker (in a container the launcher is not our parent)
         _die_with_parent()
     args.socket.parent.mkdir(parents=True, exist_ok=True)

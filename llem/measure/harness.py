@@ -298,6 +298,7 @@ def run_experiment(
     sleep: Callable[[float], None] = time.sleep,
     nvml_module: Any = None,
     campaign_warmup: dict[str, Any] | None = None,
+    placement: dict[str, Any] | None = None,
 ) -> ExperimentResult:
     """Measure `experiment` and write result.json (and the telemetry Parquet) into `output_dir`.
 
@@ -394,6 +395,7 @@ def run_experiment(
             prefill_energy_raw_j=prefill_window.energy.total_j,
         )
     result = ExperimentResult(
+        placement=placement,
         experiment_name=experiment.experiment_name,
         config_hash=config_hash(experiment),
         backend=experiment.backend.name,

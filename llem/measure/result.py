@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llem.atomic import atomic_write_text
 
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 RESULT_FILENAME = "result.json"
 TIMESERIES_FILENAME = "timeseries.parquet"
 
@@ -120,6 +120,17 @@ class Phase(_ResultModel):
     unavailable_reason: str | None = None
 
 
+class Placement(_ResultModel):
+    """Set by a launcher that packs jobs onto a node's GPUs (`hydra.launcher.parallel`)."""
+
+    gpus: list[str] = Field(description="UUIDs of the GPUs the job was pinned to (CUDA_VISIBLE_DEVICES).")
+    gpu_indices: list[int] = Field(description="Their NVML indices on the node.")
+    parallel: bool = Field(description="Whether other jobs could run on the node at the same time.")
+    concurrent_jobs: int = Field(
+        description="Jobs of this campaign running on the node when this one started, itself included."
+    )
+
+
 class ExperimentResult(_ResultModel):
     schema_version: str = SCHEMA_VERSION
     experiment_name: str | None = None
@@ -148,6 +159,9 @@ class ExperimentResult(_ResultModel):
     engine_settings: dict[str, Any]
     environment: dict[str, Any]
     timeseries_file: str | None
+    placement: Placement | None = Field(
+        None, description="Where the launcher ran the job: its GPUs and how many jobs ran on the node at once."
+    )
     started_at: str
     completed_at: str
     warnings: list[str]

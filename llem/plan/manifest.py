@@ -56,6 +56,7 @@ class ManifestJob(_Model):
     retired: bool = Field(False, description="No longer part of the campaign (kept with its result).")
     slurm_job_id: str | None = Field(None, description="SLURM job that ran this job (llem_slurm launcher).")
     node: str | None = Field(None, description="Host that ran this job, where the launcher knows it.")
+    gpus: list[str] | None = Field(None, description="UUIDs of the GPUs a parallel launcher pinned this job to.")
 
 
 class Duplicate(_Model):
