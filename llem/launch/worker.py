@@ -51,8 +51,10 @@ def _run(message: dict[str, Any]) -> dict[str, Any]:
     _set_campaign_warmup(message.get("campaign_warmup"))
     _set_placement(message.get("placement"))
     start = time.perf_counter()
-    _save_job_files(config)
-    ret = run_job(
+    from llem.launch import job_runner
+
+    run = job_runner.run_job if job_runner.supports(config) else run_job
+    ret = run(
         hydra_context=hydra_context,
         task_function=task_function,
         config=config,
@@ -80,42 +82,6 @@ def _install_nvml_factory() -> None:
     fake = protocol.nvml_from_env()
     if fake is not None:
         sys.modules["pynvml"] = fake
-
-
-def _save_job_files(config: Any) -> None:
-    """Write the job's `.hydra/` files (config, hydra, overrides) as Hydra's run_job would, with libyaml
-    (Hydra's pure-Python YAML is a large part of its per-job set-up), then slim the hydra node for run_job.
-
-    Hydra's own saving is then switched off for this job. Anything unexpected leaves it all to Hydra.
-    """
-    import yaml
-    from omegaconf import OmegaConf, open_dict
-
-    dumper = getattr(yaml, "CSafeDumper", None)
-    subdir = OmegaConf.select(config, "hydra.output_subdir", default=None)
-    if dumper is None or subdir is None:
-        return
-    try:
-        job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
-        task = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))
-        files = {
-            "config.yaml": task,
-            "hydra.yaml": {"hydra": OmegaConf.to_container(config.hydra)},
-            "overrides.yaml": OmegaConf.to_container(config.hydra.overrides.task),
-        }
-        target = job_dir / str(subdir)
-        target.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            text = yaml.dump(data, Dumper=dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
-            (target / name).write_text(text, encoding="utf-8")
-    except Exception:  # noqa: BLE001 - e.g. a sweep dir that needs Hydra's resolvers: Hydra saves as usual
-        return
-    with open_dict(config.hydra):
-        config.hydra.output_subdir = None
-        # Hydra deep-copies the hydra node several times per job; the job needs none of these (they are in
-        # hydra.yaml above): the launcher's and sweeper's options, and the launching process's logging.
-        for key in ("launcher", "sweeper", "hydra_logging"):
-            config.hydra[key] = {}
 
 
 def _set_campaign_warmup(warmup: dict[str, Any] | None) -> None:
