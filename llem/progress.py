@@ -48,13 +48,15 @@ class GapPlan:
 
     def remaining_s(self, finished: set[int], started_any: bool) -> float:
         """Gap time before the jobs not yet finished (the first job of a run has no gap before it)."""
-        left = [cycle for num, cycle in self.order if num not in finished]
         total = 0.0
-        previous: int | None = None
-        for i, cycle in enumerate(left):
-            if i > 0 or started_any:
-                changed = previous is not None and cycle != previous
-                total += self.cycle_gap_s if changed else self.config_gap_s
+        previous: int | None = None  # the cycle of the job run before this one
+        first = not started_any
+        for num, cycle in self.order:
+            if num not in finished:
+                if not first:
+                    changed = previous is not None and cycle != previous
+                    total += self.cycle_gap_s if changed else self.config_gap_s
+                first = False
             previous = cycle
         return total
 

@@ -10,6 +10,7 @@ counted in one place (`JobSession.started`).
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import os
 import signal
@@ -211,6 +212,10 @@ class Campaign:
         if self.multirun_yaml is not None:
             atomic_write_text(self.sweep_dir / "multirun.yaml", self.multirun_yaml)
         self._open_state()
+        # The plan and the state are long-lived: keep them out of the collector's scans, so the cost of a
+        # job does not grow with the size of the campaign.
+        gc.collect()
+        gc.freeze()
         log.info("planned %d job(s) with %d composition(s); manifest %s",
                  len(self.plan.runnable), self.composer.compositions, self.manifest_path)  # fmt: skip
         if self.options.dry_run:

@@ -16,9 +16,10 @@ from typing import Any
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from llem.plan.compose import GroupLookup
 
 
 class JobComposer:
@@ -30,17 +31,9 @@ class JobComposer:
         self._master = master_config
         self._hydra_overrides = list(OmegaConf.to_container(master_config.hydra.overrides.hydra))  # type: ignore[arg-type]
         self._parser = OverridesParser.create()
-        self._is_group: dict[str, bool] = {}
+        self._group = GroupLookup(config_loader)
         self._bases: dict[tuple[str, ...], DictConfig] = {}
         self.compositions = 0
-
-    def _group(self, override: Override) -> bool:
-        key = override.key_or_group
-        known = self._is_group.get(key)
-        if known is None:
-            known = bool(self._loader.repository.group_exists(key))
-            self._is_group[key] = known
-        return known
 
     def _slow(self, overrides: Sequence[str]) -> DictConfig:
         self.compositions += 1

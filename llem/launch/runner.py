@@ -325,6 +325,10 @@ class CampaignRunner:
 
     def _finish(self, job_num: int, key: str, ret: JobReturn) -> JobReturn:
         self.session.finished(job_num, ret)
+        if self.session.state is not None:
+            # the campaign has recorded the job: drop its config copies, which a long batch would otherwise
+            # keep by the thousand (the result, config files and manifest hold everything they said)
+            ret.cfg = ret.hydra_cfg = None
         return ret
 
     def refuse(self, config: DictConfig, overrides: Sequence[str], error: BaseException) -> JobReturn:

@@ -104,6 +104,22 @@ def apply_value_override(cfg: dict[str, Any], override: Override) -> None:
     _merge(parent, leaf, value)
 
 
+class GroupLookup:
+    """Whether an override selects a config group (`backend=vllm`) or sets a value; cached per key."""
+
+    def __init__(self, config_loader: Any) -> None:
+        self._loader = config_loader
+        self._known: dict[str, bool] = {}
+
+    def __call__(self, override: Override) -> bool:
+        key = override.key_or_group
+        known = self._known.get(key)
+        if known is None:
+            known = bool(self._loader.repository.group_exists(key))
+            self._known[key] = known
+        return known
+
+
 class FastComposer:
     """Experiment configs (as plain dicts) for many override lists, composing each group selection once."""
 
@@ -120,7 +136,7 @@ class FastComposer:
         self._drop = set(drop_keys) | set(DROPPED_KEYS)
         self._parser = OverridesParser.create()
         self._parsed: dict[str, Override] = {}
-        self._is_group: dict[str, bool] = {}
+        self.is_group = GroupLookup(config_loader)
         self._bases: dict[tuple[str, ...], tuple[dict[str, Any] | None, DictConfig | None]] = {}
         self.compositions = 0
 
@@ -130,14 +146,6 @@ class FastComposer:
             parsed = self._parser.parse_override(line)
             self._parsed[line] = parsed
         return parsed
-
-    def is_group(self, override: Override) -> bool:
-        key = override.key_or_group
-        known = self._is_group.get(key)
-        if known is None:
-            known = bool(self._loader.repository.group_exists(key))
-            self._is_group[key] = known
-        return known
 
     def _base(self, groups: tuple[str, ...]) -> tuple[dict[str, Any] | None, DictConfig | None]:
         base = self._bases.get(groups)

@@ -114,3 +114,37 @@ def test_eta_counts_down_between_finishes_and_interruption_is_reported() -> None
     except KeyboardInterrupt:
         pass
     assert "campaign interrupted: 1 done, 0 failed of 5" in buffer.getvalue()
+
+
+def test_the_eta_counts_the_gaps_still_to_come_apart_from_job_time() -> None:
+    from llem.progress import GapPlan
+
+    console, buffer = _console(terminal=False)
+    clock = Clock()
+    # 4 jobs, two cycles: 5 s config gaps, a 60 s cycle gap between job 1 and job 2
+    gaps = GapPlan(config_gap_s=5, cycle_gap_s=60, order=[(0, 0), (1, 0), (2, 1), (3, 1)])
+    with CampaignProgress(4, stream=console, clock=clock, gaps=gaps) as progress:
+        progress.job_started(0, "pytorch", "")
+        clock.now += 10
+        progress.job_finished(0, "completed")
+        # 10 s per job x 3 left, plus the gaps before jobs 1, 2 and 3: 5 + 60 + 5
+        assert progress.eta_s() == 30 + 70
+        progress.gap(5)
+        clock.now += 5  # the gap before job 1, slept
+        progress.job_started(1, "pytorch", "")
+        clock.now += 10
+        progress.job_finished(1, "completed")
+        # job time excludes the gap: still 10 s per job; 2 left; gaps ahead: 60 + 5
+        assert progress.eta_s() == 20 + 65
+        clock.now += 30  # half-way through the cycle gap: the countdown runs from the last finish
+        assert progress.eta_s() == 85 - 30
+
+
+def test_gap_plan_without_a_job_started_has_no_gap_before_the_first() -> None:
+    from llem.progress import GapPlan
+
+    gaps = GapPlan(config_gap_s=2, cycle_gap_s=9, order=[(5, 0), (6, 0), (7, 1)])
+    assert gaps.remaining_s(set(), started_any=False) == 2 + 9
+    assert gaps.remaining_s({5}, started_any=True) == 2 + 9
+    assert gaps.remaining_s({5, 6}, started_any=True) == 9
+    assert gaps.remaining_s({5, 6, 7}, started_any=True) == 0
