@@ -97,7 +97,10 @@ def _wait_for_result(sweep: Path, job_num: int, proc: subprocess.Popen[str], tim
     raise AssertionError(f"job {job_num} never produced a result")
 
 
-LONGER = ["num_input_prompts=2,24,25", "max_output_tokens=32", "max_input_tokens=32"]  # a short job, then long ones
+# three jobs in one group, 15 s apart (the campaign's config gap, which the group keeps): time to cancel or
+# requeue the group after its first result
+LONGER = ["num_input_prompts=2,24,25", "max_output_tokens=32", "max_input_tokens=32",
+          "campaign.execution.config_gap_seconds=15"]
 
 
 def _no_result_twice(sweep: Path, first: Path, first_mtime: int) -> Any:

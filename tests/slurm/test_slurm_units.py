@@ -354,3 +354,24 @@ def test_squeue_states_parses_and_copes_with_errors() -> None:
         "1": "RUNNING", "2": "CANCELLED"}
     assert squeue_states(["3"], run=lambda *a, **k: Proc(1, err="slurm_load_jobs error: Invalid job id")) == {}
     assert squeue_states(["3"], run=lambda *a, **k: Proc(1, err="Unable to contact slurm controller")) is None
+
+
+def test_group_jobs_take_the_campaigns_settings_not_the_jobs_defaults(tmp_path: Path) -> None:
+    """Jobs never carry `campaign.*` overrides, so their composed `campaign` section holds the defaults: a group
+    must pace itself with the running campaign's settings (here no gap, where the default is 60 s)."""
+    from llem.config import CampaignSettings
+
+    specs = [_spec(tmp_path, n) for n in range(2)]
+    for spec in specs:
+        spec.config.campaign = {"execution": {"config_gap_seconds": 60.0, "warmup_prompts": 0}}
+    context = type("Ctx", (), {"config_loader": None, "callbacks": None})()
+    run = SlurmLaunch(SlurmOptions(), _config(tmp_path, 0), context, lambda cfg: None)
+    (group,) = group_jobs(specs)
+    assert run.group_job(group).gap_s == 60.0  # no campaign attached: the job's own section
+    session = _Session()
+    session.settings = CampaignSettings.model_validate(  # type: ignore[attr-defined]
+        {"execution": {"config_gap_seconds": 0, "warmup_prompts": 3}}
+    )
+    run.session = session
+    job = run.group_job(group)
+    assert job.gap_s == 0.0 and job.warmup == {"prompts": 3, "timeout_s": 300.0}

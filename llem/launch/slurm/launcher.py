@@ -23,7 +23,8 @@ from hydra.core.utils import (
 )
 from omegaconf import DictConfig
 
-from llem.launch.runner import JobFailure, compose_job
+from llem.launch.outcome import JobFailure
+from llem.launch.runner import compose_job
 from llem.launch.slurm.groups import (
     Group,
     JobSpec,
@@ -141,8 +142,9 @@ class SlurmLaunch:
         from llem.launch.slurm.container import image_for
 
         first = group.jobs[0].config
-        prompts = int(campaign_value(first, "execution.warmup_prompts", 0) or 0)
-        warmup = ({"prompts": prompts, "timeout_s": campaign_value(first, "execution.warmup_timeout_seconds", 300.0)}
+        setting = self._campaign_setting
+        prompts = int(setting(first, "execution.warmup_prompts", 0) or 0)
+        warmup = ({"prompts": prompts, "timeout_s": setting(first, "execution.warmup_timeout_seconds", 300.0)}
                   if prompts > 0 else None)
         container = self.options.container
         return GroupJob(
@@ -152,10 +154,21 @@ class SlurmLaunch:
             passthrough=list(self.options.env_passthrough), container=container,
             image=image_for(container, group.key) if container is not None else None,
             gpus=group.gpus, warmup=warmup,
-            gap_s=float(campaign_value(first, "execution.config_gap_seconds", 0.0) or 0.0),
-            cold_start=bool(campaign_value(first, "cold_start.force_cold_start", False)
-                            or campaign_value(first, "cold_start.restart_container", False)),
+            gap_s=float(setting(first, "execution.config_gap_seconds", 0.0) or 0.0),
+            cold_start=bool(setting(first, "cold_start.force_cold_start", False)
+                            or setting(first, "cold_start.restart_container", False)),
         )
+
+    def _campaign_setting(self, config: DictConfig, key: str, default: Any) -> Any:
+        """A campaign setting: the running campaign's (its command line's `campaign.*` overrides included, which
+        jobs never carry), else the composed job's `campaign` section."""
+        settings = getattr(self.session, "settings", None)
+        if settings is None:
+            return campaign_value(config, key, default)
+        value: Any = settings
+        for part in key.split("."):
+            value = getattr(value, part, None)
+        return default if value is None else value
 
     def _executor(self) -> Any:
         if self.executor_factory is not None:
