@@ -172,10 +172,6 @@ class Campaign:
         finally:
             signal.signal(signal.SIGTERM, previous)
 
-    def recorded_seed(self) -> int | None:
-        """The shuffle seed this campaign dir recorded (so a resumed shuffled campaign plans the same order)."""
-        return self.state.manifest.shuffle_seed if self.state.exists() else None
-
     # ------------------------------------------------------------------ state
     def _fresh_manifest(self) -> CampaignManifest:
         manifest = build_manifest(self.plan, campaign_name=self.campaign_name, sweep_dir=self.sweep_dir)
@@ -299,7 +295,7 @@ class Campaign:
             results = self.launcher.launch([list(j.overrides) for j in batch], initial_job_idx=batch[0].job_num)
             self.returns.append(results)
             if not reports:
-                for job, ret in zip(batch, results):
+                for job, ret in zip(batch, results, strict=True):
                     session.finished(job.job_num, ret, overrides=list(job.overrides))
 
     def _progress(self, repetition: int, todo: list[ManifestJob], done: int) -> Any:

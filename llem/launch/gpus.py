@@ -132,7 +132,7 @@ class GpuLocks:
                 lock.release()
 
     def release_all(self) -> None:
-        for uuid, lock in list(self._held.items()):
+        for lock in list(self._held.values()):
             Path(lock.lock_file).with_suffix(".owner.json").unlink(missing_ok=True)
             lock.release()
         self._held.clear()

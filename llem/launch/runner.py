@@ -1,6 +1,7 @@
-"""Run a batch of Hydra jobs through warm workers: routing, gaps, health checks, restarts, manifest.
+"""Run Hydra jobs on warm workers: routing, gaps, health checks, restarts, cold starts, timeouts.
 
-Shared by the local and the container launcher; only how a worker is created differs.
+Shared by the local and the container launcher; only how a worker is created differs. Every
+job's start and end goes to the campaign's session (llem.campaign.JobSession), never to a file.
 """
 
 from __future__ import annotations
@@ -8,21 +9,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from llem.config import CampaignSettings
 from llem.launch import protocol
 from llem.launch.handle import WorkerDied, WorkerHandle, WorkerTimeout
 from llem.launch.outcome import JobFailure
+
+if TYPE_CHECKING:
+    from llem.config import CampaignSettings
 
 log = logging.getLogger(__name__)
 
