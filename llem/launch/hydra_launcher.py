@@ -168,6 +168,7 @@ class LlemLauncher(Launcher):
         self.composer: JobComposer | None = None
         self.packer: Any = None  # llem.launch.placement.GpuPacker, with `parallel`
         self.gpu_locks: Any = None  # llem.launch.gpus.GpuLocks, with `parallel`
+        self.executor: Any = None  # the job threads, with `parallel` (they outlive launch calls: see parallel.py)
 
     @staticmethod
     def nvml() -> Any:
@@ -210,6 +211,9 @@ class LlemLauncher(Launcher):
         """Stop every worker (at the end of a campaign, and at exit), then free the GPUs it held."""
         if self.pool is not None:
             self.pool.close()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
         if self.gpu_locks is not None:
             self.gpu_locks.release_all()
 

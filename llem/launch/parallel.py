@@ -100,60 +100,64 @@ class ParallelRun:
         composer = launcher.composer
         returns: list[JobReturn | None] = [None] * len(job_overrides)
         pool_size = len(self.packer.pool)
-        with ThreadPoolExecutor(max_workers=max(1, pool_size) + 1, thread_name_prefix="llem-job") as executor:
-            try:
-                for idx, overrides in enumerate(job_overrides):
-                    num = initial_job_idx + idx
-                    try:
-                        job_config = numbered(composer.compose(overrides), num)
-                    except Exception as error:  # noqa: BLE001 - fails that job only
-                        returns[idx] = self.pool.compose_failed(num, overrides, error)
-                        continue
-                    route = self.pool.route_key(job_config)
-                    need = job_gpu_need(job_config) if pool_size else 0
-                    if need > pool_size:
-                        failure = GpuNeedTooLarge(
-                            f"job {num} needs {need} GPU(s); hydra.launcher.gpus gives this launcher {pool_size}"
-                        )
-                        returns[idx] = self.pool.refuse(job_config, overrides, failure)
-                        continue
-                    slot = self.packer.place(route, need)
-                    while slot is None:
-                        self._wait_any(returns)
-                        slot = self.packer.place(route, need)
-                    for name in slot.evict:
-                        self.pool.evict(name)
-                        self.locks.release(g for g in self.packer.workers.get(name, ()) if g not in slot.gpus)
-                    try:
-                        self._acquire(slot, returns)
-                    except GpuBusy as busy:
-                        returns[idx] = self.pool.refuse(job_config, overrides, JobFailure(str(busy)))
-                        continue
-                    self.packer.start(slot)
-                    self.pool.pin(slot.worker, route, slot.gpus)
-                    placement = {
-                        "gpus": [g.uuid for g in slot.gpus],
-                        "gpu_indices": [g.index for g in slot.gpus],
-                        "parallel": True,
-                        "concurrent_jobs": len(self.running) + 1,
-                    }
-                    if self.pool.session is not None:
-                        self.pool.session.placed(num, gpus=placement["gpus"])
-                    log.info("\t#%d : %s on %s", num, " ".join(filter_overrides(list(overrides))), slot.worker)
-                    future = executor.submit(
-                        self.pool.run_job, job_config, overrides, launcher.task_function, launcher.hydra_context,
-                        key=slot.worker, placement=placement,
+        # One executor for the launcher's lifetime: a local worker dies with the thread that started it
+        # (PR_SET_PDEATHSIG follows threads), so job threads must outlive every launch call.
+        if launcher.executor is None:
+            launcher.executor = ThreadPoolExecutor(max_workers=max(1, pool_size) + 1, thread_name_prefix="llem-job")
+        executor = launcher.executor
+        try:
+            for idx, overrides in enumerate(job_overrides):
+                num = initial_job_idx + idx
+                try:
+                    job_config = numbered(composer.compose(overrides), num)
+                except Exception as error:  # noqa: BLE001 - fails that job only
+                    returns[idx] = self.pool.compose_failed(num, overrides, error)
+                    continue
+                route = self.pool.route_key(job_config)
+                need = job_gpu_need(job_config) if pool_size else 0
+                if need > pool_size:
+                    failure = GpuNeedTooLarge(
+                        f"job {num} needs {need} GPU(s); hydra.launcher.gpus gives this launcher {pool_size}"
                     )
-                    self.running[future] = (idx, slot)
-                while self.running:
+                    returns[idx] = self.pool.refuse(job_config, overrides, failure)
+                    continue
+                slot = self.packer.place(route, need)
+                while slot is None:
                     self._wait_any(returns)
-            except KeyboardInterrupt:
-                for future, (idx, _) in list(self.running.items()):
-                    future.cancel()
-                    self.pool.mark_interrupted(initial_job_idx + idx)
-                self.pool.close()  # kills the workers, which ends the jobs the threads wait on
-                self.locks.release_all()
-                raise
+                    slot = self.packer.place(route, need)
+                for name in slot.evict:
+                    self.pool.evict(name)
+                    self.locks.release(g for g in self.packer.workers.get(name, ()) if g not in slot.gpus)
+                try:
+                    self._acquire(slot, returns)
+                except GpuBusy as busy:
+                    returns[idx] = self.pool.refuse(job_config, overrides, JobFailure(str(busy)))
+                    continue
+                self.packer.start(slot)
+                self.pool.pin(slot.worker, route, slot.gpus)
+                placement = {
+                    "gpus": [g.uuid for g in slot.gpus],
+                    "gpu_indices": [g.index for g in slot.gpus],
+                    "parallel": True,
+                    "concurrent_jobs": len(self.running) + 1,
+                }
+                if self.pool.session is not None:
+                    self.pool.session.placed(num, gpus=placement["gpus"])
+                log.info("\t#%d : %s on %s", num, " ".join(filter_overrides(list(overrides))), slot.worker)
+                future = executor.submit(
+                    self.pool.run_job, job_config, overrides, launcher.task_function, launcher.hydra_context,
+                    key=slot.worker, placement=placement,
+                )
+                self.running[future] = (idx, slot)
+            while self.running:
+                self._wait_any(returns)
+        except KeyboardInterrupt:
+            for future, (idx, _) in list(self.running.items()):
+                future.cancel()
+                self.pool.mark_interrupted(initial_job_idx + idx)
+            self.pool.close()  # kills the workers, which ends the jobs the threads wait on
+            self.locks.release_all()
+            raise
         return [r for r in returns if r is not None]
 
 

@@ -199,3 +199,29 @@ def test_a_pinned_container_gets_only_its_gpus(tmp_path: Path) -> None:
         assert pool.options.gaps_per_worker
     finally:
         pool.close()
+
+
+@pytest.mark.slow
+def test_a_killed_parallel_campaign_resumes_with_each_result_once(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = ("warmup.thermal_floor_seconds=4", "random_seed=range(0,6)")
+    proc = subprocess.Popen(_cmd(sweep, *args), cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(sweep.glob("*/result.json"))) < 2:  # some done, others running on their GPUs
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.1)
+        done = {p: p.stat().st_mtime_ns for p in sweep.glob("*/result.json")}
+    finally:
+        proc.kill()  # SIGKILL: no chance to record anything more
+        proc.communicate()
+    again = subprocess.run(_cmd(sweep, *args), cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    manifest = read_manifest(sweep / ".state" / "campaign_manifest.json")
+    assert [j.status for j in manifest.jobs] == ["completed"] * 6
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # finished results were not produced again
+    hashes = [json.loads(Path(j.result_path or "").read_text())["config_hash"] for j in manifest.jobs]
+    assert len(set(hashes)) == 6 and all(h == j.config_hash for h, j in zip(hashes, manifest.jobs, strict=True))
+    assert GpuLocks("check", tmp_path / "gpu-locks").try_acquire(GPUS) is None  # no lock outlived its campaign
