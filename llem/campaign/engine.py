@@ -13,7 +13,6 @@ import datetime as dt
 import gc
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from llem.campaign.session import JobSession
 from llem.campaign.state import CampaignState
 from llem.config import CampaignSettings
 from llem.config.campaign import CampaignDaemonConfig, campaign_id
+from llem.launch.interrupts import sigterm_as_interrupt
 from llem.launch.outcome import first_line
 from llem.notify import notifier_for
 from llem.plan import schedule
@@ -96,10 +96,6 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _contiguous_batches(jobs: list[ManifestJob], size: int | None) -> list[list[ManifestJob]]:
     """Launchers number a batch's jobs from `initial_job_idx`, so a batch holds consecutive job numbers."""
     batches: list[list[ManifestJob]] = []
@@ -156,10 +152,8 @@ class Campaign:
         for job in plan.invalid:
             job.status = "skipped"
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        previous = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # SIGTERM stops cleanly, like Ctrl-C
         try:
-            with CampaignLock(self.manifest_path.parent) as lock:
+            with sigterm_as_interrupt(), CampaignLock(self.manifest_path.parent) as lock:
                 if lock.stale_owner:
                     self.say(f"llem: the previous orchestrator (PID {lock.stale_owner.get('pid')} on "
                              f"{lock.stale_owner.get('host')}) is gone; taking over its campaign")
@@ -169,8 +163,6 @@ class Campaign:
                     self.state.close()
         except CampaignLocked as error:
             raise CampaignError(f"llem: {error}") from None
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
     # ------------------------------------------------------------------ state
     def _fresh_manifest(self) -> CampaignManifest:

@@ -65,22 +65,16 @@ class CampaignState:
 
     def load(self) -> CampaignManifest:
         """The whole state (read once, when a campaign resumes)."""
-        db = self._connect()
-        row = db.execute("SELECT data FROM meta WHERE id = 0").fetchone()
-        if row is None:
+        manifest = _read_all(self._connect())
+        if manifest is None:
             if not self.manifest_path.exists():
                 raise FileNotFoundError(f"no campaign state in {self.manifest_path.parent}")
             self.replace(read_manifest(self.manifest_path))  # an older campaign dir: import its manifest
             assert self._manifest is not None
             return self._manifest
-        meta = json.loads(row[0])
-        jobs = [ManifestJob.model_validate_json(d) for (d,) in db.execute("SELECT data FROM jobs ORDER BY job_num")]
-        events = [json.loads(d) for (d,) in db.execute("SELECT data FROM events ORDER BY id")]
-        self._manifest = CampaignManifest.model_validate({**meta, "jobs": [], "events": []})
-        self._manifest.jobs = jobs
-        self._manifest.events = events
-        self._jobs = {j.job_num: j for j in jobs}
-        return self._manifest
+        self._manifest = manifest
+        self._jobs = {j.job_num: j for j in manifest.jobs}
+        return manifest
 
     def replace(self, manifest: CampaignManifest) -> None:
         """Store a whole manifest (a new campaign, or one reconciled with a new plan), and export it."""
@@ -207,6 +201,31 @@ class _transaction:
         self.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
 
 
+def _read_meta(db: sqlite3.Connection) -> dict[str, Any] | None:
+    """The campaign-level fields, or None when the database holds no campaign (yet)."""
+    try:
+        row = db.execute("SELECT data FROM meta WHERE id = 0").fetchone()
+    except sqlite3.OperationalError:  # created a moment ago by its orchestrator, tables not yet there
+        return None
+    return None if row is None else json.loads(row[0])
+
+
+def _read_all(db: sqlite3.Connection) -> CampaignManifest | None:
+    """The whole campaign: its fields, jobs and events (call inside one read transaction for a snapshot)."""
+    meta = _read_meta(db)
+    if meta is None:
+        return None
+    jobs = [ManifestJob.model_validate_json(d) for (d,) in db.execute("SELECT data FROM jobs ORDER BY job_num")]
+    events = [json.loads(d) for (d,) in db.execute("SELECT data FROM events ORDER BY id")]
+    manifest = CampaignManifest.model_validate({**meta, "jobs": [], "events": []})
+    manifest.jobs, manifest.events = jobs, events
+    return manifest
+
+
+def _read_only(db_path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+
+
 def read_state(manifest_path: Path) -> CampaignManifest | None:
     """The campaign's current state, read-only, while an orchestrator may be writing it (for tools and tests).
 
@@ -215,22 +234,13 @@ def read_state(manifest_path: Path) -> CampaignManifest | None:
     db_path = Path(manifest_path).parent / DB_NAME
     if not db_path.exists():
         return read_manifest(manifest_path) if Path(manifest_path).exists() else None
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+    db = _read_only(db_path)
     try:
         db.execute("BEGIN")  # one snapshot for the three reads
-        try:
-            row = db.execute("SELECT data FROM meta WHERE id = 0").fetchone()
-        except sqlite3.OperationalError:  # created a moment ago, tables not yet there
-            return None
-        if row is None:
-            return None
-        jobs = [ManifestJob.model_validate_json(d) for (d,) in db.execute("SELECT data FROM jobs ORDER BY job_num")]
-        events = [json.loads(d) for (d,) in db.execute("SELECT data FROM events ORDER BY id")]
+        manifest = _read_all(db)
         db.execute("COMMIT")
     finally:
         db.close()
-    manifest = CampaignManifest.model_validate({**json.loads(row[0]), "jobs": [], "events": []})
-    manifest.jobs, manifest.events = jobs, events
     return manifest
 
 
@@ -238,12 +248,12 @@ def recorded_shuffle_seed(manifest_path: Path) -> int | None:
     """The shuffle seed a campaign dir recorded, read without taking the campaign over (None if none)."""
     db_path = Path(manifest_path).parent / DB_NAME
     if db_path.exists():
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        db = _read_only(db_path)
         try:
-            row = db.execute("SELECT data FROM meta WHERE id = 0").fetchone()
+            meta = _read_meta(db)
         finally:
             db.close()
-        return None if row is None else json.loads(row[0]).get("shuffle_seed")
+        return None if meta is None else meta.get("shuffle_seed")
     if Path(manifest_path).exists():
         return read_manifest(manifest_path).shuffle_seed
     return None

@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -27,9 +26,10 @@ from omegaconf import DictConfig
 from llem.launch.container import ContainerSpec, ContainerWorker, remove_leftovers
 from llem.launch.gpus import Gpu
 from llem.launch.handle import WorkerHandle
+from llem.launch.interrupts import sigterm_as_interrupt
+from llem.launch.job_config import JobComposer
 from llem.launch.local import LocalWorker
 from llem.launch.options import ContainerOptions, LocalOptions
-from llem.launch.job_config import JobComposer
 from llem.launch.runner import CampaignRunner, RunnerOptions, numbered
 
 log = logging.getLogger(__name__)
@@ -218,29 +218,23 @@ class LlemLauncher(Launcher):
             self.gpu_locks.release_all()
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        if self.options.parallel:
-            from llem.launch.parallel import launch_parallel
-
-            return launch_parallel(self, job_overrides, initial_job_idx)
         setup_globals()
         config = self.config
         assert config is not None and self.hydra_context is not None
         configure_log(config.hydra.hydra_logging, config.hydra.verbose)
         Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        pool = self._pool()
         if self.composer is None:
             self.composer = JobComposer(self.hydra_context.config_loader, config)
+        if self.options.parallel:
+            from llem.launch.parallel import ParallelRun
+
+            with sigterm_as_interrupt():
+                return ParallelRun(self).run(job_overrides, initial_job_idx)
+        pool = self._pool()
         composer = self.composer
         log.info("llem %s launcher: %d job(s)", self.kind, len(job_overrides))
         returns: list[JobReturn] = []
         current: int | None = None
-        previous = signal.getsignal(signal.SIGTERM)
-
-        def _terminate(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt(f"signal {signum}")
-
-        if previous is not None:
-            signal.signal(signal.SIGTERM, _terminate)
         composed: dict[int, DictConfig | Exception] = {}
 
         def compose(idx: int) -> None:
@@ -251,29 +245,28 @@ class LlemLauncher(Launcher):
                 except Exception as error:  # noqa: BLE001 - fails that job only (e.g. a config file edited meanwhile)
                     composed[idx] = error
 
-        try:
-            for idx, overrides in enumerate(job_overrides):
-                current = initial_job_idx + idx
-                log.info("\t#%d : %s", current, " ".join(filter_overrides(list(overrides))))
-                compose(idx)
-                job_config = composed.pop(idx)
-                if isinstance(job_config, Exception):
-                    returns.append(pool.compose_failed(current, overrides, job_config))
-                    current = None
-                    continue
-                returns.append(
-                    pool.run_job(
-                        job_config, overrides, self.task_function, self.hydra_context,
-                        while_waiting=lambda i=idx: compose(i + 1),
+        with sigterm_as_interrupt():
+            try:
+                for idx, overrides in enumerate(job_overrides):
+                    current = initial_job_idx + idx
+                    log.info("\t#%d : %s", current, " ".join(filter_overrides(list(overrides))))
+                    compose(idx)
+                    job_config = composed.pop(idx)
+                    if isinstance(job_config, Exception):
+                        returns.append(pool.compose_failed(current, overrides, job_config))
+                        current = None
+                        continue
+                    returns.append(
+                        pool.run_job(
+                            job_config, overrides, self.task_function, self.hydra_context,
+                            while_waiting=lambda i=idx: compose(i + 1),
+                        )
                     )
-                )
-                current = None
-        except KeyboardInterrupt:
-            pool.mark_interrupted(current)
-            pool.close()
-            raise
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+                    current = None
+            except KeyboardInterrupt:
+                pool.mark_interrupted(current)
+                pool.close()
+                raise
         return returns
 
 

@@ -8,7 +8,6 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 
 
-
 class JobFailure(RuntimeError):
     """Why the launcher itself failed a job (worker death, timeout, unhealthy worker)."""
 

@@ -9,16 +9,14 @@ restarts, gaps) and the campaign session are safe to share.
 from __future__ import annotations
 
 import logging
-import signal
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, filter_overrides
 from omegaconf import DictConfig
 
 from llem.launch.gpus import GpuBusy, GpuLocks, node_gpus
-from llem.launch.job_config import JobComposer
 from llem.launch.outcome import JobFailure
 from llem.launch.placement import GpuPacker, Slot
 from llem.launch.runner import numbered
@@ -95,9 +93,8 @@ class ParallelRun:
         launcher = self.launcher
         config = launcher.config
         assert config is not None and launcher.hydra_context is not None
-        if launcher.composer is None:
-            launcher.composer = JobComposer(launcher.hydra_context.config_loader, config)
         composer = launcher.composer
+        assert composer is not None  # made by the launcher before each launch
         returns: list[JobReturn | None] = [None] * len(job_overrides)
         pool_size = len(self.packer.pool)
         # One executor for the launcher's lifetime: a local worker dies with the thread that started it
@@ -160,21 +157,3 @@ class ParallelRun:
             raise
         return [r for r in returns if r is not None]
 
-
-def launch_parallel(launcher: LlemLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-                    ) -> Sequence[JobReturn]:
-    setup_globals()
-    config = launcher.config
-    assert config is not None
-    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def _terminate(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    if previous is not None:
-        signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return ParallelRun(launcher).run(job_overrides, initial_job_idx)
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -22,7 +22,6 @@ from typing import Any
 
 from llem.launch import protocol
 
-
 _CONTEXT: dict[str, Any] = {}
 
 
