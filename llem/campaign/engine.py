@@ -26,6 +26,7 @@ from llem.campaign.session import JobSession
 from llem.campaign.state import CampaignState
 from llem.config import CampaignSettings
 from llem.config.campaign import CampaignDaemonConfig, campaign_id
+from llem.launch.gpus import GpuSelectionError
 from llem.launch.interrupts import sigterm_as_interrupt
 from llem.launch.outcome import first_line
 from llem.notify import notifier_for
@@ -162,6 +163,8 @@ class Campaign:
                 finally:
                     self.state.close()
         except CampaignLocked as error:
+            raise CampaignError(f"llem: {error}") from None
+        except GpuSelectionError as error:  # raised before the launcher starts a job: nothing ran
             raise CampaignError(f"llem: {error}") from None
 
     # ------------------------------------------------------------------ state

@@ -225,3 +225,28 @@ def test_a_killed_parallel_campaign_resumes_with_each_result_once(tmp_path: Path
     hashes = [json.loads(Path(j.result_path or "").read_text())["config_hash"] for j in manifest.jobs]
     assert len(set(hashes)) == 6 and all(h == j.config_hash for h, j in zip(hashes, manifest.jobs, strict=True))
     assert GpuLocks("check", tmp_path / "gpu-locks").try_acquire(GPUS) is None  # no lock outlived its campaign
+
+
+def test_the_gpu_pool_is_chosen_by_index_or_uuid_and_a_missing_gpu_is_named() -> None:
+    from llem.launch.gpus import GpuSelectionError, node_gpus
+    from tests.fakes.fake_pynvml import FakeGpu, FakeNvml
+
+    def fake() -> FakeNvml:
+        return FakeNvml([FakeGpu() for _ in range(4)])
+
+    assert node_gpus("all", nvml=fake()) == GPUS
+    assert node_gpus([3, GPUS[1].uuid], nvml=fake()) == [GPUS[1], GPUS[3]]
+    assert node_gpus(None, nvml=fake()) == []
+    with pytest.raises(GpuSelectionError, match=r"hydra.launcher.gpus: no GPU 7 on this node \(GPUs: 0 \(GPU-0"):
+        node_gpus([7], nvml=fake())
+
+
+@pytest.mark.slow
+def test_a_gpu_the_node_lacks_is_a_clear_error_and_nothing_runs(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(_cmd(sweep, "random_seed=0,1", "hydra.launcher.gpus=[0,7]"), cwd=tmp_path,
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "hydra.launcher.gpus: no GPU 7 on this node" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(sweep.glob("*/result.json"))
+    assert {j.status for j in read_manifest(sweep / ".state" / "campaign_manifest.json").jobs} == {"pending"}
