@@ -27,7 +27,7 @@ from llem.campaign.state import CampaignState
 from llem.config import CampaignSettings
 from llem.config.campaign import CampaignDaemonConfig, campaign_id
 from llem.launch.gpus import GpuSelectionError
-from llem.launch.interrupts import sigterm_as_interrupt
+from llem.launch.interrupts import interrupts_deferred, sigterm_as_interrupt
 from llem.launch.outcome import first_line
 from llem.notify import notifier_for
 from llem.plan import schedule
@@ -262,15 +262,16 @@ class Campaign:
             return
         self.say(preflight_report(problems))
         now = utc_now()
-        self.state.update({
-            n: {"status": "failed", "error": f"preflight: {reason}", "retryable": False, "completed_at": now}
-            for n, reason in problems.items()
-        })  # fmt: skip
         assert self.session is not None
-        if self.session.notifier is not None:
-            for n in problems:
+        notifier = self.session.notifier
+        with interrupts_deferred():  # recorded failures and their notifications go together
+            self.state.update({
+                n: {"status": "failed", "error": f"preflight: {reason}", "retryable": False, "completed_at": now}
+                for n, reason in problems.items()
+            })  # fmt: skip
+            for n in problems if notifier is not None else ():
                 job = self.state.job(n)
-                self.session.notifier.job_finished(
+                notifier.job_finished(
                     job_num=n, overrides=job.overrides, status="failed", error=job.error, cycle=job.cycle,
                     repetition=job.repetition, attempt=job.attempts, backend=job.backend,
                 )

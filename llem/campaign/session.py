@@ -19,6 +19,7 @@ from hydra.core.utils import JobReturn
 
 from llem.campaign.state import CampaignState
 from llem.config import CampaignSettings
+from llem.launch.interrupts import interrupts_deferred
 from llem.launch.outcome import first_line, job_outcome
 from llem.notify import Notifier, notifier_for
 from llem.plan.manifest import ManifestJob, utc_now
@@ -88,6 +89,12 @@ class JobSession:
     def finished(self, job_num: int, ret: JobReturn, *, overrides: list[str] | None = None) -> dict[str, Any]:
         """A job ended (completed or failed): record its outcome, show it, notify. Returns the recorded fields."""
         outcome = {**job_outcome(ret), "completed_at": utc_now()}
+        with interrupts_deferred():
+            self._record_finished(job_num, ret, outcome, overrides)
+        return outcome
+
+    def _record_finished(self, job_num: int, ret: JobReturn, outcome: dict[str, Any],
+                         overrides: list[str] | None) -> None:
         with self._lock:
             job = self.job(job_num)
             if job is not None:
@@ -105,7 +112,6 @@ class JobSession:
                 cycle=None if job is None else job.cycle, repetition=None if job is None else job.repetition,
                 attempt=self.attempts(job_num), backend=None if job is None else job.backend,
             )
-        return outcome
 
     def placed(self, job_num: int, **fields: Any) -> None:
         """Where a job ran (SLURM job id, node, GPUs), once the launcher knows."""
