@@ -97,6 +97,8 @@ class JobSession:
                          overrides: list[str] | None) -> None:
         with self._lock:
             job = self.job(job_num)
+            if job is not None and job.status == "interrupted" and outcome["status"] == "failed":
+                return  # the stop killed its worker: it was interrupted (and runs again on resume), not failed
             if job is not None:
                 assert self.state is not None
                 self.state.update({job_num: outcome})
@@ -121,8 +123,11 @@ class JobSession:
                 self.state.update({job_num: fields})
 
     def interrupted(self, job_num: int | None) -> None:
+        """The launcher was stopped while `job_num` was its current job. A job already recorded as finished keeps
+        its outcome: the interrupt may land after the record, before the launcher moves on."""
         with self._lock:
-            if job_num is not None and self.job(job_num) is not None:
+            job = None if job_num is None else self.job(job_num)
+            if job is not None and job.status not in ("completed", "failed", "invalid", "skipped"):
                 assert self.state is not None
                 self.state.update({job_num: {
                     "status": "interrupted", "error": "interrupted by the user", "completed_at": utc_now()
@@ -143,7 +148,11 @@ class JobSession:
         else:
             log.info("llem: %s", message)
 
-    def gap(self, seconds: float) -> None:
-        """A gap between jobs is about to be slept (the ETA counts it apart from job time)."""
+    def gap(
+        self, seconds: float, *, before_job: int | None = None, kind: str = "config", where: str | None = None
+    ) -> None:
+        """A gap between jobs is about to be slept: recorded (a stopped campaign shows it was waiting, not running
+        a job), and the ETA counts it apart from job time."""
+        self.event(kind="gap", gap=kind, seconds=seconds, before_job=before_job, worker=where)
         if self.progress is not None:
             self.progress.gap(seconds)

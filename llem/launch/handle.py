@@ -7,6 +7,8 @@ the conversation — connect, init, run, health, unload, shutdown — is shared.
 from __future__ import annotations
 
 import abc
+import socket
+import threading
 import time
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
@@ -37,6 +39,10 @@ class WorkerHandle(abc.ABC):
         self.starts = 0
         self.jobs_run = 0
         self.context_sent = False
+        # One conversation at a time. `stop` from another thread (a Ctrl-C while job threads wait on their workers)
+        # finds it taken, and a request cut short by an exception leaves a reply owed: both kill rather than ask.
+        self._talking = threading.RLock()
+        self._reply_owed = False
 
     # -- lifecycle implemented by subclasses
     @abc.abstractmethod
@@ -74,6 +80,7 @@ class WorkerHandle(abc.ABC):
         self.starts += 1
         self.jobs_run = 0
         self.context_sent = False
+        self._reply_owed = False
         self._connect()
         self.request(
             {"op": protocol.OP_INIT, "singleton_state": protocol.pack_singleton_state(self.singleton_state)}, timeout=60
@@ -103,10 +110,20 @@ class WorkerHandle(abc.ABC):
         `while_waiting` runs after the request is sent (e.g. composing the next job), and its
         time counts towards `timeout`.
         """
-        if self._conn is None:
+        with self._talking:
+            return self._request(message, timeout, while_waiting)
+
+    def _request(
+        self, message: dict[str, Any], timeout: float | None, while_waiting: Callable[[], None] | None
+    ) -> dict[str, Any]:
+        conn = self._conn  # kept: `kill` from another thread clears the attribute while this waits
+        if conn is None:
             raise WorkerDied(f"worker '{self.key}' is not running")
+        if self._reply_owed:
+            raise WorkerDied(f"worker '{self.key}' still owes the reply to a request that was given up")
+        self._reply_owed = True
         try:
-            self._conn.send(message)
+            conn.send(message)
         except (OSError, BrokenPipeError):
             self._conn = None
             self._wait_for_exit()
@@ -117,13 +134,14 @@ class WorkerHandle(abc.ABC):
             if timeout is not None:
                 timeout = max(0.0, timeout - (time.monotonic() - started))
         try:
-            if not self._conn.poll(timeout):
+            if not conn.poll(timeout):
                 raise WorkerTimeout(f"worker '{self.key}' gave no answer within {timeout:.0f} s")
-            reply = self._conn.recv()
+            reply = conn.recv()
         except (EOFError, OSError, BrokenPipeError):
             self._conn = None
             self._wait_for_exit()
             raise WorkerDied(f"worker '{self.key}' died: {self.exit_report()}") from None
+        self._reply_owed = False
         if not reply.get("ok", False):
             raise RuntimeError(f"worker '{self.key}': {reply.get('error')}")
         return reply
@@ -135,9 +153,10 @@ class WorkerHandle(abc.ABC):
 
     def kill(self) -> None:
         """Stop a stuck or unhealthy worker at once."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            _hang_up(conn)
+        self._reply_owed = False
         self._terminate()
 
     def restart(self) -> None:
@@ -145,12 +164,26 @@ class WorkerHandle(abc.ABC):
         self.start()
 
     def stop(self) -> None:
-        """Ask the worker to exit; kill it if it does not."""
-        if self._conn is not None:
+        """Ask an idle worker to exit, and kill it if it does not; kill a busy one (its job is being stopped)."""
+        if self._talking.acquire(blocking=False):
             try:
-                self.request({"op": protocol.OP_SHUTDOWN}, timeout=10)
-                self._wait_for_exit(10.0)  # let it release engines and flush files
+                if self._conn is not None and not self._reply_owed:
+                    self.request({"op": protocol.OP_SHUTDOWN}, timeout=10)
+                    self._wait_for_exit(10.0)  # let it release engines and flush files
             except (WorkerDied, WorkerTimeout, RuntimeError):
                 pass
+            finally:
+                self._talking.release()
         self.kill()
         self.socket_path.unlink(missing_ok=True)
+
+
+def _hang_up(conn: Connection) -> None:
+    """Close a worker connection so that a thread waiting on it wakes at once (closing the descriptor alone would
+    leave that thread waiting until the worker's end is noticed, or its timeout)."""
+    try:
+        with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:  # a duplicate descriptor
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+    conn.close()

@@ -65,6 +65,7 @@ class CampaignRunner:
         self.sleep = sleep
         self._previous_cycle: tuple[int | None, int | None] | None = None
         self._ran_any = False
+        self.stopping = False  # once workers are being stopped, none is started or restarted (a job thread may ask)
 
     # ---------------------------------------------------------------- campaign
     def attach(self, session: Any) -> None:
@@ -103,6 +104,8 @@ class CampaignRunner:
 
     def _ensure_worker(self, key: str) -> WorkerHandle:
         state = self._state(key)
+        if self.stopping:
+            raise WorkerDied("the launcher is stopping")
         if state.worker is None:
             try:
                 state.worker = self.make_worker(key)
@@ -120,6 +123,9 @@ class CampaignRunner:
     def _restart(self, key: str, reason: str) -> bool:
         """Restart the key's worker if the campaign's restart budget allows; else disable the key."""
         state = self._state(key)
+        if self.stopping:
+            state.disabled_reason = f"worker '{key}' is unusable ({reason}) and the launcher is stopping"
+            return False
         settings = self.settings
         allowed = settings is None or settings.health_check.restart_on_failure
         if not allowed or self.restarts >= self._max_restarts():
@@ -146,6 +152,7 @@ class CampaignRunner:
         return True
 
     def stop_all(self) -> None:
+        self.stopping = True
         for state in self.keys.values():
             if state.worker is not None:
                 try:
@@ -174,7 +181,8 @@ class CampaignRunner:
             if seconds > 0:
                 where = f" on {key}" if holder is not None else ""
                 self.session.say(f"waiting {seconds:g} s ({'cycle' if new_cycle else 'config'} gap{where})")
-                self.session.gap(seconds)
+                self.session.gap(seconds, before_job=job_num, kind="cycle" if new_cycle else "config",
+                                 where=key if holder is not None else None)
                 self.sleep(seconds)
         if holder is not None:
             holder.previous_period = period

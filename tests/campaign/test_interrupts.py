@@ -56,13 +56,19 @@ class _SignalledState(CampaignState):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_sigterm_between_the_record_and_the_notification(tmp_path: Path) -> None:
-    state = _SignalledState(tmp_path / ".state" / "campaign_manifest.json", export_interval_s=0.0)
+def _state(tmp_path: Path, jobs: int, kind: type[CampaignState] = CampaignState) -> CampaignState:
+    state = kind(tmp_path / ".state" / "campaign_manifest.json", export_interval_s=0.0)
     state.replace(CampaignManifest(
         campaign_name="c", config_hash="h", created_at=utc_now(), updated_at=utc_now(), sweep_dir=str(tmp_path),
         cycles=1, structure="interleaved",
-        jobs=[ManifestJob(job_num=0, overrides=["backend=pytorch"], backend="pytorch", cycle=0, config_hash="c0")],
+        jobs=[ManifestJob(job_num=n, overrides=["backend=pytorch", f"+n={n}"], backend="pytorch", cycle=0,
+                          config_hash=f"c{n}") for n in range(jobs)],
     ))  # fmt: skip
+    return state
+
+
+def test_sigterm_between_the_record_and_the_notification(tmp_path: Path) -> None:
+    state = _state(tmp_path, 1, _SignalledState)
     recorder = _Recorder()
     session = JobSession(state, None, notifier=recorder, campaign_name="c")  # type: ignore[arg-type]
     ret = JobReturn(overrides=["backend=pytorch"], status=JobStatus.COMPLETED, _return_value=None)
@@ -71,3 +77,37 @@ def test_sigterm_between_the_record_and_the_notification(tmp_path: Path) -> None
     stored = read_state(state.manifest_path)
     assert stored is not None and stored.job(0).status == "completed"
     assert [(e["job_num"], e["status"]) for e in recorder.queued] == [(0, "completed")]
+
+
+def test_an_interrupt_after_the_record_keeps_the_outcome(tmp_path: Path) -> None:
+    """The launcher marks its current job interrupted; if that job's outcome is already recorded, it stands (a
+    completed job marked interrupted would run again on resume)."""
+    state = _state(tmp_path, 3)
+    session = JobSession(state, None, campaign_name="c")
+    session.started(0)
+    session.finished(0, JobReturn(overrides=[], status=JobStatus.COMPLETED, _return_value=None))
+    session.started(1)
+    session.interrupted(0)  # the stop landed just after job 0 was recorded
+    session.interrupted(1)
+    stored = read_state(state.manifest_path)
+    assert stored is not None
+    assert [j.status for j in stored.jobs] == ["completed", "interrupted", "pending"]
+    assert [e["job_num"] for e in stored.events if e["kind"] == "interrupted"] == [0, 1]
+
+
+def test_a_job_ended_by_the_stop_stays_interrupted(tmp_path: Path) -> None:
+    """Side by side, the stop marks the running jobs interrupted and then kills their workers; the failures their
+    threads report afterwards are the stop's doing, and must not turn them into failed jobs (not run on resume)."""
+    state = _state(tmp_path, 2)
+    recorder = _Recorder()
+    session = JobSession(state, None, notifier=recorder, campaign_name="c")  # type: ignore[arg-type]
+    session.started(0)
+    session.started(1)
+    session.interrupted(0)
+    session.interrupted(1)
+    session.finished(0, JobReturn(overrides=[], status=JobStatus.FAILED, _return_value=RuntimeError("worker died")))
+    session.finished(1, JobReturn(overrides=[], status=JobStatus.COMPLETED, _return_value=None))  # it got there
+    stored = read_state(state.manifest_path)
+    assert stored is not None
+    assert [j.status for j in stored.jobs] == ["interrupted", "completed"]
+    assert [(e["job_num"], e["status"]) for e in recorder.queued] == [(1, "completed")]

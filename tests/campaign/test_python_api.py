@@ -37,7 +37,7 @@ def run_in_process(overrides: list[str], sweep: Path) -> dict[str, Any]:
 @pytest.mark.slow
 def test_a_campaign_runs_and_resumes_from_python(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    overrides = [*h.FAST, "backend.batch_size=1,2"]
+    overrides = [*h.FAST, "backend.batch_size=1,2", "campaign.execution.config_gap_seconds=0"]
     first = run_in_process(overrides, sweep)
     assert first["ok"] and first["counts"] == {"completed": 2}, first
     manifest = read_state(Path(first["manifest"]))

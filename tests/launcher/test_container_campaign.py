@@ -104,7 +104,8 @@ def test_health_check_restart_and_cold_start_in_containers(ref: str, tmp_path: P
            "+hydra.launcher.env.LLEM_FAKE_GPU_MEM_PCT='95'"]
     proc = subprocess.run(_cmd(tmp_path, ref, "backend.batch_size=1,2,3", mounts, *env,
                                "campaign.health_check.interval_experiments=1", "campaign.health_check.max_restarts=1",
-                               "campaign.cold_start.restart_container=true"),
+                               "campaign.cold_start.restart_container=true",
+                               "measure.min_window_seconds=0"),  # one pass, though a (scripted) GPU is visible
                           cwd=tmp_path, capture_output=True, text=True, timeout=900)
     m = _manifest(tmp_path)
     checks = [e for e in m.events if e["kind"] == "health_check"]

@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 FAST = ["num_input_prompts=2", "max_output_tokens=3", "max_input_tokens=16", "warmup.num_prompts=0",
         "baseline.enabled=false", "campaign.execution.config_gap_seconds=0", "campaign.execution.cycle_gap_seconds=0",
         "campaign.execution.warmup_prompts=0", "campaign.execution.cycles=1"]
+# with a (scripted) GPU visible, a measured window lasts at least 10 s by default; health tests need one pass
+ONE_PASS = ["measure.min_window_seconds=0"]
 LONG = ["max_output_tokens=256", "max_input_tokens=256", "num_input_prompts=64,2",  # a long job, then a short one
         "hydra.sweeper.max_attempts=1"]
 
@@ -143,7 +145,7 @@ def test_job_timeout_kills_the_job_only(tmp_path: Path) -> None:
 def test_unhealthy_worker_is_restarted_then_its_jobs_fail(tmp_path: Path) -> None:
     env = _env(LLEM_NVML_FACTORY="tests.launcher.fake_nvml_env:nvml", LLEM_FAKE_GPU_MEM_PCT="95")
     proc = _run(tmp_path, "backend.batch_size=1,2,3", "campaign.health_check.interval_experiments=1",
-                "campaign.health_check.max_restarts=1", "hydra.sweeper.max_attempts=1", env=env)
+                "campaign.health_check.max_restarts=1", "hydra.sweeper.max_attempts=1", *ONE_PASS, env=env)
     assert proc.returncode != 0
     m = _manifest(tmp_path)
     checks = [e for e in m.events if e["kind"] == "health_check"]
@@ -155,7 +157,7 @@ def test_unhealthy_worker_is_restarted_then_its_jobs_fail(tmp_path: Path) -> Non
 
 def test_healthy_worker_is_checked_once_per_cycle(tmp_path: Path) -> None:
     env = _env(LLEM_NVML_FACTORY="tests.launcher.fake_nvml_env:nvml", LLEM_FAKE_GPU_MEM_PCT="40")
-    proc = _run(tmp_path, "backend.batch_size=1,2", "campaign.execution.cycles=2", env=env)
+    proc = _run(tmp_path, "backend.batch_size=1,2", "campaign.execution.cycles=2", *ONE_PASS, env=env)
     assert proc.returncode == 0, proc.stderr
     checks = [e for e in _manifest(tmp_path).events if e["kind"] == "health_check"]
     assert [(c["job_num"], c["healthy"]) for c in checks] == [(0, True), (2, True)]

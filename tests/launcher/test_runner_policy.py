@@ -41,6 +41,7 @@ OK = "ok"  # completed JobReturn
 DIE = "die"  # the worker process ends during the job
 TIMEOUT = "timeout"  # the worker does not answer in time
 REFUSE = "refuse"  # the worker answers ok=False (it could not run the job)
+STOPPED = "stopped"  # the launcher is stopped (Ctrl-C) while the job runs: its worker is killed under it
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Script:
     actions: dict[int, list[Any]] = field(default_factory=dict)
     health: dict[str, list[Any]] = field(default_factory=dict)
     timeline: list[tuple[Any, ...]] = field(default_factory=list)  # (key, what[, job_num]) and ("sleep", seconds)
+    stop: Callable[[], None] | None = None  # the runner's stop_all, for STOPPED
 
     def next_action(self, job_num: int) -> Any:
         queue = self.actions.get(job_num)
@@ -130,7 +132,10 @@ class FakeWorker(WorkerHandle):
         if while_waiting is not None:
             while_waiting()
         action = self.script.next_action(job_num)
-        if action == DIE:
+        if action == STOPPED:
+            assert self.script.stop is not None
+            self.script.stop()
+        if action in (DIE, STOPPED):
             self.alive = False
             raise WorkerDied(f"worker '{self.key}' died: {self.exit_report()}")
         if action == TIMEOUT:
@@ -201,10 +206,10 @@ class Rig:
         ]
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """The events as the database holds them (what a report or `llem status` would read)."""
+        """The events as the database holds them (what a report or `llem status` would read); gaps only if asked."""
         manifest = read_state(self.state.manifest_path)
         assert manifest is not None
-        return [e for e in manifest.events if kind is None or e["kind"] == kind]
+        return [e for e in manifest.events if e["kind"] == kind or (kind is None and e["kind"] != "gap")]
 
     def stored_job(self, job_num: int) -> ManifestJob:
         manifest = read_state(self.state.manifest_path)
@@ -260,6 +265,7 @@ def make_rig(
 
     runner = CampaignRunner(make_worker, options or RunnerOptions(), sleep=fake_sleep)
     runner.attach(session)
+    script.stop = runner.stop_all
     rig = Rig(tmp_path, script, state, session, runner)
     return rig
 
@@ -311,6 +317,11 @@ def test_gaps_config_within_a_cycle_cycle_between_cycles_none_before_the_first(t
         ("sleep", CYCLE_GAP), ("run", 3),
         ("sleep", CONFIG_GAP), ("run", 4),
         ("sleep", CONFIG_GAP), ("run", 5),
+    ]  # fmt: skip
+    # each gap is recorded, so a campaign's state says it was waiting before a job, not running it
+    assert [(e["gap"], e["seconds"], e["before_job"]) for e in rig.events("gap")] == [
+        ("config", CONFIG_GAP, 1), ("config", CONFIG_GAP, 2), ("cycle", CYCLE_GAP, 3),
+        ("config", CONFIG_GAP, 4), ("config", CONFIG_GAP, 5),
     ]  # fmt: skip
 
 
@@ -571,3 +582,14 @@ def test_stop_all_stops_every_worker(tmp_path: Path) -> None:
     rig.run(0, 1)
     rig.runner.stop_all()
     assert rig.script.timeline[-2:] == [("pytorch", "stop"), ("vllm", "stop")]
+
+
+def test_no_worker_is_started_or_restarted_once_the_launcher_stops(tmp_path: Path) -> None:
+    """A Ctrl-C stops every worker while job threads may still be in a job: the death they see is the stop's doing,
+    and a worker they restarted would outlive the campaign."""
+    rig = make_rig(tmp_path, one_key(2))
+    rig.script.actions = {0: [STOPPED]}
+    rets = rig.run(0, 1)
+    assert rig.ops("pytorch") == [("start",), ("run", 0), ("stop",)]
+    assert rig.events() == []  # no restart
+    assert "worker 'pytorch' died" in error_of(rets[0]) and "the launcher is stopping" in error_of(rets[1])

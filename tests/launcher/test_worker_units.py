@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
+from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ import pytest
 
 from llem.launch import protocol
 from llem.launch.container import ContainerSpec, ContainerWorker, gpu_args
+from llem.launch.handle import WorkerDied, WorkerHandle
 from llem.launch.worker import _safe_exception, handle
 
 
@@ -126,3 +130,100 @@ def test_a_worker_on_another_interpreter_keeps_its_own_packages(tmp_path: Path) 
     assert all("site-packages" not in p for p in other)
     assert set(other) <= set(own)  # only the project paths (checkout, apps) travel
     assert str(Path(__file__).resolve().parents[2]) in other  # the checkout the tests run from
+
+
+class _Answering(WorkerHandle):
+    """A worker handle whose 'process' is a thread behind a real socket: it answers every op but `hold`, and
+    records what it received (to tell a graceful shutdown from a kill)."""
+
+    def __init__(self, socket_dir: Path) -> None:
+        super().__init__("scripted", socket_dir, {"instances": {}, "omegaconf_resolvers": {}})
+        self.received: list[str] = []
+        self._listener: Listener | None = None
+        self._served: Connection | None = None
+        self._thread: threading.Thread | None = None
+
+    def _launch(self) -> None:
+        self._listener = Listener(str(self.socket_path), family="AF_UNIX", authkey=self.authkey)
+        self._thread = threading.Thread(target=self._serve, args=(self._listener,), daemon=True)
+        self._thread.start()
+
+    _relaunch = _launch
+
+    def _serve(self, listener: Listener) -> None:
+        try:
+            with listener.accept() as conn:
+                self._served = conn
+                while True:
+                    op = conn.recv()["op"]
+                    self.received.append(op)
+                    if op != "hold":
+                        conn.send({"ok": True})
+                    if op == protocol.OP_SHUTDOWN:
+                        return
+        except (EOFError, OSError):
+            return  # killed
+
+    def _alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _terminate(self) -> None:  # as a process's death: both ends of its socket close
+        if self._listener is not None:
+            self._listener.close()
+        try:
+            if self._served is not None:
+                with socket.fromfd(self._served.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # its end already closed: the host hung up
+        if self._thread is not None:
+            self._thread.join(5)
+            assert not self._thread.is_alive()
+
+    def exit_report(self) -> str:
+        return "scripted"
+
+
+def test_stopping_an_idle_worker_asks_it_to_exit(tmp_path: Path) -> None:
+    worker = _Answering(tmp_path)
+    worker.start()
+    worker.stop()
+    assert worker.received == [protocol.OP_INIT, protocol.OP_SHUTDOWN]
+
+
+def test_stopping_a_worker_busy_in_another_thread_kills_it_at_once(tmp_path: Path) -> None:
+    """Ctrl-C with jobs running side by side: their threads wait on their workers while the main thread stops
+    them. Asking a busy worker to exit would wait for its job (or take the job's reply for its own)."""
+    worker = _Answering(tmp_path)
+    worker.start()
+    outcome: list[BaseException] = []
+
+    def job() -> None:
+        try:
+            worker.request({"op": "hold"}, timeout=60)
+        except BaseException as error:  # noqa: BLE001 - what the job thread saw
+            outcome.append(error)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    while "hold" not in worker.received:
+        time.sleep(0.01)
+    worker.stop()
+    thread.join(10)
+    assert worker.received == [protocol.OP_INIT, "hold"]  # no shutdown request behind the job
+    assert len(outcome) == 1 and isinstance(outcome[0], WorkerDied)
+
+
+def test_a_request_cut_short_leaves_the_worker_to_be_killed(tmp_path: Path) -> None:
+    worker = _Answering(tmp_path)
+    worker.start()
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        worker.request({"op": "hold"}, timeout=60, while_waiting=interrupted)
+    with pytest.raises(WorkerDied, match="still owes the reply"):
+        worker.request({"op": protocol.OP_PING}, timeout=5)  # its reply could be the held job's
+    worker.stop()
+    assert worker.received == [protocol.OP_INIT, "hold"]
