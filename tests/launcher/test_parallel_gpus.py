@@ -131,7 +131,9 @@ def _ts(text: str) -> float:
 @pytest.mark.slow
 def test_eight_one_gpu_jobs_run_four_at_a_time_on_their_own_gpus(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(_cmd(sweep, "warmup.thermal_floor_seconds=3", "random_seed=range(0,8)"), cwd=tmp_path,
+    # each job lasts at least 6 s: longer than the stagger of four workers starting cold on two loaded cores, so
+    # some moment has all four busy
+    proc = subprocess.run(_cmd(sweep, "warmup.thermal_floor_seconds=6", "random_seed=range(0,8)"), cwd=tmp_path,
                           env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = read_manifest(sweep / ".state" / "campaign_manifest.json")
