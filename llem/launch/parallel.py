@@ -8,6 +8,8 @@ restarts, gaps) and the campaign session are safe to share.
 
 from __future__ import annotations
 
+import atexit
+
 import logging
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -55,6 +57,9 @@ class ParallelRun:
             launcher.packer = GpuPacker(node_gpus(launcher.options.gpus, nvml=launcher.nvml()))
         if launcher.gpu_locks is None:
             launcher.gpu_locks = GpuLocks(owner=str(launcher.config.hydra.sweep.dir) if launcher.config else "?")
+            # under a sweeper other than llem's nothing calls `finish`: the kernel frees the locks at exit, and this
+            # removes their notes, so no later campaign is told that a finished one holds its GPUs
+            atexit.register(launcher.gpu_locks.release_all)
         self.packer: GpuPacker = launcher.packer
         self.locks: GpuLocks = launcher.gpu_locks
         self.running: dict[Future[JobReturn], tuple[int, Slot]] = {}

@@ -160,6 +160,35 @@ def test_eight_one_gpu_jobs_run_four_at_a_time_on_their_own_gpus(tmp_path: Path)
 
 
 @pytest.mark.slow
+def test_a_two_gpu_job_waits_for_two_free_gpus_in_a_real_launch(tmp_path: Path) -> None:
+    """Three 1-GPU jobs leave one GPU free; the 2-GPU jobs behind them wait until a second one frees up. A fast
+    task (gpu_app: it sleeps and records its CUDA_VISIBLE_DEVICES) on the real launcher, packer and locks."""
+    sweep = tmp_path / "sweep"
+    app = REPO / "tests" / "launcher" / "apps" / "gpu_app.py"
+    cmd = [sys.executable, str(app), "-m", f"hydra.sweep.dir={sweep}", "hydra/sweeper=basic",
+           "hydra/launcher=llem_local", "hydra.launcher.parallel=true", "backend=vllm",
+           "backend.tensor_parallel_size=1,2", "random_seed=0,1,2",  # in this order: the three 1-GPU jobs first
+           "campaign.execution.config_gap_seconds=0", "campaign.health_check.enabled=false"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**_env(tmp_path), "GPU_APP_SECONDS": "1.5"}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [json.loads((sweep / str(n) / "gpus.json").read_text()) for n in range(6)]
+    uuids = {g.uuid for g in GPUS}
+    assert [len(j["gpus"]) for j in jobs] == [1, 1, 1, 2, 2, 2] and all(set(j["gpus"]) <= uuids for j in jobs)
+    for i, a in enumerate(jobs):  # never a GPU under two jobs at a time
+        for b in jobs[i + 1:]:
+            if set(a["gpus"]) & set(b["gpus"]):
+                assert a["ended"] <= b["began"] or b["ended"] <= a["began"], (a, b)
+    first_pair = min(jobs[3:], key=lambda j: j["began"])
+    # the 1-GPU jobs ran side by side, and no 2-GPU job began while they held three of the four GPUs
+    assert max(j["began"] for j in jobs[:3]) < min(j["ended"] for j in jobs[:3])
+    assert first_pair["began"] >= min(j["ended"] for j in jobs[:3])
+    # with Hydra's basic sweeper nothing calls the launcher's `finish`: the locks and their notes go at exit
+    assert list((tmp_path / "gpu-locks").glob("*.lock")) and not list((tmp_path / "gpu-locks").glob("*.owner.json"))
+    assert GpuLocks("check", tmp_path / "gpu-locks").try_acquire(GPUS) is None
+
+
+@pytest.mark.slow
 def test_a_second_campaign_on_the_same_gpus_is_refused_clearly(tmp_path: Path) -> None:
     first = subprocess.Popen(_cmd(tmp_path / "a", "warmup.thermal_floor_seconds=20", "random_seed=range(0,4)"),
                              cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
