@@ -165,3 +165,43 @@ def test_a_requeued_group_skips_the_jobs_it_finished(tmp_path: Path) -> None:
     assert len(_submissions(sweep)) == 1
     log = "".join(p.read_text() for p in (sweep / ".slurm").glob(f"{slurm_id}_*_log.err"))
     assert "job 0 already has its result; skipped" in log
+
+
+def _podman_names(prefix: str) -> list[str]:
+    out = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True, check=True)
+    return [n for n in out.stdout.split() if n.startswith(prefix)]
+
+
+def test_groups_run_in_podman_on_the_node_and_scancel_removes_the_container(tmp_path: Path) -> None:
+    """The image holds llem but not the SLURM client side (submitit): the group runs inside it all the same, and a
+    cancelled SLURM job takes its container down with it; the same command then finishes the campaign."""
+    from tests.containers import image
+
+    image.skip_unless_engine()
+    ref = image.test_image()
+    in_podman = [f"hydra.launcher.container.image={ref}", "hydra.launcher.container.extra_args=['--network=none']"]
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen(_cmd(sweep, *LONGER, *in_podman), cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = _wait_for_result(sweep, 0, proc)
+        first_mtime = first.stat().st_mtime_ns
+        cancelled = _placement(sweep, 0)["slurm_job_id"]
+        assert len(_podman_names(f"llem-slurm-{cancelled}-")) == 1  # the group runs in its container
+        subprocess.run(["scancel", cancelled], check=True)
+        proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 60
+    while _podman_names(f"llem-slurm-{cancelled}-") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _podman_names(f"llem-slurm-{cancelled}-") == []
+    again = _run(sweep, *LONGER, *in_podman)
+    assert again.returncode == 0, again.stderr[-4000:]
+    m = _no_result_twice(sweep, first, first_mtime)
+    # every result was measured inside the image (its Python, not the one running this test)
+    inside = image.client().run(ref, ["python", "-c", "import platform; print(platform.python_version())"],
+                                remove=True, networks=["none"]).strip()
+    assert {read_result(Path(j.result_path or "")).environment["python"] for j in m.jobs} == {inside}
+    assert _podman_names("llem-slurm-") == []

@@ -4,6 +4,8 @@ skipping and placement records."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
-from submitit.helpers import Checkpointable, DelayedSubmission
+from submitit.helpers import DelayedSubmission
 
 from llem.launch import protocol
 from llem.launch.slurm import job as job_module
@@ -92,6 +94,7 @@ def test_options_become_submitit_parameters() -> None:
         "container": {"engine": "apptainer", "image": "/img/llem.sif"}, "_target_": "ignored",
     })
     assert isinstance(opts.container, SlurmContainerOptions) and opts.container.engine == "apptainer"
+    assert opts.in_container is opts.container
     assert executor_parameters(opts, 0) == {
         "job_name": "llem", "time": 90, "nodes": 1, "ntasks_per_node": 1, "partition": "gpu", "account": "proj",
         "qos": "high", "cpus_per_task": 8, "mem": "32768MB", "setup": ["module load cuda"],
@@ -122,7 +125,8 @@ def test_plugin_config_is_registered() -> None:
 
     node = ConfigStore.instance().load("hydra/launcher/llem_slurm.yaml").node
     assert node._target_.endswith("llem_slurm_launcher.LlemSlurmLauncher")
-    assert OmegaConf.to_container(node)["folder"] == "${hydra.sweep.dir}/.slurm" and node.container is None
+    assert OmegaConf.to_container(node)["folder"] == "${hydra.sweep.dir}/.slurm" and node.container.image is None
+    assert options_from({}).in_container is None  # no image: the groups run directly on the node
     assert LlemSlurmLauncher.reports_jobs is False and hasattr(LlemSlurmLauncher, "attach_campaign")
 
 
@@ -201,7 +205,7 @@ def test_a_requeued_group_skips_jobs_with_complete_results(tmp_path: Path, monke
     monkeypatch.setattr(GroupJob, "_run_one", _fake_run(ran))
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     group = _group(tmp_path, [0, 1, 2])
-    assert isinstance(group, Checkpointable)
+    assert callable(group.checkpoint)  # what submitit looks for before it requeues a timed-out job
     # the first start finished job 0 before the time limit; job 1 left a result of another config
     (tmp_path / "0").mkdir()
     (tmp_path / "0" / "result.json").write_text(json.dumps({"config_hash": group.jobs[0].config_hash}))
@@ -375,3 +379,15 @@ def test_group_jobs_take_the_campaigns_settings_not_the_jobs_defaults(tmp_path: 
     run.session = session
     job = run.group_job(group)
     assert job.gap_s == 0.0 and job.warmup == {"prompts": 3, "timeout_s": 300.0}
+
+
+def test_the_group_side_needs_no_submitit() -> None:
+    """Inside a container the group is unpickled and run by `python -m llem.launch.slurm.job`: an image with llem
+    but without submitit (the submitting side's library) must do."""
+    code = ("import sys; sys.modules['submitit'] = None\n"  # any `import submitit...` now raises ImportError
+            "import llem.launch.slurm.job as job\n"
+            "print(job.main(['a']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "2" and "usage: python -m llem.launch.slurm.job" in proc.stderr

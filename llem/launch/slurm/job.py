@@ -1,7 +1,7 @@
 """What runs inside one SLURM job: a group's Hydra jobs, in order, in one process, with the model kept.
 
-`GroupJob` is a `submitit.helpers.Checkpointable`: when SLURM preempts the job or its time limit
-comes, submitit requeues it with the same state, and on the new start every job whose result.json is
+`GroupJob` is checkpointable as submitit defines it (it has a `checkpoint` method): when SLURM preempts
+the job or its time limit comes, submitit requeues it with the same state, and on the new start every job whose result.json is
 already complete (a whole result carrying the job's config hash) is skipped, so no result is produced
 twice. Each job's SLURM job id and node go to `<job dir>/.slurm.json` as the job starts.
 
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from submitit.helpers import Checkpointable, DelayedSubmission
-
+# No submitit import at module level: inside a container this module runs the group, and an image needs llem,
+# not the submitting side's SLURM client library.
 from llem.launch.slurm.groups import JobSpec
 from llem.launch.slurm.options import SlurmContainerOptions
 
@@ -121,7 +121,7 @@ def failed_return(spec: JobSpec, error: BaseException) -> Any:
     )
 
 
-class GroupJob(Checkpointable):
+class GroupJob:
     """A group's jobs, run in order in one process (the SLURM job's), so `llem.task.SESSION` keeps the model."""
 
     def __init__(
@@ -162,8 +162,12 @@ class GroupJob(Checkpointable):
             return self.run_in_container()
         return self.run()
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
-        """Preempted or out of time: requeue this same group; finished jobs are skipped when it restarts."""
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Preempted or out of time: requeue this same group; finished jobs are skipped when it restarts.
+
+        submitit calls this on any submitted callable that has it (as on its `helpers.Checkpointable`)."""
+        from submitit.helpers import DelayedSubmission
+
         self._remove_container()
         self._container_name = None
         return DelayedSubmission(self, *args, **kwargs)

@@ -146,7 +146,7 @@ class SlurmLaunch:
         prompts = int(setting(first, "execution.warmup_prompts", 0) or 0)
         warmup = ({"prompts": prompts, "timeout_s": setting(first, "execution.warmup_timeout_seconds", 300.0)}
                   if prompts > 0 else None)
-        container = self.options.container
+        container = self.options.in_container
         return GroupJob(
             group.jobs, self.task_function, self.hydra_context.callbacks,
             protocol.pack_singleton_state(Singleton.get_state()),

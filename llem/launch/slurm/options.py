@@ -16,7 +16,10 @@ DEFAULT_PASSTHROUGH = ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]
 
 @dataclass
 class SlurmContainerOptions:
-    """Run each SLURM job's group inside a container on the node."""
+    """Run each SLURM job's group inside a container on the node: on as soon as an image is set.
+
+    Always present (never null), so `hydra.launcher.container.image=...` works on the command line.
+    """
 
     # podman or apptainer (singularity works as apptainer's older name).
     engine: str = "podman"
@@ -66,8 +69,13 @@ class SlurmOptions:
     env: Dict[str, str] = field(default_factory=dict)
     # Secrets passed from the submitting environment by name (values never written anywhere).
     env_passthrough: List[str] = field(default_factory=lambda: list(DEFAULT_PASSTHROUGH))
-    # Run each group inside a container on the node (null: directly on the node).
-    container: Optional[SlurmContainerOptions] = None
+    # Run each group inside a container on the node (when container.image or container.images is set).
+    container: SlurmContainerOptions = field(default_factory=SlurmContainerOptions)
+
+    @property
+    def in_container(self) -> Optional[SlurmContainerOptions]:
+        """The container options when groups run in a container, else None (directly on the node)."""
+        return self.container if (self.container.image or self.container.images) else None
 
 
 def _plain(value: Any) -> Any:
@@ -90,7 +98,9 @@ def options_from(values: Mapping[str, Any]) -> SlurmOptions:
         raise ValueError(f"hydra.launcher: unknown llem_slurm option(s): {', '.join(unknown)}")
     data = {k: _plain(v) for k, v in values.items() if k in known}
     container = data.get("container")
-    if container is not None and not isinstance(container, SlurmContainerOptions):
+    if container is None:
+        data.pop("container", None)
+    elif not isinstance(container, SlurmContainerOptions):
         data["container"] = SlurmContainerOptions(**dict(container))
     return SlurmOptions(**data)
 
