@@ -328,6 +328,26 @@ def test_launch_without_a_session_just_runs(tmp_path: Path, monkeypatch: pytest.
     assert [r.status for r in run.run([["a"]], 0)] == [JobStatus.COMPLETED]
 
 
+def test_a_backend_without_an_image_fails_once_with_its_reason(tmp_path: Path) -> None:
+    """Containers on, but no image for this group's backend: a configuration mistake, not retried, not submitted."""
+    from llem.launch.outcome import job_outcome
+
+    class Loader:
+        def load_sweep_config(self, master: Any, overrides: list[str]) -> Any:
+            return _config(tmp_path, 0)
+
+    context = type("Ctx", (), {"config_loader": Loader(), "callbacks": None})()
+    executor = _FakeExecutor(tmp_path)
+    options = options_from({"container": {"images": {"vllm": "llem-vllm:1"}}})
+    run = SlurmLaunch(options, _config(tmp_path, 0), context, lambda cfg: None,
+                      executor_factory=lambda: executor, sleep=lambda s: None)
+    (ret,) = run.run([["a"]], 0)
+    outcome = job_outcome(ret)
+    assert outcome["status"] == "failed" and outcome["retryable"] is False
+    assert "no image for 'pytorch' (set image, or images.pytorch)" in outcome["error"]
+    assert executor.jobs == []
+
+
 def test_a_cancelled_group_fails_its_unfinished_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import llem.launch.slurm.launcher as launcher_module
 

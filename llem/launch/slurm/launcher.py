@@ -23,6 +23,7 @@ from hydra.core.utils import (
 )
 from omegaconf import DictConfig
 
+from llem.config.errors import ConfigError
 from llem.launch.outcome import JobFailure
 from llem.launch.runner import compose_job
 from llem.launch.slurm.groups import (
@@ -188,7 +189,10 @@ class SlurmLaunch:
                 try:
                     executor.update_parameters(**executor_parameters(self.options, group.gpus))
                     job = executor.submit(self.group_job(group))
-                except Exception as error:  # noqa: BLE001 - sbatch refused (partition, limits), no image, ...
+                except ValueError as error:  # the launcher's options (no image for this backend, a bad mount)
+                    self._fail_group(group, returns, ConfigError(str(error)))  # a retry cannot change it
+                    continue
+                except Exception as error:  # noqa: BLE001 - sbatch refused (partition, limits), ...
                     self._fail_group(group, returns, JobFailure(f"could not submit to SLURM: {error}"))
                     continue
                 log.info("llem: SLURM job %s runs %d job(s) of %s (gpus=%d)", job.job_id, len(group.jobs),
