@@ -79,6 +79,7 @@ class LocalWorker(WorkerHandle):
         env.update(self.extra_env)
         env["PYTHONPATH"] = os.pathsep.join(worker_pythonpath(self.python))
         env[protocol.AUTHKEY_ENV] = self.authkey.hex()
+        env[protocol.PARENT_ENV] = str(os.getpid())
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 [self.python, "-m", "llem.launch.worker", "--socket", str(self.socket_path)],

@@ -14,6 +14,7 @@ from typing import Any
 import cloudpickle
 
 AUTHKEY_ENV = "LLEM_WORKER_AUTHKEY"
+PARENT_ENV = "LLEM_WORKER_PARENT"  # the launcher's PID, for a local worker to check it is still its parent
 NVML_FACTORY_ENV = "LLEM_NVML_FACTORY"
 
 OP_PING = "ping"

@@ -208,8 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when a worker stops
     _install_nvml_factory()
-    if os.getppid() != 1:  # a local worker (in a container the launcher is not our parent)
+    parent = os.environ.pop(protocol.PARENT_ENV, None)
+    if parent is not None:  # a local worker (in a container the launcher is not our parent)
         _die_with_parent()
+        if os.getppid() != int(parent):  # the launcher died before the line above: nobody will connect
+            print(f"llem worker: the launcher (PID {parent}) is gone; exiting", file=sys.stderr)
+            return 3
     args.socket.parent.mkdir(parents=True, exist_ok=True)
     args.socket.unlink(missing_ok=True)
     with Listener(str(args.socket), family="AF_UNIX", authkey=authkey) as listener:

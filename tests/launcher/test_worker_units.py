@@ -227,3 +227,17 @@ def test_a_request_cut_short_leaves_the_worker_to_be_killed(tmp_path: Path) -> N
         worker.request({"op": protocol.OP_PING}, timeout=5)  # its reply could be the held job's
     worker.stop()
     assert worker.received == [protocol.OP_INIT, "hold"]
+
+
+def test_a_worker_whose_launcher_died_while_it_started_exits(tmp_path: Path) -> None:
+    """If the launcher is killed before the worker asks to die with it, the worker must not wait for a connection
+    that never comes: it checks that the launcher that started it is still its parent."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, protocol.AUTHKEY_ENV: protocol.new_authkey().hex(), protocol.PARENT_ENV: "1"}  # not ours
+    proc = subprocess.run([sys.executable, "-m", "llem.launch.worker", "--socket", str(tmp_path / "w.sock")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3 and "the launcher (PID 1) is gone" in proc.stderr
+    assert not (tmp_path / "w.sock").exists()
