@@ -46,6 +46,9 @@ class JobSession:
         self._attempts: dict[int, int] = {}  # detached sessions only
         self._lock = threading.RLock()
         self.on_finished: Callable[[int, str], None] | None = None
+        # set by the first `interrupted`: the launcher is stopping, so the jobs its threads still report are the
+        # stop's doing (a killed worker, a job not begun), and none of them is started or recorded as failed
+        self.stopping = False
 
     @classmethod
     def detached(cls, settings: CampaignSettings | None, campaign_name: str) -> JobSession:
@@ -74,6 +77,8 @@ class JobSession:
     def started(self, job_num: int, *, key: str = "", label: str = "", **placement: Any) -> int:
         """A job was handed to a worker: count the attempt, mark it running. Returns the attempt number."""
         with self._lock:
+            if self.stopping:
+                return self.attempts(job_num)
             attempt = self.attempts(job_num) + 1
             if self.job(job_num) is None:
                 self._attempts[job_num] = attempt
@@ -97,7 +102,7 @@ class JobSession:
                          overrides: list[str] | None) -> None:
         with self._lock:
             job = self.job(job_num)
-            if job is not None and job.status == "interrupted" and outcome["status"] == "failed":
+            if outcome["status"] == "failed" and (self.stopping or (job is not None and job.status == "interrupted")):
                 return  # the stop killed its worker: it was interrupted (and runs again on resume), not failed
             if job is not None:
                 assert self.state is not None
@@ -107,13 +112,13 @@ class JobSession:
                 self.progress.job_finished(job_num, outcome["status"], reason=reason)
             if self.on_finished is not None:
                 self.on_finished(job_num, outcome["status"])
-        if self.notifier is not None:
-            self.notifier.job_finished(
-                job_num=job_num, overrides=list(overrides if overrides is not None else (ret.overrides or [])),
-                status=outcome["status"], error=outcome["error"], result_path=outcome.get("result_path"),
-                cycle=None if job is None else job.cycle, repetition=None if job is None else job.repetition,
-                attempt=self.attempts(job_num), backend=None if job is None else job.backend,
-            )
+            if self.notifier is not None:  # queued under the lock (it never blocks): in order with a stop's events
+                self.notifier.job_finished(
+                    job_num=job_num, overrides=list(overrides if overrides is not None else (ret.overrides or [])),
+                    status=outcome["status"], error=outcome["error"], result_path=outcome.get("result_path"),
+                    cycle=None if job is None else job.cycle, repetition=None if job is None else job.repetition,
+                    attempt=self.attempts(job_num), backend=None if job is None else job.backend,
+                )
 
     def placed(self, job_num: int, **fields: Any) -> None:
         """Where a job ran (SLURM job id, node, GPUs), once the launcher knows."""
@@ -126,6 +131,7 @@ class JobSession:
         """The launcher was stopped while `job_num` was its current job. A job already recorded as finished keeps
         its outcome: the interrupt may land after the record, before the launcher moves on."""
         with self._lock:
+            self.stopping = True
             job = None if job_num is None else self.job(job_num)
             if job is not None and job.status not in ("completed", "failed", "invalid", "skipped"):
                 assert self.state is not None

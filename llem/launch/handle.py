@@ -125,8 +125,7 @@ class WorkerHandle(abc.ABC):
         try:
             conn.send(message)
         except (OSError, BrokenPipeError):
-            self._conn = None
-            self._wait_for_exit()
+            self._lost(conn)
             raise WorkerDied(f"worker '{self.key}' died: {self.exit_report()}") from None
         if while_waiting is not None:
             started = time.monotonic()
@@ -138,13 +137,19 @@ class WorkerHandle(abc.ABC):
                 raise WorkerTimeout(f"worker '{self.key}' gave no answer within {timeout:.0f} s")
             reply = conn.recv()
         except (EOFError, OSError, BrokenPipeError):
-            self._conn = None
-            self._wait_for_exit()
+            self._lost(conn)
             raise WorkerDied(f"worker '{self.key}' died: {self.exit_report()}") from None
         self._reply_owed = False
         if not reply.get("ok", False):
             raise RuntimeError(f"worker '{self.key}': {reply.get('error')}")
         return reply
+
+    def _lost(self, conn: Connection) -> None:
+        """The connection a request used broke: close it (this thread owns it) and forget it if still current."""
+        conn.close()
+        if self._conn is conn:
+            self._conn = None
+        self._wait_for_exit()
 
     def _wait_for_exit(self, seconds: float = 5.0) -> None:
         deadline = time.monotonic() + seconds
@@ -155,7 +160,13 @@ class WorkerHandle(abc.ABC):
         """Stop a stuck or unhealthy worker at once."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            _hang_up(conn)
+            if self._talking.acquire(blocking=False):
+                try:
+                    _hang_up(conn, close=True)
+                finally:
+                    self._talking.release()
+            else:  # another thread waits on it: wake it, and let it close the descriptor it is using
+                _hang_up(conn, close=False)
         self._reply_owed = False
         self._terminate()
 
@@ -178,12 +189,13 @@ class WorkerHandle(abc.ABC):
         self.socket_path.unlink(missing_ok=True)
 
 
-def _hang_up(conn: Connection) -> None:
-    """Close a worker connection so that a thread waiting on it wakes at once (closing the descriptor alone would
-    leave that thread waiting until the worker's end is noticed, or its timeout)."""
+def _hang_up(conn: Connection, *, close: bool) -> None:
+    """Shut a worker connection down so that a thread waiting on it wakes at once (closing the descriptor alone
+    would leave that thread waiting until the worker's end is noticed, or its timeout); close it if asked."""
     try:
         with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:  # a duplicate descriptor
             sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass  # already closed
-    conn.close()
+    if close:
+        conn.close()

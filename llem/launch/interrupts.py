@@ -36,27 +36,33 @@ def interrupts_deferred() -> Iterator[None]:
 
     For steps that must not be cut in half, such as recording a finished job and queueing its notification: an
     interrupt between the two would leave a job recorded as completed whose notification never went out. Only the
-    main thread receives signals, so elsewhere the block runs as is.
+    main thread receives signals, so elsewhere the block runs as is. A held interrupt is raised even when the block
+    ends with an exception: the user's stop wins.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held: list[int] = []
-    watched = (signal.SIGINT, signal.SIGTERM)
+    watched = {signal.SIGINT, signal.SIGTERM}
     previous = {s: signal.getsignal(s) for s in watched}
     if any(h is None for h in previous.values()):  # a handler Python did not install could not be restored
         yield
         return
+    held: list[int] = []
     for s in watched:
         signal.signal(s, lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-    if held:
-        handler = previous[held[0]]
-        if callable(handler):
-            handler(held[0], None)  # Python's SIGINT handler or sigterm_as_interrupt's: raises KeyboardInterrupt
-        elif handler == signal.SIG_DFL:
-            signal.raise_signal(held[0])
+        # restore both handlers with the signals blocked, so none lands between the two and finds a mix
+        signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+        try:
+            for s, h in previous.items():
+                signal.signal(s, h)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)  # one that came meanwhile reaches its own handler
+        if held:
+            handler = previous[held[0]]
+            if callable(handler):
+                handler(held[0], None)  # Python's SIGINT handler or sigterm_as_interrupt's: raises KeyboardInterrupt
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(held[0])

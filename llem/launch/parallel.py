@@ -9,7 +9,6 @@ restarts, gaps) and the campaign session are safe to share.
 from __future__ import annotations
 
 import atexit
-
 import logging
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait

@@ -7,7 +7,7 @@ job's start and end goes to the campaign's session (llem.campaign.JobSession), n
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,17 +55,23 @@ class CampaignRunner:
         self,
         make_worker: Callable[[str], WorkerHandle],
         options: RunnerOptions,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.make_worker = make_worker
         self.options = options
         self.session: Any = None
         self.keys: dict[str, _KeyState] = {}
         self.restarts = 0
-        self.sleep = sleep
+        self._stopped = threading.Event()
+        # gaps are slept here; by default a stop ends them at once (a job thread may be in one on Ctrl-C)
+        self.sleep = sleep if sleep is not None else self._stopped.wait
         self._previous_cycle: tuple[int | None, int | None] | None = None
         self._ran_any = False
-        self.stopping = False  # once workers are being stopped, none is started or restarted (a job thread may ask)
+
+    @property
+    def stopping(self) -> bool:
+        """Workers are being stopped: none is started or restarted, and no job starts (a job thread may ask)."""
+        return self._stopped.is_set()
 
     # ---------------------------------------------------------------- campaign
     def attach(self, session: Any) -> None:
@@ -114,7 +120,14 @@ class CampaignRunner:
         if not state.worker.running:
             state.worker.start() if state.worker.starts == 0 else state.worker.restart()
             state.warmed = False
+            self._unless_stopped(state.worker)
         return state.worker
+
+    def _unless_stopped(self, worker: WorkerHandle) -> None:
+        """A worker (re)started while `stop_all` ran would outlive it: kill it."""
+        if self.stopping:
+            worker.kill()
+            raise WorkerDied("the launcher is stopping")
 
     def _max_restarts(self) -> int:
         s = self.settings
@@ -143,6 +156,7 @@ class CampaignRunner:
         self._event(kind="worker_restart", key=key, reason=reason, restarts=self.restarts)
         try:
             state.worker.restart()
+            self._unless_stopped(state.worker)
         except Exception as error:  # noqa: BLE001 - engine errors, stuck processes, missing interpreters
             state.disabled_reason = f"worker '{key}' could not be restarted: {error}"
             self._event(kind="worker_disabled", key=key, reason=state.disabled_reason)
@@ -152,8 +166,8 @@ class CampaignRunner:
         return True
 
     def stop_all(self) -> None:
-        self.stopping = True
-        for state in self.keys.values():
+        self._stopped.set()
+        for state in list(self.keys.values()):  # job threads may still add keys
             if state.worker is not None:
                 try:
                     state.worker.stop()
@@ -273,6 +287,8 @@ class CampaignRunner:
             self._gap(job_num, key)
             if self._health_due(key, job_num):
                 self._health_check(key, job_num)
+        if self.stopping:  # stopped during the gap: the job never starts (the launcher records it interrupted)
+            return self._failed(config, overrides, JobFailure("the launcher is stopping"))
         # every hand-over counts as an attempt, even one the launcher fails itself
         session.started(job_num, key=key, label=" ".join(filter_overrides(list(overrides))))
         if state.disabled_reason is not None:
@@ -289,7 +305,10 @@ class CampaignRunner:
         except Exception as error:  # noqa: BLE001 - the worker could not start or be reset
             if not self._restart(key, str(error)):
                 return self._finish(job_num, key, self._failed(config, overrides, JobFailure(str(state.disabled_reason))))
-            worker = self._ensure_worker(key)
+            try:
+                worker = self._ensure_worker(key)
+            except WorkerDied as died:
+                return self._finish(job_num, key, self._failed(config, overrides, JobFailure(str(died))))
 
         message: dict[str, Any] = {"op": protocol.OP_RUN, "config": protocol.pack(config)}
         if not worker.context_sent:

@@ -198,6 +198,23 @@ def _die_with_parent() -> None:
         pass
 
 
+def _launcher_gone(pid: int) -> bool:
+    """The launcher that started this worker has ended (or only its zombie is left). Not merely "is no longer
+    the parent": `hydra.launcher.python` may be a wrapper that runs Python as its child."""
+    if os.getppid() == pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llem.launch.worker")
     parser.add_argument("--socket", required=True, type=Path)
@@ -211,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parent = os.environ.pop(protocol.PARENT_ENV, None)
     if parent is not None:  # a local worker (in a container the launcher is not our parent)
         _die_with_parent()
-        if os.getppid() != int(parent):  # the launcher died before the line above: nobody will connect
+        if _launcher_gone(int(parent)):  # it died before the line above took effect: nobody will connect
             print(f"llem worker: the launcher (PID {parent}) is gone; exiting", file=sys.stderr)
             return 3
     args.socket.parent.mkdir(parents=True, exist_ok=True)

@@ -111,3 +111,11 @@ def test_a_job_ended_by_the_stop_stays_interrupted(tmp_path: Path) -> None:
     assert stored is not None
     assert [j.status for j in stored.jobs] == ["interrupted", "completed"]
     assert [(e["job_num"], e["status"]) for e in recorder.queued] == [(1, "completed")]
+
+
+def test_a_held_interrupt_wins_over_an_error_in_the_block() -> None:
+    with pytest.raises(KeyboardInterrupt) as caught, sigterm_as_interrupt():
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise ValueError("the step failed too")
+    assert isinstance(caught.value.__context__, ValueError)  # the error is kept as the interrupt's context

@@ -236,6 +236,7 @@ def make_rig(
     jobs: list[tuple[int, str, int, int]],  # (job_num, backend, cycle, repetition), in run order
     settings: dict[str, Any] | None = None,
     options: RunnerOptions | None = None,
+    real_sleep: bool = False,  # the runner's own (stoppable) sleep instead of the recorded fake
 ) -> Rig:
     manifest = CampaignManifest(
         campaign_name="policy", config_hash="h", created_at=utc_now(), updated_at=utc_now(),
@@ -263,7 +264,7 @@ def make_rig(
         rig.workers[key] = worker
         return worker
 
-    runner = CampaignRunner(make_worker, options or RunnerOptions(), sleep=fake_sleep)
+    runner = CampaignRunner(make_worker, options or RunnerOptions(), sleep=None if real_sleep else fake_sleep)
     runner.attach(session)
     script.stop = runner.stop_all
     rig = Rig(tmp_path, script, state, session, runner)
@@ -593,3 +594,24 @@ def test_no_worker_is_started_or_restarted_once_the_launcher_stops(tmp_path: Pat
     assert rig.ops("pytorch") == [("start",), ("run", 0), ("stop",)]
     assert rig.events() == []  # no restart
     assert "worker 'pytorch' died" in error_of(rets[0]) and "the launcher is stopping" in error_of(rets[1])
+
+
+def test_a_stop_ends_a_gap_at_once_and_its_job_never_starts(tmp_path: Path) -> None:
+    """Side by side, a job thread may be in a config gap (60 s here) when Ctrl-C comes: the gap ends, and the job
+    is neither started nor recorded (the launcher marks it interrupted; it runs on resume)."""
+    import threading
+    import time
+
+    rig = make_rig(tmp_path, one_key(2), {"execution": {"config_gap_seconds": 60}}, real_sleep=True)
+    rig.run(0)
+    rets: list[JobReturn] = []
+    thread = threading.Thread(target=lambda: rets.extend(rig.run(1)))
+    began = time.monotonic()
+    thread.start()
+    while not rig.events("gap"):  # job 1's thread is in its gap
+        time.sleep(0.01)
+    rig.runner.stop_all()
+    thread.join(30)
+    assert not thread.is_alive() and time.monotonic() - began < 30
+    assert "the launcher is stopping" in error_of(rets[0])
+    assert rig.runs() == [0] and rig.stored_job(1).status == "pending" and rig.stored_job(1).attempts == 0

@@ -206,7 +206,8 @@ def test_stopping_a_worker_busy_in_another_thread_kills_it_at_once(tmp_path: Pat
 
     thread = threading.Thread(target=job)
     thread.start()
-    while "hold" not in worker.received:
+    deadline = time.monotonic() + 30
+    while "hold" not in worker.received and time.monotonic() < deadline:
         time.sleep(0.01)
     worker.stop()
     thread.join(10)
@@ -236,8 +237,10 @@ def test_a_worker_whose_launcher_died_while_it_started_exits(tmp_path: Path) -> 
     import subprocess
     import sys
 
-    env = {**os.environ, protocol.AUTHKEY_ENV: protocol.new_authkey().hex(), protocol.PARENT_ENV: "1"}  # not ours
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # ended and reaped: its PID names no process, as a launcher killed while the worker started
+    env = {**os.environ, protocol.AUTHKEY_ENV: protocol.new_authkey().hex(), protocol.PARENT_ENV: str(gone.pid)}
     proc = subprocess.run([sys.executable, "-m", "llem.launch.worker", "--socket", str(tmp_path / "w.sock")],
                           env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 3 and "the launcher (PID 1) is gone" in proc.stderr
+    assert proc.returncode == 3 and f"the launcher (PID {gone.pid}) is gone" in proc.stderr
     assert not (tmp_path / "w.sock").exists()

@@ -328,8 +328,16 @@ def test_launch_without_a_session_just_runs(tmp_path: Path, monkeypatch: pytest.
     assert [r.status for r in run.run([["a"]], 0)] == [JobStatus.COMPLETED]
 
 
-def test_a_backend_without_an_image_fails_once_with_its_reason(tmp_path: Path) -> None:
-    """Containers on, but no image for this group's backend: a configuration mistake, not retried, not submitted."""
+@pytest.mark.parametrize(("container", "reason"), [
+    ({"images": {"vllm": "llem-vllm:1"}}, "no image for 'pytorch' (set image, or images.pytorch)"),
+    ({"image": "llem:1", "mounts": ["/data"]}, "expected 'host:container[:ro|rw]', got '/data'"),
+    ({"image": "llem:1", "engine": "docker"}, "expected podman or apptainer, got 'docker'"),
+])
+def test_a_container_mistake_fails_the_group_once_with_its_reason(
+    tmp_path: Path, container: dict[str, Any], reason: str
+) -> None:
+    """A mistake in the container options is found before the group is submitted (not on the node, after the
+    queue), and is not retried."""
     from llem.launch.outcome import job_outcome
 
     class Loader:
@@ -338,13 +346,13 @@ def test_a_backend_without_an_image_fails_once_with_its_reason(tmp_path: Path) -
 
     context = type("Ctx", (), {"config_loader": Loader(), "callbacks": None})()
     executor = _FakeExecutor(tmp_path)
-    options = options_from({"container": {"images": {"vllm": "llem-vllm:1"}}})
+    options = options_from({"container": container})
     run = SlurmLaunch(options, _config(tmp_path, 0), context, lambda cfg: None,
                       executor_factory=lambda: executor, sleep=lambda s: None)
     (ret,) = run.run([["a"]], 0)
     outcome = job_outcome(ret)
     assert outcome["status"] == "failed" and outcome["retryable"] is False
-    assert "no image for 'pytorch' (set image, or images.pytorch)" in outcome["error"]
+    assert reason in outcome["error"] and outcome["error"].startswith("ConfigError")
     assert executor.jobs == []
 
 
@@ -401,13 +409,17 @@ def test_group_jobs_take_the_campaigns_settings_not_the_jobs_defaults(tmp_path: 
     assert job.gap_s == 0.0 and job.warmup == {"prompts": 3, "timeout_s": 300.0}
 
 
-def test_the_group_side_needs_no_submitit() -> None:
+def test_the_group_side_needs_no_submitit(tmp_path: Path) -> None:
     """Inside a container the group is unpickled and run by `python -m llem.launch.slurm.job`: an image with llem
     but without submitit (the submitting side's library) must do."""
+    import cloudpickle
+
+    payload, out = tmp_path / "payload.pkl", tmp_path / "outcomes.pkl"
+    payload.write_bytes(cloudpickle.dumps(_group(tmp_path, [])))
     code = ("import sys; sys.modules['submitit'] = None\n"  # any `import submitit...` now raises ImportError
             "import llem.launch.slurm.job as job\n"
-            "print(job.main(['a']))")
+            f"sys.exit(job.main([{str(payload)!r}, {str(out)!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "2" and "usage: python -m llem.launch.slurm.job" in proc.stderr
+    assert cloudpickle.loads(out.read_bytes()) == []  # the group ran (it had no job left) and reported

@@ -34,6 +34,20 @@ def image_for(options: SlurmContainerOptions, key: str) -> str:
     return str(image)
 
 
+def container_problem(options: SlurmContainerOptions, key: str) -> str | None:
+    """What keeps a group of `key` from running in a container as configured (checked before it is submitted:
+    on the node it would fail once per group, after waiting in the queue), or None."""
+    if options.engine not in ENGINES:
+        return f"hydra.launcher.container.engine: expected podman or apptainer, got {options.engine!r}"
+    try:
+        for mount in options.mounts:
+            parse_mount(mount)
+        image_for(options, key)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def cache_mounts(environ: Mapping[str, str]) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
     """The Hugging Face and llem caches of this node, mounted at the same paths, and the variables naming them."""
     hf_home = environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")

@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from llem.config.errors import ConfigError
 from llem.launch.outcome import JobFailure
 from llem.launch.runner import compose_job
+from llem.launch.slurm.container import container_problem
 from llem.launch.slurm.groups import (
     Group,
     JobSpec,
@@ -186,12 +187,14 @@ class SlurmLaunch:
         submitted: list[tuple[Group, Any]] = []
         try:
             for group in groups:
+                container = self.options.in_container
+                problem = None if container is None else container_problem(container, group.key)
+                if problem is not None:  # a mistake in the launcher's options: a retry cannot change it
+                    self._fail_group(group, returns, ConfigError(problem))
+                    continue
                 try:
                     executor.update_parameters(**executor_parameters(self.options, group.gpus))
                     job = executor.submit(self.group_job(group))
-                except ValueError as error:  # the launcher's options (no image for this backend, a bad mount)
-                    self._fail_group(group, returns, ConfigError(str(error)))  # a retry cannot change it
-                    continue
                 except Exception as error:  # noqa: BLE001 - sbatch refused (partition, limits), ...
                     self._fail_group(group, returns, JobFailure(f"could not submit to SLURM: {error}"))
                     continue

@@ -70,12 +70,14 @@ class SlurmOptions:
     # Secrets passed from the submitting environment by name (values never written anywhere).
     env_passthrough: List[str] = field(default_factory=lambda: list(DEFAULT_PASSTHROUGH))
     # Run each group inside a container on the node (when container.image or container.images is set).
-    container: SlurmContainerOptions = field(default_factory=SlurmContainerOptions)
+    # null turns containers off as well.
+    container: Optional[SlurmContainerOptions] = field(default_factory=SlurmContainerOptions)
 
     @property
     def in_container(self) -> Optional[SlurmContainerOptions]:
         """The container options when groups run in a container, else None (directly on the node)."""
-        return self.container if (self.container.image or self.container.images) else None
+        c = self.container
+        return c if c is not None and (c.image or c.images) else None
 
 
 def _plain(value: Any) -> Any:
@@ -98,9 +100,7 @@ def options_from(values: Mapping[str, Any]) -> SlurmOptions:
         raise ValueError(f"hydra.launcher: unknown llem_slurm option(s): {', '.join(unknown)}")
     data = {k: _plain(v) for k, v in values.items() if k in known}
     container = data.get("container")
-    if container is None:
-        data.pop("container", None)
-    elif not isinstance(container, SlurmContainerOptions):
+    if container is not None and not isinstance(container, SlurmContainerOptions):
         data["container"] = SlurmContainerOptions(**dict(container))
     return SlurmOptions(**data)
 
