@@ -22,7 +22,7 @@ from llem.config import CampaignSettings
 from llem.launch.interrupts import interrupts_deferred
 from llem.launch.outcome import first_line, job_outcome
 from llem.notify import Notifier, notifier_for
-from llem.plan.manifest import ManifestJob, utc_now
+from llem.plan.manifest import FINISHED, ManifestJob, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class JobSession:
         with self._lock:
             self.stopping = True
             job = None if job_num is None else self.job(job_num)
-            if job is not None and job.status not in ("completed", "failed", "invalid", "skipped"):
+            if job is not None and job.status not in FINISHED and job.status != "failed":
                 assert self.state is not None
                 self.state.update({job_num: {
                     "status": "interrupted", "error": "interrupted by the user", "completed_at": utc_now()

@@ -315,14 +315,20 @@ def test_launch_returns_one_job_return_per_job_in_order_and_reports_placement(
     assert [p.get("gpus_per_task") for p in executor.params] == [1, 1]  # pytorch on its default device: one GPU
 
 
-def test_launch_without_a_session_just_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(GroupJob, "_run_one", _fake_run([]))
+def _plain_context(tmp_path: Path) -> Any:
+    """A Hydra context whose config loader composes every job as the same default config."""
 
     class Loader:
         def load_sweep_config(self, master: Any, overrides: list[str]) -> Any:
             return _config(tmp_path, 0)
 
-    context = type("Ctx", (), {"config_loader": Loader(), "callbacks": None})()
+    return type("Ctx", (), {"config_loader": Loader(), "callbacks": None})()
+
+
+def test_launch_without_a_session_just_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(GroupJob, "_run_one", _fake_run([]))
+
+    context = _plain_context(tmp_path)
     run = SlurmLaunch(SlurmOptions(), _config(tmp_path, 0), context, lambda cfg: None,
                       executor_factory=lambda: _FakeExecutor(tmp_path), sleep=lambda s: None)
     assert [r.status for r in run.run([["a"]], 0)] == [JobStatus.COMPLETED]
@@ -340,11 +346,7 @@ def test_a_container_mistake_fails_the_group_once_with_its_reason(
     queue), and is not retried."""
     from llem.launch.outcome import job_outcome
 
-    class Loader:
-        def load_sweep_config(self, master: Any, overrides: list[str]) -> Any:
-            return _config(tmp_path, 0)
-
-    context = type("Ctx", (), {"config_loader": Loader(), "callbacks": None})()
+    context = _plain_context(tmp_path)
     executor = _FakeExecutor(tmp_path)
     options = options_from({"container": container})
     run = SlurmLaunch(options, _config(tmp_path, 0), context, lambda cfg: None,

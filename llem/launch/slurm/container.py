@@ -27,6 +27,11 @@ def parse_mount(text: str) -> tuple[str, str, str]:
     raise ValueError(f"hydra.launcher.container.mounts: expected 'host:container[:ro|rw]', got {text!r}")
 
 
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise ValueError(f"hydra.launcher.container.engine: expected podman or apptainer, got {engine!r}")
+
+
 def image_for(options: SlurmContainerOptions, key: str) -> str:
     image = options.images.get(key) or options.image
     if not image:
@@ -37,9 +42,8 @@ def image_for(options: SlurmContainerOptions, key: str) -> str:
 def container_problem(options: SlurmContainerOptions, key: str) -> str | None:
     """What keeps a group of `key` from running in a container as configured (checked before it is submitted:
     on the node it would fail once per group, after waiting in the queue), or None."""
-    if options.engine not in ENGINES:
-        return f"hydra.launcher.container.engine: expected podman or apptainer, got {options.engine!r}"
     try:
+        check_engine(options.engine)
         for mount in options.mounts:
             parse_mount(mount)
         image_for(options, key)
@@ -75,8 +79,7 @@ def container_argv(
     """The engine's argv. `env` holds plain values; `passthrough` names variables whose values stay in
     `environ` (only those set there are passed)."""
     engine = options.engine
-    if engine not in ENGINES:
-        raise ValueError(f"hydra.launcher.container.engine: expected podman or apptainer, got {engine!r}")
+    check_engine(engine)
     names = [n for n in dict.fromkeys([*passthrough, *FORWARDED]) if n in environ and n not in env]
     if engine == "podman":
         argv = ["podman", "run", "--rm", "--init"]

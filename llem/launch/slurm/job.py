@@ -1,9 +1,9 @@
 """What runs inside one SLURM job: a group's Hydra jobs, in order, in one process, with the model kept.
 
 `GroupJob` is checkpointable as submitit defines it (it has a `checkpoint` method): when SLURM preempts
-the job or its time limit comes, submitit requeues it with the same state, and on the new start every job whose result.json is
-already complete (a whole result carrying the job's config hash) is skipped, so no result is produced
-twice. Each job's SLURM job id and node go to `<job dir>/.slurm.json` as the job starts.
+the job or its time limit comes, submitit requeues it with the same state, and on the new start every
+job whose result.json is already complete (a whole result carrying the job's config hash) is skipped,
+so no result is produced twice. Each job's SLURM job id and node go to `<job dir>/.slurm.json` as the job starts.
 
 With a container configured, the SLURM job starts the container and the group runs in it:
 

@@ -18,7 +18,7 @@ DEFAULT_PASSTHROUGH = ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]
 class SlurmContainerOptions:
     """Run each SLURM job's group inside a container on the node: on as soon as an image is set.
 
-    Always present (never null), so `hydra.launcher.container.image=...` works on the command line.
+    Present by default (not null), so `hydra.launcher.container.image=...` works on the command line.
     """
 
     # podman or apptainer (singularity works as apptainer's older name).
