@@ -3,6 +3,7 @@ skipping and placement records."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -128,8 +129,9 @@ def test_plugin_config_is_registered() -> None:
     assert OmegaConf.to_container(node)["folder"] == "${hydra.sweep.dir}/.slurm" and node.container.image is None
     assert options_from({}).in_container is None  # no image: the groups run directly on the node
     assert options_from({"container": None}).in_container is None  # `container: null`, as before
-    merged = OmegaConf.merge(node, OmegaConf.from_dotlist(["container.image=llem:1"]))  # as on the command line
-    assert options_from({"container": merged.container}).in_container == SlurmContainerOptions(image="llem:1")
+    overridden = copy.deepcopy(node)
+    OmegaConf.update(overridden, "container.image", "llem:1", merge=True, force_add=True)  # as Hydra applies it
+    assert options_from({"container": overridden.container}).in_container == SlurmContainerOptions(image="llem:1")
     assert LlemSlurmLauncher.reports_jobs is False and hasattr(LlemSlurmLauncher, "attach_campaign")
 
 
