@@ -2,8 +2,11 @@
 
 A campaign of hundreds of experiments should not discover on job 40 that RAPL is unreadable or
 that the vLLM image was never built. The doctor checks, without starting any engine: NVML and
-each GPU (energy counter, instant power, persistence mode), RAPL, the container engines and
+each GPU (energy counter, instant power, persistence mode), whether this process may set GPU power
+limits and clocks and which GPUs a crashed run left changed, RAPL, the container engines and
 llem's images, and which inference engines are importable here.
+
+    python -m llem.doctor --restore-gpus   # put back the settings a crashed run left on the GPUs
 """
 
 from __future__ import annotations
@@ -80,6 +83,54 @@ def gpu_checks(nvml_module: Any = None) -> list[Check]:
     finally:
         devices.close()
     return checks
+
+
+def gpu_settings_checks(nvml_module: Any = None) -> list[Check]:
+    """Whether this process may set power limits and clocks (gpu.*), and every restore record on this machine."""
+    from llem.energy.devices import DeviceUnavailable
+    from llem.energy.devices.gpu_control import GpuControl
+    from llem.energy.devices.gpu_restore import RestoreRecords
+
+    checks: list[Check] = []
+    try:
+        with GpuControl(nvml_module) as control:
+            for uuid in control.uuids:
+                problem = control.permission_problem(uuid)
+                if problem is None:
+                    checks.append(Check("gpu settings", f"{uuid} power limit and clocks", OK,
+                                        "this process may set them (gpu.power_limit_w, gpu.sm_clock_mhz, ...)"))
+                else:
+                    checks.append(Check("gpu settings", f"{uuid} power limit and clocks", MISSING, problem,
+                                        "run llem as root (or with CAP_SYS_ADMIN) to sweep gpu.*"))
+    except DeviceUnavailable:
+        pass  # the NVML check above already says why; gpu.* jobs are refused at preflight with the reason
+    records = RestoreRecords()
+    for record in records.all():
+        if record.stale:
+            checks.append(Check("gpu settings", f"{record.uuid} restore record", WARN,
+                                f"left changed by a process that is gone: {record.describe()}",
+                                "python -m llem.doctor --restore-gpus"))
+        else:
+            checks.append(Check("gpu settings", f"{record.uuid} restore record", OK,
+                                f"in use by running PID {record.pid}: {record.describe()}"))
+    return checks
+
+
+def restore_gpus(nvml_module: Any = None) -> int:
+    """`--restore-gpus`: restore every GPU a crashed run left changed; 1 when one could not be restored."""
+    from llem.energy.devices.gpu_restore import RestoreRecords, restore_stale
+
+    restored, failed = restore_stale(nvml_module if nvml_module is not None else protocol.nvml_from_env())
+    for line in restored:
+        print(f"llem: {line}")
+    for line in failed:
+        print(f"llem: could not restore {line}", file=sys.stderr)
+    live = [r for r in RestoreRecords().all() if not r.stale]
+    for record in live:
+        print(f"llem: left alone (its process is running): {record.describe()}")
+    if not restored and not failed:
+        print(f"llem: no GPU left changed by a crashed run ({RestoreRecords().dir})")
+    return 1 if failed else 0
 
 
 def rapl_checks(root: str | None = None) -> list[Check]:
@@ -189,6 +240,7 @@ def diagnose(
     """Every check, in the order a user fixes them: measurement devices, engines, containers."""
     return [
         *gpu_checks(nvml_module if nvml_module is not None else protocol.nvml_from_env()),
+        *gpu_settings_checks(nvml_module if nvml_module is not None else protocol.nvml_from_env()),
         *rapl_checks(rapl_root),
         *engine_checks(),
         *container_checks(container_engines, images),
@@ -219,7 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image", action="append", default=[], metavar="BACKEND=IMAGE",
                         help="image to look for per backend (default: llem's image names)")
     parser.add_argument("--json", action="store_true", help="print the checks as JSON")
+    parser.add_argument("--restore-gpus", action="store_true",
+                        help="restore the power limits and clocks a crashed llem run left on this machine's GPUs")
     args = parser.parse_args(argv)
+    if args.restore_gpus:
+        return restore_gpus()
     images = None
     if args.image:
         try:

@@ -226,13 +226,15 @@ class Notifier:
         repetition: int | None = None,
         attempt: int | None = None,
         backend: str | None = None,
+        figures: Mapping[str, float | None] | None = None,
     ) -> None:
-        """Queue a `job_complete` or `job_failure` event, if the config asks for it."""
+        """Queue a `job_complete` or `job_failure` event, if the config asks for it. `figures` (from `job_figures`)
+        lets a caller read the result before it takes a lock that parallel jobs share."""
         completed = status == "completed"
         if (completed and not self.config.on_complete) or (not completed and not self.config.on_failure):
             return
         event = EVENT_JOB_COMPLETE if completed else EVENT_JOB_FAILURE
-        figures = job_figures(result_path)
+        figures = dict(figures) if figures is not None else job_figures(result_path)
         error_text = None if error is None else str(error)[:MAX_ERROR_CHARS]
         what = " ".join(overrides) or "defaults"
         text = f"llem campaign '{self.campaign_name}' [{self.campaign_id}]: job {job_num} {status} ({what})"

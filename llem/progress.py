@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Callable, TextIO
@@ -25,9 +26,16 @@ from rich.progress import (
     TaskID,
     TextColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 DONE_STATUSES: frozenset[str] = frozenset({"completed", "skipped"})
+
+
+def swept_label(label: str, swept_keys: Collection[str]) -> str:
+    """The overrides of a job's label that set a swept key: a value every job shares tells nothing apart."""
+    kept = [part for part in label.split() if part.split("=", 1)[0].lstrip("+~").split("@", 1)[0] in swept_keys]
+    return " ".join(kept)
 
 
 def _duration(seconds: float | None) -> str:
@@ -77,8 +85,11 @@ class CampaignProgress:
 
     Use as a context manager; the launcher calls `job_started` and `job_finished` per job
     (thread-safe, jobs may overlap). `already_done` counts jobs finished before a resume:
-    they count as done but not towards the ETA's time per job.
+    they count as done but not towards the ETA's time per job. With `swept_keys`, a job's
+    label keeps only the overrides of those keys (constant settings are the same for every job).
     """
+
+    _BAR_WIDTH = 24
 
     def __init__(
         self,
@@ -90,8 +101,11 @@ class CampaignProgress:
         clock: Callable[[], float] = time.monotonic,
         gaps: GapPlan | None = None,
         title: str | None = None,
+        swept_keys: Collection[str] | None = None,
     ) -> None:
         self.total = total
+        self._swept_keys = None if swept_keys is None else frozenset(swept_keys)
+        self._ended = False  # after an interrupt or an error: no ETA is shown any more
         self.console = stream if isinstance(stream, Console) else Console(file=stream, stderr=stream is None)
         self.live = self.console.is_terminal and not quiet
         self._already_done = already_done
@@ -109,6 +123,7 @@ class CampaignProgress:
         self._gap_slept = 0.0  # gaps before jobs that have finished
         self._gap_pending = 0.0  # a gap slept since the last finish
         self._title = title
+        self._description: Column | None = None
 
     # -- figures ---------------------------------------------------------------------
 
@@ -125,6 +140,8 @@ class CampaignProgress:
         jobs remaining, plus the gaps still to come, counting down from the last finish; None before any finish."""
         if self.remaining == 0:
             return 0.0
+        if self._ended:
+            return None
         if self._finished_here == 0 or self._last_finish is None:
             return None
         per_job = max(0.0, self._last_finish - self._start - self._gap_slept) / self._finished_here
@@ -144,19 +161,24 @@ class CampaignProgress:
             f"ETA {_duration(self.eta_s())}"
         )
 
+    def _eta_text(self) -> str:
+        return "" if self._ended else f"ETA {_duration(self.eta_s())}"
+
     # -- context ---------------------------------------------------------------------
 
     def __enter__(self) -> CampaignProgress:
         self._start = self._clock()
         if self.live:
+            # One line at any width: the job's description gives way (ellipsis) before the bar wraps.
+            self._description = Column(no_wrap=True, overflow="ellipsis", min_width=8)
             self._progress = Progress(
                 SpinnerColumn(),
-                TextColumn("{task.description}", markup=False, style="bold"),
-                BarColumn(),
+                TextColumn("{task.description}", markup=False, style="bold", table_column=self._description),
+                BarColumn(bar_width=self._BAR_WIDTH),
                 MofNCompleteColumn(),
                 _LiveText(lambda: f"failed {self.failed}"),
                 _LiveText(lambda: f"elapsed {_duration(self.elapsed_s)}"),
-                _LiveText(lambda: f"ETA {_duration(self.eta_s())}"),
+                _LiveText(self._eta_text),
                 console=self.console,
                 transient=False,
             )
@@ -173,14 +195,25 @@ class CampaignProgress:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        ending = "interrupted" if exc_type is not None else "finished"
+        if exc_type is None:
+            ending = "finished"
+        elif issubclass(exc_type, KeyboardInterrupt) or getattr(exc, "exit_code", None) == 130:
+            ending = "interrupted"  # Ctrl-C, a signal, or a stop that ends the campaign as one (exit status 130)
+        else:  # a mistake or a failure, reported by whoever handles it: not an interrupt
+            ending = "stopped by an error"
         what = f"{self._title}" if self._title else "campaign"
         summary = (
             f"{what} {ending}: {self.done} done, {self.failed} failed of {self.total} "
             f"in {_duration(self.elapsed_s)}"
         )
+        with self._lock:
+            self._ended = exc_type is not None
+            self._running.clear()
         if self._progress is not None:
-            self._refresh("done" if exc_type is None else ending)
+            if exc_type is None:
+                self._refresh("done")
+            else:  # the bar goes: its running job and ETA no longer hold, and the summary says the rest
+                self._progress.live.transient = True
             self._progress.stop()
             self._progress = None
             self.console.print(summary, markup=False, highlight=False)
@@ -190,6 +223,8 @@ class CampaignProgress:
     # -- events ----------------------------------------------------------------------
 
     def job_started(self, job_num: int, backend: str, label: str) -> None:
+        if self._swept_keys is not None:
+            label = swept_label(label, self._swept_keys)
         with self._lock:
             self._running[job_num] = (backend, label, self._clock())
             if self._progress is None:
@@ -248,9 +283,21 @@ class CampaignProgress:
         more = f" (+{len(self._running) - 1} running)" if len(self._running) > 1 else ""
         return f"job {job_num} {backend}{' ' + label if label else ''}{more}"
 
+    def _fit_description(self) -> None:
+        """Give the description what the other columns leave of the terminal's width (they never shrink)."""
+        if self._description is None:
+            return
+        others = [
+            "⠋", "━" * self._BAR_WIDTH, f"{self.total}/{self.total}", f"failed {self.failed}",
+            f"elapsed {_duration(self.elapsed_s)}", self._eta_text(),
+        ]
+        used = sum(len(text) + 1 for text in others) + 2  # a space between columns; hours may gain a digit
+        self._description.max_width = max(8, self.console.width - used)
+
     def _refresh(self, description: str | None = None) -> None:
         if self._progress is None or self._task is None:
             return
+        self._fit_description()
         self._progress.update(
             self._task,
             description=description or self._describe_running(),

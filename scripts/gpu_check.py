@@ -8,8 +8,11 @@ Checks, in the order they run (select with --only / --skip; --list prints them):
                       with the engine loaded right after load, and after a cooldown
   steady-power        energy counter against integrated instant power, under a steady load
                       and with the load starting at the window start (2, 5 and 10 s windows)
-  square-wave         a 50 %-duty square-wave load at periods of 10 to 250 ms: the counter's
-                      energy over repeated windows
+  square-wave         a 50 %-duty square-wave load at periods of 17 to 230 ms (none divides the
+                      ~100 ms sensor cycle), each window at a random phase: the counter's energy
+                      over repeated windows, against instant power integrated at NVML's fastest rate
+  baseline-settle     idle power right after a hot run against after a settle time: the settle
+                      time that brings it within 2 %
   observer-overhead   generation time with telemetry sampling every 100 ms against none
   repeatability       five cycles of one experiment through llem's harness (PyTorch, CUDA)
   convergence         energy per token from windows of 16, 64 and 256 prompts
@@ -23,7 +26,13 @@ and stops with an error when it runs out.
 Exit status: 0 every check that ran passed, 1 a check failed or could not finish,
 2 bad arguments, 3 no usable NVIDIA GPU here (no driver, no NVML, no GPU visible).
 
+`--budget-seconds N` fits the whole run into N seconds (shorter settings, then the most important
+checks that fit); with --json the report is rewritten as each check ends, so a run cut short keeps
+what it did. Without rich or pydantic installed (a bare GPU machine: torch, transformers and
+nvidia-ml-py) tables are plain text and the experiment checks are skipped, saying why.
+
     python scripts/gpu_check.py --json gpu-check.json
+    python scripts/gpu_check.py --budget-seconds 300 --json gpu-check.json
     python scripts/gpu_check.py --only steady-power,square-wave --devices 0
 """
 
@@ -35,6 +44,8 @@ import importlib.util
 import json
 import math
 import platform
+import random
+import re
 import statistics
 import sys
 import tempfile
@@ -44,31 +55,58 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from llem.config import ExperimentConfig
 
 try:
     import llem  # noqa: F401
 except ImportError:  # run from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rich.console import Console
-from rich.table import Table
+try:
+    from rich.console import Console
+    from rich.table import Table
+except ImportError:  # a bare GPU machine (torch, transformers, nvidia-ml-py): plain-text tables
+    Console = None  # type: ignore[assignment,misc]
+    Table = None  # type: ignore[assignment,misc]
 
-from llem.config import (
-    BaselineConfig,
-    EnergyConfig,
-    ExperimentConfig,
-    MeasureConfig,
-    ModelConfig,
-    PyTorchConfig,
-    SyntheticPrompts,
-    VLLMConfig,
-    WarmupConfig,
-)
 from llem.energy.devices import DeviceUnavailable
 from llem.energy.devices.nvml import NvmlDevices
 from llem.energy.monitor import EnergyMonitor, open_monitor
 from llem.energy.sampler import TelemetrySampler
+
+_MARKUP = re.compile(r"\[/?[a-z ]*\]")
+
+
+class PlainTable:
+    """What the report needs of rich's Table, as plain text, where rich is not installed."""
+
+    def __init__(self, title: str = "", show_lines: bool = False) -> None:
+        self.title, self.columns, self.rows = title, [], []  # type: ignore[var-annotated]
+
+    def add_column(self, name: str, **_: Any) -> None:
+        self.columns.append(name)
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append([_MARKUP.sub("", str(c)) for c in cells])
+
+    def text(self) -> str:
+        widths = [max(len(str(x)) for x in [c, *(r[i] for r in self.rows)]) for i, c in enumerate(self.columns)]
+        line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+        return "\n".join([self.title, line(self.columns), *(line(r) for r in self.rows)])
+
+
+class PlainConsole:
+    """What the script needs of rich's Console, printing plain text."""
+
+    def print(self, obj: Any = "") -> None:
+        print(obj.text() if isinstance(obj, PlainTable) else _MARKUP.sub("", str(obj)), flush=True)
+
+
+if Console is None:
+    Console, Table = PlainConsole, PlainTable  # type: ignore[assignment,misc]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_GPU = 0, 1, 2, 3
 PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
@@ -79,6 +117,12 @@ PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
 MAX_UPDATE_PERIOD_S = 1.0
 COUNTER_VS_POWER_PCT = 3.0  # counter against integrated instant power over one window
 SQUARE_WAVE_MAX_CV_PCT = 1.0  # counter energy over repeated windows of one square-wave load
+SQUARE_WAVE_REFERENCE_PCT = 3.0  # counter energy against the fast instant-power integral, mean over windows
+# The power sensor behind the counter updates about every 100 ms; a square wave whose period divides it
+# (or is a multiple of it) puts the same phase of the load in every update, which hides sampling error.
+SENSOR_PERIOD_MS = 100.0
+SETTLE_WITHIN_PCT = 2.0  # idle power after a hot run, against idle power after the full settle span
+DEFAULT_SETTLE_S = 5.0  # llem's baseline.settle_seconds default, which the settle check holds to
 BASELINE_TOLERANCE_PCT = 5.0  # idle power: loaded engine against bare context; just loaded against cooled
 REPEAT_MAX_CV_PCT = 2.0  # energy per output token over cycles of one experiment
 CONVERGENCE_PCT = 2.0  # energy per output token: 64-prompt window against 256-prompt window
@@ -111,6 +155,50 @@ def whole_periods(window_s: float, period_s: float) -> bool:
     """A window holds the same on-time at every phase of a square wave only if it spans whole periods."""
     ratio = window_s / period_s
     return ratio >= 1 and abs(ratio - round(ratio)) < 1e-6
+
+
+def aliases_sensor(period_ms: float, sensor_ms: float = SENSOR_PERIOD_MS) -> bool:
+    """True when the period divides the sensor's update cycle evenly, or the cycle divides the period."""
+    ratios = (sensor_ms / period_ms, period_ms / sensor_ms)
+    return any(r >= 1 and abs(r - round(r)) < 1e-6 for r in ratios)
+
+
+def periods_window_s(window_s: float, period_s: float) -> float:
+    """The whole number of periods closest to `window_s` (at least one), as seconds."""
+    return max(1, round(window_s / period_s)) * period_s
+
+
+def integrate(samples: Sequence[tuple[float, float]], t0: float, t1: float) -> float | None:
+    """Trapezoidal integral of (time, watts) samples over [t0, t1], interpolated at the edges (None: no cover)."""
+    if t1 <= t0 or len(samples) < 2 or samples[0][0] > t0 or samples[-1][0] < t1:
+        return None
+
+    def at(t: float) -> float:
+        for (ta, wa), (tb, wb) in zip(samples, samples[1:]):
+            if ta <= t <= tb:
+                return wa if tb == ta else wa + (wb - wa) * (t - ta) / (tb - ta)
+        return samples[-1][1]
+
+    inner = [(t, w) for t, w in samples if t0 < t < t1]
+    points = [(t0, at(t0)), *inner, (t1, at(t1))]
+    return sum((tb - ta) * (wa + wb) / 2 for (ta, wa), (tb, wb) in zip(points, points[1:]))
+
+
+def settle_time_s(times_s: Sequence[float], watts: Sequence[float], within_pct: float = SETTLE_WITHIN_PCT
+                  ) -> tuple[float | None, float | None]:  # fmt: skip
+    """(earliest time from which every later window is within `within_pct` of the last one, that reference).
+
+    None when fewer than two windows, or when even the second-to-last window is off (still drifting).
+    """
+    if len(watts) < 2:
+        return None, None
+    reference = watts[-1]
+    settled: float | None = None
+    for t, w in zip(reversed(times_s[:-1]), reversed(watts[:-1])):
+        if diff_pct(w, reference) is None or (diff_pct(w, reference) or 0.0) > within_pct:
+            break
+        settled = t
+    return settled, reference
 
 
 def abba(repeats: int) -> list[bool]:
@@ -185,37 +273,102 @@ def agreement_outcome(rows: Sequence[Mapping[str, Any]], tolerance_pct: float = 
 
 
 def square_wave_row(
-    period_ms: float, counter_j: Sequence[float], polled_j: Sequence[float | None], duty: float | None = None
+    period_ms: float,
+    counter_j: Sequence[float],
+    polled_j: Sequence[float | None],
+    duty: float | None = None,
+    reference_j: Sequence[float | None] | None = None,
+    reference_outer_j: Sequence[float | None] | None = None,
+    durations_s: Sequence[float | None] | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """One period's figures over its repeated windows."""
+    """One period's figures over its repeated windows.
+
+    `reference_j`: the fast instant-power integral over each window. With `reference_outer_j` too, the two
+    bracket the counter's window (the reference from just after it opened to just before it closed, and from
+    just before it opened to just after it closed), and a counter inside the bracket is 0 % off. With
+    `durations_s` (each window's length as the counter timed it) the CV is that of the counter's mean power,
+    so a window that closed a few ms late does not count as noise.
+    """
     polled = [p for p in polled_j if p is not None]
     mean_c = statistics.fmean(counter_j) if counter_j else None
     mean_p = statistics.fmean(polled) if len(polled) == len(polled_j) and polled else None
+    refs = [r for r in (reference_j or []) if r is not None]
+    complete = bool(refs) and len(refs) == len(reference_j or [])
+    mean_r = statistics.fmean(refs) if complete else None
+    off = diff_pct(mean_c, mean_r)
+    if complete and reference_outer_j is not None and None not in reference_outer_j and len(counter_j) == len(refs):
+        outer = [float(o) for o in reference_outer_j if o is not None]
+        gaps = [0.0 if lo <= c <= hi else min(abs(c - lo) / lo, abs(c - hi) / hi) * 100.0
+                for c, lo, hi in zip(counter_j, refs, outer)]  # fmt: skip
+        off = statistics.fmean(gaps)
+        extra["reference_bracket_pct"] = statistics.fmean((hi - lo) / lo * 100.0 for lo, hi in zip(refs, outer))
     return {
         "period_ms": period_ms,
         "repeats": len(counter_j),
         "counter_mean_j": mean_c,
-        "counter_cv_pct": cv_pct(counter_j),
+        "counter_cv_pct": cv_pct(
+            [c / d for c, d in zip(counter_j, durations_s)]  # type: ignore[operator]
+            if durations_s is not None and len(durations_s) == len(counter_j) and all(durations_s)
+            else counter_j
+        ),
         "polled_mean_j": mean_p,
         "polled_cv_pct": cv_pct(polled) if len(polled) == len(polled_j) else None,
         "polled_vs_counter_pct": diff_pct(mean_p, mean_c),
+        "reference_mean_j": mean_r,
+        "counter_vs_reference_pct": off,
         "achieved_duty": duty,
+        **extra,
     }
 
 
-def square_wave_outcome(rows: Sequence[Mapping[str, Any]], max_cv_pct: float = SQUARE_WAVE_MAX_CV_PCT) -> Outcome:
-    threshold = f"counter CV < {max_cv_pct:g} % at every period"
+def square_wave_outcome(rows: Sequence[Mapping[str, Any]], max_cv_pct: float = SQUARE_WAVE_MAX_CV_PCT,
+                        reference_pct: float = SQUARE_WAVE_REFERENCE_PCT) -> Outcome:  # fmt: skip
+    """Passes when, at every period, the counter is steady over windows (CV) and agrees with the reference
+    (the instant-power integral at NVML's fastest rate): a constant bias keeps the CV low but fails the second."""
+    threshold = f"counter CV < {max_cv_pct:g} % and within {reference_pct:g} % of the instant-power reference"
     if not rows:
         return Outcome(FAIL, "—", threshold, "no period measured")
     cvs = [r["counter_cv_pct"] for r in rows]
+    refs = [r.get("counter_vs_reference_pct") for r in rows]
     known = [c for c in cvs if c is not None]
-    measured = f"worst CV {max(known):.3f} %" if known else "—"
+    known_refs = [d for d in refs if d is not None]
+    measured = _join(f"worst CV {max(known):.3f} %" if known else "",
+                     f"worst vs reference {max(known_refs):.2f} %" if known_refs else "") or "—"  # fmt: skip
     if len(known) < len(cvs):
         return Outcome(FAIL, measured, threshold, "a period has fewer than two windows or no energy")
-    bad = [r for r in rows if r["counter_cv_pct"] >= max_cv_pct]
-    if bad:
-        return Outcome(FAIL, measured, threshold, "noisy at " + ", ".join(f"{_fmt(r['period_ms'])} ms" for r in bad))
+    if len(known_refs) < len(refs):
+        return Outcome(FAIL, measured, threshold, "no instant-power reference at some period (no instant power?)")
+    problems = []
+    noisy = [r for r in rows if r["counter_cv_pct"] >= max_cv_pct]
+    if noisy:
+        problems.append("noisy at " + ", ".join(f"{_fmt(r['period_ms'])} ms" for r in noisy))
+    biased = [r for r in rows if r["counter_vs_reference_pct"] > reference_pct]
+    if biased:
+        problems.append("counter off the reference at " + ", ".join(
+            f"{_fmt(r['period_ms'])} ms ({r['counter_vs_reference_pct']:.1f} %)" for r in biased))  # fmt: skip
+    if problems:
+        return Outcome(FAIL, measured, threshold, "; ".join(problems))
     return Outcome(PASS, measured, threshold)
+
+
+def settle_outcome(rows: Sequence[Mapping[str, Any]], within_pct: float = SETTLE_WITHIN_PCT,
+                   max_settle_s: float = DEFAULT_SETTLE_S) -> Outcome:  # fmt: skip
+    """Idle power after a hot run, window by window: the settle time that brings it within `within_pct` of
+    the settled figure must not exceed llem's default baseline.settle_seconds."""
+    threshold = f"within {within_pct:g} % of settled idle after ≤ {max_settle_s:g} s (baseline.settle_seconds)"
+    if len(rows) < 2:
+        return Outcome(FAIL, "—", threshold, "fewer than two idle windows after the load")
+    settled, reference = settle_time_s([r["t_s"] for r in rows], [r["watts"] for r in rows], within_pct)
+    first = diff_pct(rows[0]["watts"], reference)
+    note = "" if first is None else f"just after the load idle power is {first:.1f} % off the settled {reference:.4g} W"
+    if settled is None:
+        drifting = "still drifting at the end: lengthen --settle-max-s"
+        return Outcome(FAIL, "not settled", threshold, _join(drifting, note))
+    measured = f"settles in {settled:.1f} s"
+    if settled > max_settle_s:
+        return Outcome(FAIL, measured, threshold, _join(f"set baseline.settle_seconds ≥ {math.ceil(settled)}", note))
+    return Outcome(PASS, measured, threshold, note)
 
 
 BASELINE_STATES = ("no_context", "context_alloc", "loaded_right_after_load", "loaded_after_cooldown")
@@ -497,6 +650,10 @@ class Experiments(Protocol):
 
 class HarnessExperiments:
     def problem(self, backend: str) -> str | None:
+        try:
+            import llem.config  # noqa: F401 - needs pydantic, which a bare GPU machine may lack
+        except ImportError as exc:
+            return f"llem's experiments need its dependencies ({exc}; pip install -e . in the checkout)"
         if backend == "vllm" and importlib.util.find_spec("vllm") is None:
             return "vLLM is not installed (pip install -e '.[vllm]')"
         return None
@@ -517,8 +674,20 @@ def experiment_config(args: argparse.Namespace, **changes: Any) -> ExperimentCon
     """The check's workload: fixed-length synthetic prompts, forced output length, GPU energy only.
 
     Keyword changes: `backend` (a backend config), `prompts`, `devices` (energy.devices),
-    `min_window_s`, `source`, `baseline`.
+    `min_window_s`, `source`, `baseline`. Needs pydantic (llem's configuration); the NVML-level
+    checks do not, so it is imported here.
     """
+    from llem.config import (
+        BaselineConfig,
+        EnergyConfig,
+        ExperimentConfig,
+        MeasureConfig,
+        ModelConfig,
+        PyTorchConfig,
+        SyntheticPrompts,
+        WarmupConfig,
+    )
+
     return ExperimentConfig(
         experiment_name="gpu-check",
         model=ModelConfig(name=args.model),
@@ -652,6 +821,7 @@ class Check:
     title: str
     run: CheckFn
     estimate_s: Callable[[argparse.Namespace], float]  # expected duration; the budget is derived from it
+    startup_s: float = 60.0  # model loads, CUDA start-up: what a short budget must still leave room for
 
 
 def budget_for(check: Check, args: argparse.Namespace) -> float:
@@ -764,35 +934,151 @@ def check_steady_power(ctx: Ctx, run: Run) -> Outcome:
     return agreement_outcome(run.rows)
 
 
+class InstantReference:
+    """Instant power (NVML_FI_DEV_POWER_INSTANT) read in a tight loop, as fast as NVML answers, and integrated:
+    the reference the counter's energy is held to. Its only error is the instant field's own."""
+
+    def __init__(self, devs: NvmlDevices, indices: Sequence[int], clock: Callable[[], float]) -> None:
+        self.devs, self.indices, self.clock = devs, list(indices), clock
+        self.samples: dict[int, list[tuple[float, float]]] = {i: [] for i in self.indices}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.error: str | None = None
+
+    def __enter__(self) -> InstantReference:
+        self._thread = threading.Thread(target=self._run, name="gpu-check-instant", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for i in self.indices:
+                before = self.clock()
+                try:
+                    watts = self.devs.instant_power_mw(i) / 1000.0
+                except Exception as exc:  # noqa: BLE001 - reported as the reason there is no reference
+                    self.error = f"{self.devs.label(i)}: {exc}"
+                    return
+                after = self.clock()
+                if after - before > 0.002:  # preempted mid-read: when it read is not known closely enough
+                    continue
+                with self._lock:
+                    self.samples[i].append(((before + after) / 2, watts))
+            time.sleep(0)  # let the load and the meters run
+
+    def energy_j(self, t0: float, t1: float) -> float | None:
+        """Integral over [t0, t1] summed over the GPUs; None if any GPU's samples do not cover it."""
+        deadline = time.monotonic() + 1.0  # the next reading after t1 is at most one NVML call away
+        while time.monotonic() < deadline and self.error is None and self._thread is not None:
+            with self._lock:
+                if all(v and v[-1][0] >= t1 for v in self.samples.values()):
+                    break
+            time.sleep(0.001)
+        total = 0.0
+        for i in self.indices:
+            with self._lock:
+                samples = list(self.samples[i])
+            part = integrate(samples, t0, t1)
+            if part is None:
+                return None
+            total += part
+        return total
+
+    def rate_hz(self) -> float | None:
+        counts = [len(v) for v in self.samples.values()]
+        spans = [v[-1][0] - v[0][0] for v in self.samples.values() if len(v) > 1]
+        return min(counts) / max(spans) if spans and max(spans) > 0 else None
+
+
 def check_square_wave(ctx: Ctx, run: Run) -> Outcome:
-    """Square-wave load at each period; the counter's energy over repeated windows of whole periods."""
+    """Square-wave load at periods that do not divide the sensor's ~100 ms cycle, each window starting at a
+    random phase; per period, the counter's energy over repeated windows of whole periods, against the
+    instant-power reference integrated over the same windows."""
     problem = _need_gpu_work(ctx)
     if problem:
         return Outcome(SKIP, "—", f"CV < {SQUARE_WAVE_MAX_CV_PCT:g} %", problem)
-    args = ctx.args
-    window_s = args.square_window_s
+    args, clock = ctx.args, ctx.rig.clock
     for period_ms in args.square_periods_ms:
-        if not whole_periods(window_s, period_ms / 1000.0):
-            raise ValueError(f"--square-window-s {window_s:g} is not a whole number of {period_ms:g} ms periods")
-    with ctx.monitor() as monitor:
+        if aliases_sensor(period_ms):
+            raise ValueError(f"--square-periods-ms {period_ms:g} divides the ~{SENSOR_PERIOD_MS:g} ms sensor cycle "
+                             "evenly (or is a multiple of it): choose a period such as 37, 70 or 130 ms")  # fmt: skip
+    rng = random.Random(args.seed)
+    with ctx.monitor() as monitor, InstantReference(ctx.devs, ctx.indices, clock) as reference:
         for period_ms in args.square_periods_ms:
-            run.need(args.warmup_s + args.square_repeats * window_s, f"the {period_ms:g} ms square wave")
-            load = ctx.rig.work.load(ctx.indices, args.square_matrix, period_ms / 1000.0, 0.5)
+            period_s = period_ms / 1000.0
+            window_s = periods_window_s(args.square_window_s, period_s)
+            run.need(args.warmup_s + args.square_repeats * (window_s + period_s), f"the {period_ms:g} ms square wave")
+            load = ctx.rig.work.load(ctx.indices, args.square_matrix, period_s, 0.5)
             counter: list[float] = []
             polled: list[float | None] = []
+            refs: list[float | None] = []
+            outer: list[float | None] = []
+            durations: list[float | None] = []
+            phases: list[float] = []
             load.start()
             try:
                 ctx.rig.sleep(args.warmup_s)
                 for k in range(args.square_repeats):
-                    gpu = ctx.window(monitor, f"square-{period_ms:g}-{k}", window_s).components["gpu"]
+                    phases.append(rng.uniform(0.0, period_s))
+                    ctx.rig.sleep(phases[-1])  # each window starts at another phase of the wave
+                    name = f"square-{period_ms:g}-{k}"
+                    opening = clock()
+                    monitor.begin_window(name)
+                    opened = clock()
+                    try:
+                        ctx.rig.sleep(window_s)
+                    finally:
+                        closing = clock()
+                        gpu = monitor.end_window(name).components["gpu"]
+                        closed = clock()
                     if gpu.joules is None:
                         raise RuntimeError(f"no counter energy: {gpu.unavailable_reason}")
                     counter.append(gpu.joules)
+                    durations.append(gpu.duration_s)
                     polled.append(gpu.polled_j)
+                    refs.append(reference.energy_j(opened, closing))
+                    outer.append(reference.energy_j(opening, closed))
             finally:
                 info = load.stop()
-            run.rows.append(square_wave_row(period_ms, counter, polled, info.get("achieved_duty")))
+            run.rows.append(square_wave_row(
+                period_ms, counter, polled, info.get("achieved_duty"), refs, outer, durations, window_s=window_s,
+                phases_ms=[round(ph * 1000, 2) for ph in phases], reference_hz=reference.rate_hz(),
+                reference_error=reference.error,
+            ))  # fmt: skip
     return square_wave_outcome(run.rows)
+
+
+def check_baseline_settle(ctx: Ctx, run: Run) -> Outcome:
+    """A hot run, then idle power in back-to-back windows: how long until it is within 2 % of where it settles."""
+    problem = _need_gpu_work(ctx)
+    if problem:
+        return Outcome(SKIP, "—", f"within {SETTLE_WITHIN_PCT:g} %", problem)
+    args, clock = ctx.args, ctx.rig.clock
+    run.need(args.hot_s + args.settle_max_s, "the hot run and the settle windows")
+    with ctx.monitor() as monitor:
+        load = ctx.rig.work.load(ctx.indices, args.matrix)
+        load.start()
+        try:
+            ctx.rig.sleep(args.hot_s)
+        finally:
+            load.stop()
+        stopped = clock()
+        k = 0
+        while clock() - stopped + args.settle_step_s <= args.settle_max_s + 1e-9:
+            window = ctx.window(monitor, f"settle-{k}", args.settle_step_s)
+            gpu = window.components["gpu"]
+            if gpu.joules is None:
+                raise RuntimeError(f"no counter energy: {gpu.unavailable_reason}")
+            run.rows.append({"t_s": round(clock() - stopped, 3), "watts": gpu.joules / window.duration_s,
+                             "device_state": monitor.device_state()})  # fmt: skip
+            k += 1
+    return settle_outcome(run.rows)
 
 
 def check_baseline_states(ctx: Ctx, run: Run) -> Outcome:
@@ -985,6 +1271,8 @@ def check_cross_engine_ttft(ctx: Ctx, run: Run) -> Outcome:
     problem = _need_gpu_work(ctx) or ctx.rig.experiments.problem("pytorch") or ctx.rig.experiments.problem("vllm")
     if problem:
         return Outcome(SKIP, "—", threshold, problem)
+    from llem.config import PyTorchConfig, VLLMConfig
+
     args = ctx.args
     engines = {
         "pytorch": PyTorchConfig(device="cuda", batch_size=1),
@@ -1016,13 +1304,16 @@ def _n(args: argparse.Namespace) -> int:
 
 CHECKS: tuple[Check, ...] = (
     Check("update-period", "Energy counter update period", check_update_period,
-          lambda a: _n(a) * a.period_repeats * a.period_timeout_s),
+          lambda a: _n(a) * a.period_repeats * a.period_timeout_s, 5.0),
     Check("baseline-states", "Idle baseline by device state", check_baseline_states,
           lambda a: 4 * a.baseline_s + 2 * a.settle_s + a.cooldown_s + 30),
     Check("steady-power", "Counter against instant power", check_steady_power,
-          lambda a: a.warmup_s + 2 * sum(a.windows) + len(a.windows) * a.idle_gap_s),
-    Check("square-wave", "Square-wave load", check_square_wave,
-          lambda a: len(a.square_periods_ms) * (a.warmup_s + a.square_repeats * a.square_window_s)),
+          lambda a: a.warmup_s + 2 * sum(a.windows) + len(a.windows) * a.idle_gap_s, 20.0),
+    Check("square-wave", "Square-wave load against instant power", check_square_wave,
+          lambda a: sum(a.warmup_s + a.square_repeats * (periods_window_s(a.square_window_s, p / 1000) + p / 1000)
+                        for p in a.square_periods_ms), 20.0),
+    Check("baseline-settle", "Idle power settling after a hot run", check_baseline_settle,
+          lambda a: a.hot_s + a.settle_max_s, 20.0),
     Check("observer-overhead", "Telemetry sampling overhead", check_observer_overhead,
           lambda a: 2 * a.overhead_repeats * 10 + 30),
     Check("repeatability", "Repeatability over cycles", check_repeatability,
@@ -1035,6 +1326,54 @@ CHECKS: tuple[Check, ...] = (
           lambda a: 240),
 )  # fmt: skip
 CHECK_NAMES = tuple(c.name for c in CHECKS)
+
+
+# What a short slot on a GPU machine should confirm first: the energy figures themselves, then the baseline,
+# then the experiment-level checks that need a model loaded.
+PRIORITY = ("update-period", "steady-power", "square-wave", "baseline-settle", "baseline-states", "repeatability",
+            "convergence", "observer-overhead", "device-scope", "cross-engine-ttft")  # fmt: skip
+# Shorter settings for --budget-seconds, applied to any setting left at its default.
+SHORT_SETTINGS: dict[str, Any] = {
+    "windows": [5.0], "warmup_s": 2.0, "idle_gap_s": 2.0, "period_repeats": 2,
+    "square_periods_ms": [43.0, 70.0, 130.0], "square_window_s": 2.0, "square_repeats": 4,
+    "hot_s": 15.0, "settle_max_s": 30.0, "baseline_s": 5.0, "settle_s": 3.0, "cooldown_s": 30.0,
+    "cycles": 3, "window_prompts": [16, 64], "overhead_repeats": 4,
+}  # fmt: skip
+
+
+def fitted_budget(check: Check, args: argparse.Namespace) -> float:
+    """A check's budget under --budget-seconds: its expected duration plus a quarter, plus its start-up."""
+    return math.ceil(check.estimate_s(args) * 1.25 + check.startup_s)
+
+
+def fit_budget(checks: Sequence[Check], args: argparse.Namespace, total_s: float,
+               defaults: argparse.Namespace) -> tuple[list[Check], list[Check], list[str]]:  # fmt: skip
+    """(checks that fit, checks left out, settings shortened) for `total_s` seconds in all.
+
+    If the checks do not fit as set, every setting still at its default is shortened (SHORT_SETTINGS);
+    then checks are taken in PRIORITY order while their budgets fit, and each gets its fitted budget
+    (`--budget` still wins for a check it names).
+    """
+    shortened: list[str] = []
+    if sum(fitted_budget(c, args) for c in checks) > total_s:
+        for key, value in SHORT_SETTINGS.items():
+            if getattr(args, key) == getattr(defaults, key):
+                setattr(args, key, value)
+                shortened.append(key)
+    ordered = sorted(checks, key=lambda c: PRIORITY.index(c.name) if c.name in PRIORITY else len(PRIORITY))
+    chosen, left, used = [], [], 0.0
+    explicit = dict(args.budget or [])
+    for check in ordered:
+        cost = explicit.get(check.name, fitted_budget(check, args))
+        if used + cost <= total_s:
+            chosen.append(check)
+            used += cost
+            explicit.setdefault(check.name, cost)
+        else:
+            left.append(check)
+    args.budget = list(explicit.items())
+    in_order = [c for c in CHECKS if c in chosen]
+    return in_order, left, shortened
 
 
 def select_checks(only: Sequence[str] | None, skip: Sequence[str] | None) -> list[Check]:
@@ -1087,8 +1426,11 @@ def _cell(value: Any) -> str:
 
 
 def report(results: Sequence[CheckResult], devices: Mapping[str, Any], args: argparse.Namespace,
-           started_at: str) -> dict[str, Any]:  # fmt: skip
-    """The JSON report: environment, arguments, every check with its figures and verdict."""
+           started_at: str, *, planned: Sequence[str] = (), complete: bool = True) -> dict[str, Any]:  # fmt: skip
+    """The JSON report: environment, arguments, every check with its figures and verdict.
+
+    `complete` is false while checks are still running: `planned` names them all, `checks` holds those done.
+    """
     from llem import __version__ as llem_version
 
     return {
@@ -1103,6 +1445,9 @@ def report(results: Sequence[CheckResult], devices: Mapping[str, Any], args: arg
             "max_update_period_s": MAX_UPDATE_PERIOD_S,
             "counter_vs_power_pct": COUNTER_VS_POWER_PCT,
             "square_wave_max_cv_pct": SQUARE_WAVE_MAX_CV_PCT,
+            "square_wave_reference_pct": SQUARE_WAVE_REFERENCE_PCT,
+            "settle_within_pct": SETTLE_WITHIN_PCT,
+            "settle_max_s": DEFAULT_SETTLE_S,
             "baseline_tolerance_pct": BASELINE_TOLERANCE_PCT,
             "repeat_max_cv_pct": REPEAT_MAX_CV_PCT,
             "convergence_pct": CONVERGENCE_PCT,
@@ -1110,8 +1455,10 @@ def report(results: Sequence[CheckResult], devices: Mapping[str, Any], args: arg
             "observer_max_pct": OBSERVER_MAX_PCT,
             "scope_agree_pct": SCOPE_AGREE_PCT,
         },
+        "complete": complete,
+        "planned": list(planned),
         "checks": [asdict(r) for r in results],
-        "exit_code": exit_code(results),
+        "exit_code": exit_code(results) if complete else None,
     }
 
 
@@ -1157,6 +1504,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--skip", type=_names, action="extend", metavar="NAMES", help="leave these checks out")
     ap.add_argument("--json", type=Path, default=None, help="write the report here too")
     ap.add_argument("--budget", type=_budget, action="append", metavar="NAME=SECONDS", help="a check's time budget")
+    ap.add_argument("--budget-seconds", type=float, default=None, metavar="N",
+                    help="fit the run into N seconds: shorten settings left at their defaults, then run the most "
+                    "important checks that fit (the rest are reported as skipped)")
     ap.add_argument("--devices", type=_ints, default=None, help="CUDA indices for NVML-level checks (default: all)")
     ap.add_argument("--workdir", type=Path, default=None, help="where experiment results go (default: a temp dir)")
     g = ap.add_argument_group("power and load")
@@ -1166,8 +1516,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--idle-gap-s", type=float, default=3.0, help="idle before each load-at-start window")
     g.add_argument("--matrix", type=int, default=8192, help="matmul size of the steady load")
     g.add_argument("--square-matrix", type=int, default=4096, help="matmul size of the square-wave load")
-    g.add_argument("--square-periods-ms", type=_floats, default=[10.0, 25.0, 50.0, 100.0, 250.0])
-    g.add_argument("--square-window-s", type=float, default=5.0, help="a whole number of every period")
+    g.add_argument("--square-periods-ms", type=_floats, default=[17.0, 43.0, 70.0, 130.0, 230.0],
+                   help="square-wave periods; none may divide the ~100 ms sensor cycle evenly or be a multiple of it")
+    g.add_argument("--square-window-s", type=float, default=5.0, help="window length, rounded to whole periods")
+    g.add_argument("--seed", type=int, default=0, help="seed of the square wave's random window phases")
     g.add_argument("--square-repeats", type=int, default=5)
     g.add_argument("--period-repeats", type=int, default=3, help="update-period measurements per GPU")
     g.add_argument("--period-timeout-s", type=float, default=2.0)
@@ -1176,6 +1528,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--settle-s", type=float, default=5.0, help="wait before the no-context and context baselines")
     g.add_argument("--cooldown-s", type=float, default=60.0, help="wait between right-after-load and cooled")
     g.add_argument("--alloc-gib", type=float, default=1.0, help="memory held in the context-plus-allocation state")
+    g.add_argument("--hot-s", type=float, default=30.0, help="steady load before the settle windows")
+    g.add_argument("--settle-step-s", type=float, default=1.0, help="length of each idle window after the load")
+    g.add_argument("--settle-max-s", type=float, default=60.0, help="how long idle power is followed after the load")
     g = ap.add_argument_group("experiments")
     g.add_argument("--model", default="builtin:tiny", help="model name or path (default: the built-in tiny model)")
     g.add_argument("--precision", default="bfloat16", choices=["float32", "float16", "bfloat16"])
@@ -1190,12 +1545,15 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _list(console: Console, args: argparse.Namespace) -> None:
+def _list(console: Console, args: argparse.Namespace, checks: Sequence[Check], left_out: Sequence[Check]) -> None:
     table = Table(title="llem GPU checks")
     for column in ("Check", "What", "Budget"):
         table.add_column(column)
     for check in CHECKS:
-        table.add_row(check.name, check.title, f"{budget_for(check, args):.0f} s")
+        if check in checks:
+            table.add_row(check.name, check.title, f"{budget_for(check, args):.0f} s")
+        elif check in left_out:
+            table.add_row(check.name, check.title, "left out (--budget-seconds)")
     console.print(table)
 
 
@@ -1205,13 +1563,24 @@ def main(argv: Sequence[str] | None = None, *, rig: Rig | None = None, console: 
     args = ap.parse_args(argv)
     try:
         checks = select_checks(args.only, args.skip)
-        experiment_config(args)  # the experiment settings are llem's: refuse bad ones before any check runs
+        try:
+            experiment_config(args)  # the experiment settings are llem's: refuse bad ones before any check runs
+        except ImportError:
+            pass  # a bare GPU machine: the experiment checks skip, saying why
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         ap.error(str(exc))
     rig = rig or Rig()
     console = console or Console()
+    left_out: list[Check] = []
+    if args.budget_seconds is not None:
+        if args.budget_seconds <= 0:
+            ap.error("--budget-seconds must be positive")
+        checks, left_out, shortened = fit_budget(checks, args, args.budget_seconds, ap.parse_args([]))
+        console.print(f"--budget-seconds {args.budget_seconds:g}: running {', '.join(c.name for c in checks) or 'none'}"
+                      + (f"; left out {', '.join(c.name for c in left_out)}" if left_out else "")
+                      + (f"; shortened {', '.join(shortened)}" if shortened else ""))  # fmt: skip
     if args.list:
-        _list(console, args)
+        _list(console, args, checks, left_out)
         return EXIT_OK
     try:
         devs = NvmlDevices.open(args.devices, nvml=rig.nvml, environ=rig.environ, clock=rig.clock)
@@ -1219,15 +1588,29 @@ def main(argv: Sequence[str] | None = None, *, rig: Rig | None = None, console: 
         print(f"gpu_check: no usable NVIDIA GPU here: {exc.reason}", file=sys.stderr)
         return EXIT_NO_GPU
     started_at = _now()
-    results: list[CheckResult] = []
+    results: list[CheckResult] = [
+        CheckResult(c.name, c.title, SKIP, "—", "—", f"left out to fit --budget-seconds {args.budget_seconds:g}",
+                    0.0, 0.0)
+        for c in left_out
+    ]  # fmt: skip
+    planned = [c.name for c in checks]
+
+    def save(complete: bool) -> None:
+        """The JSON as it stands: written after every check, so a run cut short keeps what it did."""
+        if args.json:
+            write_report(args.json, report(results, devices, args, started_at, planned=planned, complete=complete))
+
+    devices: Mapping[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="llem-gpu-check-") as tmp:
         workdir = args.workdir or Path(tmp)
         try:
             devices = devs.describe_all()
+            save(False)
             ctx = Ctx(args, rig, devs, workdir)
             for check in checks:
                 console.print(f"[bold]{check.name}[/]: {check.title} …")
                 results.append(run_check(check, ctx))
+                save(False)
         finally:
             devs.close()
     for result in results:
@@ -1237,7 +1620,7 @@ def main(argv: Sequence[str] | None = None, *, rig: Rig | None = None, console: 
     console.print(summary_table(results))
     code = exit_code(results)
     if args.json:
-        write_report(args.json, report(results, devices, args, started_at))
+        save(True)
         console.print(f"report written to {args.json}")
     failed = [r.name for r in results if r.verdict in (FAIL, ERROR)]
     if failed:

@@ -22,9 +22,30 @@ from llem.campaign import (
 from llem.campaign.api import campaign_for
 
 
+def params_overrides(params: Any) -> list[str]:
+    """`hydra.sweeper.params` (`{key: "a,b"}`, from a config file or the command line) as overrides."""
+    if params is None:
+        return []
+    if OmegaConf.is_config(params):
+        params = OmegaConf.to_container(params, resolve=True)
+    if not isinstance(params, dict):
+        raise CampaignError(
+            f"hydra.sweeper.params: expected a mapping of key to values, e.g. {{backend.batch_size: \"1,4\"}}, "
+            f"got {params!r}"
+        )
+    out = []
+    for key, value in params.items():
+        if isinstance(value, (dict, list)) or value is None:
+            raise CampaignError(
+                f"hydra.sweeper.params.{key}: expected the values as one string, e.g. \"1,4\", got {value!r}"
+            )
+        out.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return out
+
+
 def run_sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
     config: DictConfig = sweeper.config
-    arguments = [f"{k}={v}" for k, v in sweeper.params.items()] + list(arguments)
+    arguments = params_overrides(sweeper.params) + list(arguments)
     loader = sweeper.hydra_context.config_loader
     if not is_llem_app(config):
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -40,7 +61,7 @@ def run_sweep(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
         outcome = campaign_for(config, loader, sweeper.launcher, arguments, options).run()
     except CampaignInterrupted as stop:
         print(stop, file=sys.stderr)
-        sys.exit(130)
+        sys.exit(stop.exit_code)
     if not outcome.ok:
         raise CampaignError(outcome.failure_summary())
     return outcome.returns

@@ -1,7 +1,7 @@
 """Config of the llem sweeper (`hydra/sweeper=llem`), registered in Hydra's ConfigStore."""
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -11,8 +11,9 @@ class LlemSweeperConf:
     _target_: str = "hydra_plugins.llem_sweeper.llem_sweeper.LlemSweeper"
     # Jobs handed to the launcher at once (null: all).
     max_batch_size: Optional[int] = None
-    # Extra sweep axes, like the basic sweeper's `params` (key -> "a,b,c").
-    params: Optional[Dict[str, str]] = None
+    # Extra sweep axes, like the basic sweeper's `params` (key -> "a,b,c"). Typed Any, not Dict[str, str]: OmegaConf
+    # cannot merge a command-line `hydra.sweeper.params={key: "a,b"}` into a typed null; the sweeper checks the shape.
+    params: Any = None
     # Run the valid jobs and record the invalid ones as skipped, instead of refusing to start.
     skip_invalid: bool = False
     # Print and record the plan, launch nothing.

@@ -2,7 +2,7 @@
 
 
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -13,14 +13,14 @@ class LlemSweeper(Sweeper):
     def __init__(
         self,
         max_batch_size: Optional[int] = None,
-        params: Optional[Dict[str, str]] = None,
+        params: Any = None,
         skip_invalid: bool = False,
         dry_run: bool = False,
         max_attempts: int = 2,
         resume_changed: bool = False,
     ) -> None:
         self.max_batch_size = max_batch_size
-        self.params = dict(params or {})
+        self.params = params  # checked when the sweep starts, where a mistake is reported without a traceback
         self.skip_invalid = skip_invalid
         self.dry_run = dry_run
         self.max_attempts = max(1, int(max_attempts))

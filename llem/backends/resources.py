@@ -94,8 +94,13 @@ def process_tree_gpu_bytes_by_device() -> dict[int, int]:
         pids = set(engine_pids())
         out: dict[int, int] = {}
         for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            except pynvml.NVMLError:
+                # A GPU this job may not open (a device cgroup) cannot hold its memory either.
+                continue
+            for proc in procs:
                 if proc.pid in pids and proc.usedGpuMemory:
                     out[index] = out.get(index, 0) + int(proc.usedGpuMemory)
         return out

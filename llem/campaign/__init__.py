@@ -9,7 +9,6 @@ The Hydra sweeper and launchers are thin adapters over this package.
 from llem.campaign.api import run_campaign
 from llem.campaign.engine import (
     Campaign,
-    CampaignAware,
     CampaignInterrupted,
     CampaignOptions,
     CampaignOutcome,
@@ -28,7 +27,6 @@ from llem.campaign.state import CampaignState, recorded_shuffle_seed
 
 __all__ = [
     "Campaign",
-    "CampaignAware",
     "CampaignError",
     "CampaignInterrupted",
     "CampaignOptions",

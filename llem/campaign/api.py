@@ -11,7 +11,8 @@ resumes the campaign in `sweep_dir`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from llem.campaign.engine import Campaign, CampaignOptions, CampaignOutcome
 from llem.campaign.planning import manifest_path, plan_campaign
 from llem.campaign.state import recorded_shuffle_seed
+from llem.measure.result import RESULT_FILENAME
 
 DEFAULT_SUBDIR = "${hydra.job.num}"
+
+log = logging.getLogger(__name__)
 
 
 def options_from(config: DictConfig) -> CampaignOptions:
@@ -34,10 +38,30 @@ def options_from(config: DictConfig) -> CampaignOptions:
 
 
 def workers_of(launcher: Any) -> Any:
-    """Where the llem launchers run jobs, for the preflight; None for other launchers (e.g. SLURM)."""
-    from llem.launch.hydra_launcher import LlemLauncher
+    """Where a llem launcher runs jobs, for the preflight; None for other launchers, and for SLURM's."""
+    from llem.launch.jobs import JobLauncher
 
-    return launcher.preflight_workers() if isinstance(launcher, LlemLauncher) else None
+    return launcher.workers() if isinstance(launcher, JobLauncher) else None
+
+
+def job_result_paths(config: DictConfig, config_loader: Any) -> Callable[[int, Sequence[str]], str | None]:
+    """Where a job writes its result.json under a custom `hydra.sweep.subdir`: its config composed and numbered
+    as the llem launchers do, then the subdir resolved (it may use the job's number, id, overrides or values).
+    None for a job whose subdir cannot be resolved before it runs; the launcher reports its dir then."""
+    from llem.launch.job_config import JobComposer, numbered
+
+    composer = JobComposer(config_loader, config)
+
+    def result_path(job_num: int, overrides: Sequence[str]) -> str | None:
+        try:
+            job = numbered(composer.compose(list(overrides)), job_num)
+            job_dir = Path(str(job.hydra.sweep.dir)).absolute() / str(job.hydra.sweep.subdir)
+        except Exception as error:  # noqa: BLE001 - e.g. a subdir that reads the clock: known only when it runs
+            log.debug("llem: the output dir of job %d is not known before it runs: %s", job_num, error)
+            return None
+        return str(job_dir / RESULT_FILENAME)
+
+    return result_path
 
 
 def campaign_for(
@@ -50,15 +74,17 @@ def campaign_for(
         recorded_seed=lambda settings: recorded_shuffle_seed(manifest_path(sweep_dir, settings)),
     )  # fmt: skip
     subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")  # type: ignore[union-attr]
+    custom_subdir = str(subdir) != DEFAULT_SUBDIR
     return Campaign(
         planned,
         launcher=launcher,
         sweep_dir=sweep_dir,
         options=options,
         campaign_name=str(config.hydra.job.name),
-        custom_subdir=str(subdir) != DEFAULT_SUBDIR,
+        custom_subdir=custom_subdir,
         workers=workers_of(launcher),
         multirun_yaml=OmegaConf.to_yaml(config),
+        job_result_path=job_result_paths(config, config_loader) if custom_subdir else None,
     )
 
 
@@ -74,6 +100,9 @@ def run_campaign(
 
     Raises `CampaignError` for a mistake in the campaign (nothing launched) and `CampaignInterrupted`
     on Ctrl-C. Failed jobs do not raise: they are in `outcome.failed`.
+
+    It leaves the calling process as it found it: no signal handler is installed off the main thread (a
+    service's worker thread may call it), and nothing stays frozen for the garbage collector.
     """
     from hydra import initialize_config_module
     from hydra._internal.callbacks import Callbacks

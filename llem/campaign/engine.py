@@ -1,10 +1,10 @@
 """Run a planned campaign: lock, state, resume, preflight, repetitions, retries, daemon, summary.
 
-The engine drives any Hydra `Launcher`. A llem launcher (`reports_jobs = True`) reports each
-job's start and end to the campaign's `JobSession` itself; for any other launcher (Hydra's
-basic launcher, submitit) the engine records a batch as started before handing it over and
-records the returns after. Either way the campaign state has one owner, and attempts are
-counted in one place (`JobSession.started`).
+The engine drives any Hydra `Launcher`. A llem launcher (llem.launch.jobs.JobLauncher) gets each
+job as a planned value (llem.launch.jobs.Job) and reports its start and end to the campaign's
+`JobSession` itself; for any other launcher (Hydra's basic launcher, submitit) the engine records
+a batch as started before handing it over and records the returns after. Either way the campaign
+state has one owner, and attempts are counted in one place (`JobSession.started`).
 """
 
 from __future__ import annotations
@@ -18,37 +18,31 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from llem.atomic import atomic_write_text, remove_stale_temps
-from llem.campaign.planning import CampaignError, PlannedCampaign, invalid_report
+from llem.campaign.files import attach_config_files, collect_results, write_job_configs
+from llem.campaign.guards import CampaignGuards
+from llem.campaign.lock import CampaignLock, CampaignLocked
+from llem.campaign.planning import CampaignError, PlannedCampaign, invalid_report, job_value
+from llem.campaign.preflight import Workers, preflight
+from llem.campaign.preflight import report as preflight_report
 from llem.campaign.session import JobSession
 from llem.campaign.state import CampaignState
 from llem.config import CampaignSettings
 from llem.config.campaign import CampaignDaemonConfig, campaign_id
 from llem.launch.gpus import GpuSelectionError
 from llem.launch.interrupts import interrupts_deferred, sigterm_as_interrupt
+from llem.launch.jobs import JobLauncher
 from llem.launch.outcome import first_line
-from llem.notify import notifier_for
+from llem.measure.result import RESULT_FILENAME
+from llem.notify import Notifier, notifier_for
 from llem.plan import schedule
-from llem.plan.files import attach_config_files, collect_results, write_job_configs
-from llem.plan.lock import CampaignLock, CampaignLocked
 from llem.plan.manifest import CampaignManifest, ManifestJob, utc_now
 from llem.plan.planner import build_manifest
-from llem.plan.preflight import Workers, preflight
-from llem.plan.preflight import report as preflight_report
 from llem.plan.resume import PlanChanged, reconcile, runnable
 
 log = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class CampaignAware(Protocol):
-    """A launcher that takes the campaign's session (the llem launchers, the SLURM launcher)."""
-
-    reports_jobs: bool
-
-    def attach_campaign(self, session: JobSession) -> None: ...
 
 
 @dataclass
@@ -90,7 +84,11 @@ class CampaignOutcome:
 
 
 class CampaignInterrupted(Exception):
-    """Ctrl-C or SIGTERM: finished jobs are kept; the message says how to resume."""
+    """Ctrl-C or SIGTERM (or a guard's stop): finished jobs are kept; the message says how to resume."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _say(message: str) -> None:
@@ -124,6 +122,7 @@ class Campaign:
         workers: Workers | None = None,
         multirun_yaml: str | None = None,
         say: Callable[[str], None] = _say,
+        job_result_path: Callable[[int, Sequence[str]], str | None] | None = None,
     ) -> None:
         self.plan = planned.plan
         self.settings: CampaignSettings = planned.settings
@@ -133,6 +132,8 @@ class Campaign:
         self.options = options or CampaignOptions()
         self.campaign_name = self.settings.campaign_name or campaign_name
         self.custom_subdir = custom_subdir
+        # where job n with these overrides writes its result under a custom hydra.sweep.subdir (None: unknown)
+        self.job_result_path = job_result_path
         self.workers = workers
         self.multirun_yaml = multirun_yaml
         self.say = say
@@ -141,7 +142,12 @@ class Campaign:
         self.manifest_path = manifest_path(self.sweep_dir, self.settings)
         self.state = CampaignState(self.manifest_path)
         self.session: JobSession | None = None
+        self._guards: CampaignGuards | None = None  # the circuit breaker and the wall clock, while jobs run
+        self.notifier: Notifier | None = None
         self.returns: list[Sequence[Any]] = []
+        self._gpu_needs: dict[str, int] = {}  # config hash -> GPUs its engine uses, worked out once
+        self._state_open = False  # the state is created or reconciled (and committed): safe to record in
+        self._end_notified = False  # campaign_ended went out: an interrupt afterwards sends no second one
 
     # ------------------------------------------------------------------ entry
     def run(self) -> CampaignOutcome:
@@ -154,14 +160,24 @@ class Campaign:
             job.status = "skipped"
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         try:
-            with sigterm_as_interrupt(), CampaignLock(self.manifest_path.parent) as lock:
-                if lock.stale_owner:
-                    self.say(f"llem: the previous orchestrator (PID {lock.stale_owner.get('pid')} on "
-                             f"{lock.stale_owner.get('host')}) is gone; taking over its campaign")
+            with sigterm_as_interrupt():
                 try:
-                    return self._run_locked()
-                finally:
-                    self.state.close()
+                    with CampaignLock(self.manifest_path.parent) as lock:
+                        if lock.stale_owner:
+                            self.say(f"llem: the previous orchestrator (PID {lock.stale_owner.get('pid')} on "
+                                     f"{lock.stale_owner.get('host')}) is gone; taking over its campaign")
+                        try:
+                            return self._run_locked()
+                        finally:
+                            self.state.close()
+                except KeyboardInterrupt:  # while taking the lock or closing the state: nothing left to record
+                    try:
+                        self._notify_interrupted()
+                        if self.notifier is not None:
+                            self.notifier.close()
+                    except KeyboardInterrupt:
+                        log.warning("llem: interrupted again while recording the interruption")
+                    raise self._interruption() from None
         except CampaignLocked as error:
             raise CampaignError(f"llem: {error}") from None
         except GpuSelectionError as error:  # raised before the launcher starts a job: nothing ran
@@ -176,17 +192,30 @@ class Campaign:
         attach_config_files(manifest, self.sweep_dir, self.settings.io)
         return manifest
 
+    def _result_path(self, job_num: int, overrides: Sequence[str]) -> str | None:
+        """Where job `job_num` writes its result: the sweep dir's `<num>/`, or the custom hydra.sweep.subdir's dir
+        (None when that cannot be resolved before the job runs; the launcher reports it then)."""
+        if not self.custom_subdir:
+            return str(self.sweep_dir / str(job_num) / RESULT_FILENAME)
+        return None if self.job_result_path is None else self.job_result_path(job_num, overrides)
+
     def _open_state(self) -> None:
         fresh = self._fresh_manifest()
-        # we hold the lock, so temp files here are leftovers of a killed writer, never work in progress
+        # we hold the lock, so temp files here are leftovers of a killed writer, never work in progress, except in
+        # the dirs of jobs a launcher's jobs outlived the orchestrator in (SLURM jobs still running)
+        live = getattr(self.launcher, "live_job_dirs", None)
+        busy = {Path(d).absolute() for d in live(self.sweep_dir)} if callable(live) else set()
         for directory in (self.manifest_path.parent, self.sweep_dir, *self.sweep_dir.glob("*/")):
-            remove_stale_temps(directory)
+            if Path(directory).absolute() not in busy:
+                remove_stale_temps(directory)
         if not self.state.exists():
             self.state.replace(fresh)
+            self._state_open = True
             return
         manifest = self.state.load()
         try:
-            report = reconcile(manifest, self.plan, fresh, allow_changes=self.options.resume_changed)
+            report = reconcile(manifest, self.plan, fresh, allow_changes=self.options.resume_changed,
+                               result_path=self._result_path)
         except PlanChanged as error:
             raise CampaignError(f"llem: {error}") from None
         attach_config_files(manifest, self.sweep_dir, self.settings.io)
@@ -197,48 +226,65 @@ class Campaign:
         if not self.options.dry_run:
             manifest.events.append({"at": utc_now(), "kind": "resumed", "pid": os.getpid(), "detail": report.lines()})
             self.state.replace(manifest)
+        self._state_open = True
         self.say("llem: resuming campaign '%s': %s" % (manifest.campaign_name, "; ".join(report.lines())))
 
     def _run_locked(self) -> CampaignOutcome:
-        if self.multirun_yaml is not None:
-            atomic_write_text(self.sweep_dir / "multirun.yaml", self.multirun_yaml)
-        self._open_state()
-        # The plan and the state are long-lived: keep them out of the collector's scans, so the cost of a
-        # job does not grow with the size of the campaign.
-        gc.collect()
-        gc.freeze()
-        log.info("planned %d job(s) with %d composition(s); manifest %s",
-                 len(self.plan.runnable), self.composer.compositions, self.manifest_path)  # fmt: skip
-        if self.options.dry_run:
-            from llem.plan.table import print_plan
-
-            print_plan(self.plan)
-            print(f"manifest written to {self.manifest_path}; dry run: nothing launched")
-            return CampaignOutcome(self.manifest_path, self.state.manifest.counts(), dry_run=True)
-        if self.plan.invalid:
-            self.say(invalid_report(self.plan, launched=True))
-        notifier = notifier_for(self.settings, self.state.manifest.campaign_name)
-        self.session = JobSession(self.state, self.settings, notifier=notifier, campaign_name=self.campaign_name)
-        if isinstance(self.launcher, CampaignAware):
-            self.launcher.attach_campaign(self.session)
+        """Everything done under the campaign lock. A Ctrl-C or SIGTERM anywhere in it (opening the state, the
+        preflight, the run, the finish) ends the same way: running jobs recorded as interrupted, the webhook told,
+        and CampaignInterrupted with how to resume."""
+        frozen = False
         try:
-            self._preflight()
+            if self.multirun_yaml is not None:
+                atomic_write_text(self.sweep_dir / "multirun.yaml", self.multirun_yaml)
+            self._open_state()
+            frozen = _freeze_long_lived()
+            log.info("planned %d job(s) with %d composition(s); manifest %s",
+                     len(self.plan.runnable), self.composer.compositions, self.manifest_path)  # fmt: skip
+            if self.options.dry_run:
+                from llem.plan.memory import plan_memory
+                from llem.plan.table import print_memory, print_plan
+
+                memory = plan_memory(self.plan.resolved)
+                print_plan(self.plan, memory=memory)
+                print_memory(self.plan, memory)
+                print(f"manifest written to {self.manifest_path}; dry run: nothing launched")
+                return CampaignOutcome(self.manifest_path, self.state.manifest.counts(), dry_run=True)
+            if self.plan.invalid:
+                self.say(invalid_report(self.plan, launched=True))
+            self.notifier = notifier_for(self.settings, self.state.manifest.campaign_name)
+            self.session = JobSession(self.state, self.settings, notifier=self.notifier,
+                                      campaign_name=self.campaign_name)  # fmt: skip
+            if isinstance(self.launcher, JobLauncher):
+                self.launcher.attach(self.session)
+            guards = self._guards = CampaignGuards(self.settings, say=self.session.say, event=self.session.event)
+            self.session.before_start, self.session.on_finished = guards.before_start, guards.finished
+            for note in self.plan.notes:
+                self.say(f"llem: note: {note}")
             try:
+                guards.start()
+                self._preflight()
                 self._run_schedule()
-            except KeyboardInterrupt:
-                self._interrupted()
-                raise CampaignInterrupted(
-                    "llem: campaign interrupted; finished jobs are kept. Resume by running the same command with "
-                    f"hydra.sweep.dir={self.sweep_dir}"
-                ) from None
             finally:
-                finish = getattr(self.launcher, "finish", None)
-                if finish is not None:
-                    finish()
+                guards.close()
+                self._stop_launcher()
             return self._finish()
+        except KeyboardInterrupt:
+            self._interrupted()
+            raise self._interruption() from None
         finally:
-            if notifier is not None:
-                notifier.close()  # waits for queued events at most the notification timeout
+            if frozen:
+                gc.unfreeze()
+            if self.notifier is not None:
+                self.notifier.close()  # waits for queued events at most the notification timeout
+
+    def _stop_launcher(self) -> None:
+        """Stop the launcher's workers and wait for its job threads (its `finish`), whole even under Ctrl-C: a
+        worker left running would outlive the campaign, and a job thread would write to a closed state."""
+        finish = getattr(self.launcher, "finish", None)
+        if finish is not None:
+            with interrupts_deferred():
+                finish()
 
     def _run_schedule(self) -> None:
         settings = self.settings
@@ -252,12 +298,15 @@ class Campaign:
     # ------------------------------------------------------------------ preflight
     def _preflight(self) -> None:
         """Fail, before anything launches, the jobs that cannot run on this machine; print every problem at once."""
-        if self.workers is None:
-            return
+        from llem.campaign.gpu_preflight import gpu_settings_problems, restore_stale_gpus
+
+        restore_stale_gpus(self.say)  # GPUs a crashed run left changed get their original settings back first
         todo = runnable(self.state.manifest, self.options.max_attempts)
         resolved = self.plan.resolved
-        problems = preflight(((j.job_num, resolved[j.config_hash]) for j in todo if j.config_hash in resolved),
-                             self.workers)  # fmt: skip
+        jobs = [(j.job_num, resolved[j.config_hash]) for j in todo if j.config_hash in resolved]
+        problems = preflight(jobs, self.workers) if self.workers is not None else {}
+        for n, reason in gpu_settings_problems(jobs, launcher=self.launcher, workers=self.workers).items():
+            problems[n] = f"{problems[n]}; {reason}" if n in problems else reason
         if not problems:
             return
         self.say(preflight_report(problems))
@@ -280,19 +329,20 @@ class Campaign:
     def _launch(self, jobs: list[ManifestJob]) -> None:
         session = self.session
         assert session is not None
-        reports = isinstance(self.launcher, CampaignAware) and self.launcher.reports_jobs
+        launcher = self.launcher
         for batch in _contiguous_batches(jobs, self.options.max_batch_size):
             resolved = self.plan.resolved
             write_job_configs(self.sweep_dir, self.settings.io,
                               {j.config_hash: resolved[j.config_hash] for j in batch if j.config_hash in resolved})
-            if not reports:
-                for job in batch:
-                    session.started(job.job_num, key=job.backend, label=" ".join(job.overrides))
-            results = self.launcher.launch([list(j.overrides) for j in batch], initial_job_idx=batch[0].job_num)
+            if isinstance(launcher, JobLauncher):  # it reports each job itself
+                self.returns.append(launcher.run_jobs([job_value(j, self.plan, self._gpu_needs) for j in batch]))
+                continue
+            for job in batch:
+                session.started(job.job_num, key=job.backend, label=" ".join(job.overrides))
+            results = launcher.launch([list(j.overrides) for j in batch], initial_job_idx=batch[0].job_num)
             self.returns.append(results)
-            if not reports:
-                for job, ret in zip(batch, results, strict=True):
-                    session.finished(job.job_num, ret, overrides=list(job.overrides))
+            for job, ret in zip(batch, results, strict=True):
+                session.finished(job.job_num, ret, overrides=list(job.overrides))
 
     def _progress(self, repetition: int, todo: list[ManifestJob], done: int) -> Any:
         from llem.progress import CampaignProgress, GapPlan
@@ -302,7 +352,8 @@ class Campaign:
         gaps = GapPlan(execution.config_gap_seconds, execution.cycle_gap_seconds,
                        [(j.job_num, j.cycle) for j in todo])  # fmt: skip
         title = f"repetition {repetition}" if daemon else None
-        return CampaignProgress(len(todo) + done, quiet=daemon, already_done=done, gaps=gaps, title=title)
+        return CampaignProgress(len(todo) + done, quiet=daemon, already_done=done, gaps=gaps, title=title,
+                                swept_keys=self.state.manifest.swept_keys)  # labels show what varies
 
     def _run_repetition(self, repetition: int) -> None:
         """Run every job of one repetition that is not done, then retry failures within max_attempts."""
@@ -349,7 +400,7 @@ class Campaign:
             job.attempts = 0
             job.retryable = True
             job.slurm_job_id = job.node = job.gpus = None
-            job.result_path = str(self.sweep_dir / str(next_num) / "result.json") if template.result_path else None
+            job.result_path = self._result_path(next_num, job.overrides)
             new.append(job)
             next_num += 1
         self.state.add_jobs(new)
@@ -374,18 +425,44 @@ class Campaign:
         self.say(f"llem: daemon schedule finished after {state['repetitions_done']} repetition(s)")
 
     # ------------------------------------------------------------------ ending
+    def _interruption(self) -> CampaignInterrupted:
+        stop = None if self._guards is None else self._guards.reason  # a guard's stop, else Ctrl-C or SIGTERM
+        head = "llem: campaign interrupted; finished jobs are kept." if stop is None else f"{stop.message}."
+        return CampaignInterrupted(
+            f"{head} Resume by running the same command with hydra.sweep.dir={self.sweep_dir}",
+            exit_code=130 if stop is None else stop.exit_code,
+        )
+
     def _interrupted(self) -> None:
-        """Jobs left `running` by a Ctrl-C are marked interrupted; the export and the webhook say so."""
-        running = {j.job_num: {"status": "interrupted", "error": "interrupted by the user", "completed_at": utc_now()}
-                   for j in self.state.manifest.jobs if j.status == "running"}  # fmt: skip
-        self.state.update(running)
-        self.state.export(force=True)
-        assert self.session is not None
-        if self.session.notifier is not None:
-            self.session.notifier.campaign_ended(
-                outcome="interrupted", counts=self.state.manifest.counts(), summary_path=None,
-                manifest_path=self.manifest_path,
-            )
+        """Jobs left `running` by a Ctrl-C are marked interrupted; the export and the webhook say so.
+
+        Before the state is open (an interrupt while it is created or reconciled) nothing is recorded: the database
+        holds the last committed state, which the next run resumes from. A second interrupt while this records
+        leaves what is recorded so far; the campaign still ends as interrupted."""
+        try:
+            if self._state_open and not self.options.dry_run and not self.state.closed:
+                running = {j.job_num: {"status": "interrupted", "error": "interrupted by the user",
+                                       "completed_at": utc_now()}
+                           for j in self.state.manifest.jobs if j.status == "running"}  # fmt: skip
+                self.state.update(running)
+                self.state.export(force=True)
+            self._notify_interrupted()
+        except KeyboardInterrupt:
+            log.warning("llem: interrupted again while recording the interruption")
+
+    def _notify_interrupted(self) -> None:
+        """The webhook's campaign_end with outcome `interrupted`, once, wherever the interrupt landed."""
+        if self.options.dry_run or self._end_notified:
+            return
+        name = self.state.manifest.campaign_name if self.state.loaded else self.campaign_name
+        if self.notifier is None:
+            self.notifier = notifier_for(self.settings, name)
+        if self.notifier is None:
+            return
+        self._end_notified = True
+        counts = self.state.manifest.counts() if self.state.loaded else {}
+        self.notifier.campaign_ended(outcome="interrupted", counts=counts, summary_path=None,
+                                     manifest_path=self.manifest_path)  # fmt: skip
 
     def _finish(self) -> CampaignOutcome:
         self.state.export(force=True)
@@ -401,15 +478,27 @@ class Campaign:
         except ImportError:
             pass
         failed = [j for j in manifest.jobs if j.status in ("failed", "interrupted")]
-        assert self.session is not None
-        if self.session.notifier is not None:
-            self.session.notifier.campaign_ended(
+        if self.notifier is not None:
+            self._end_notified = True
+            self.notifier.campaign_ended(
                 outcome="failed" if failed else "completed", counts=counts, summary_path=summary,
                 manifest_path=self.manifest_path,
             )
         text = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         self.say(f"llem: campaign '{manifest.campaign_name}' finished: {text}; manifest {self.manifest_path}")
         return CampaignOutcome(self.manifest_path, counts, failed=failed, summary_path=summary, returns=self.returns)
+
+
+def _freeze_long_lived() -> bool:
+    """Keep what exists now (the plan, the state) out of the collector's scans, so the cost of a job does not grow
+    with the size of the campaign. Returns whether it froze, so the caller unfreezes when the campaign ends: a
+    process that runs campaigns one after another (a notebook, a service) must not keep each one's objects frozen.
+    Nothing is frozen when the caller froze objects of its own, which an unfreeze would thaw too."""
+    if gc.get_freeze_count():
+        return False
+    gc.collect()
+    gc.freeze()
+    return True
 
 
 def _sleep_until(when: dt.datetime, what: str) -> None:

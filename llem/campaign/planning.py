@@ -12,9 +12,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from llem.config import CampaignSettings, ConfigError
-from llem.plan.campaign_file import CampaignFileError, load_settings
+from llem.launch.jobs import Job
+from llem.plan.campaign_file import CampaignFileError, campaign_group_file, load_settings
 from llem.plan.compose import FastComposer
 from llem.plan.expand import Axis, PlanError
+from llem.plan.manifest import ManifestJob
 from llem.plan.planner import Plan, make_plan
 
 
@@ -82,6 +84,22 @@ class PlannedCampaign:
     composer: FastComposer
 
 
+def job_value(job: ManifestJob, plan: Plan, gpu_needs: dict[str, int] | None = None) -> Job:
+    """What a launcher gets for one job of the state: its plan, validated once (`gpu_needs` caches the GPU need
+    per configuration). A job whose configuration the plan no longer holds validates itself when it runs."""
+    from llem.measure.job_devices import gpu_need
+
+    experiment = None if job.config_hash is None else plan.experiments.get(job.config_hash)
+    gpus = 0
+    if experiment is not None:
+        cache = {} if gpu_needs is None else gpu_needs
+        if job.config_hash not in cache:
+            cache[job.config_hash] = gpu_need(experiment)  # type: ignore[index]
+        gpus = cache[job.config_hash]  # type: ignore[index]
+    return Job(num=job.job_num, overrides=tuple(job.overrides), cycle=job.cycle, repetition=job.repetition,
+               experiment=experiment, gpus=gpus, result_path=job.result_path, config_hash=job.config_hash)
+
+
 def plan_campaign(
     config: DictConfig, config_loader: Any, arguments: Sequence[str], *, recorded_seed: Any = None
 ) -> PlannedCampaign:
@@ -96,7 +114,8 @@ def plan_campaign(
     cwd = Path(str(OmegaConf.select(config, "hydra.runtime.cwd", default=None) or os.getcwd()))
     try:
         # a campaign file sits beneath the command line: its campaign.* overrides are applied again on top
-        settings = load_settings(section, [a.choices[0] for a in campaign_axes], cwd=cwd)  # type: ignore[arg-type]
+        settings = load_settings(section, [a.choices[0] for a in campaign_axes], cwd=cwd,  # type: ignore[arg-type]
+                                 group_file=campaign_group_file(config))
     except (ConfigError, CampaignFileError) as error:
         raise CampaignError(str(error)) from None
     execution = settings.execution
@@ -105,8 +124,10 @@ def plan_campaign(
         if seed is not None:
             settings = settings.model_copy(update={"execution": execution.model_copy(update={"shuffle_seed": seed})})
     # jobs never carry campaign overrides, so the campaign section is not part of what is validated
+    # the overrides as typed: one such as hydra.sweep.subdir=job_${hydra.job.num} resolves only within a job
+    hydra_overrides = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)
     composer = FastComposer(
-        config_loader, config.hydra.job.config_name, list(config.hydra.overrides.hydra), drop_keys=("campaign",)
+        config_loader, config.hydra.job.config_name, list(hydra_overrides), drop_keys=("campaign",)  # type: ignore[arg-type]
     )
     try:
         plan = make_plan(

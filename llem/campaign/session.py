@@ -1,11 +1,9 @@
 """What a launcher tells the campaign about its jobs, recorded in one place.
 
 Launchers never write campaign state themselves: they call `started`, `finished`, `placed`
-and `event` on the session the campaign hands them, and the session records the change,
-counts the attempt (once), updates the progress display and sends notifications.
-
-A session without state (`JobSession.detached`) serves a llem launcher run under another
-sweeper: it counts attempts and sends notifications, and records nothing.
+and `event` on the reporter the campaign attaches (llem.launch.reporting.JobReporter, which
+this session implements), and the session records the change, counts the attempt (once),
+updates the progress display and sends notifications.
 """
 
 from __future__ import annotations
@@ -21,14 +19,14 @@ from llem.campaign.state import CampaignState
 from llem.config import CampaignSettings
 from llem.launch.interrupts import interrupts_deferred
 from llem.launch.outcome import first_line, job_outcome
-from llem.notify import Notifier, notifier_for
+from llem.notify import Notifier, job_figures
 from llem.plan.manifest import FINISHED, ManifestJob, utc_now
 
 log = logging.getLogger(__name__)
 
 
 class JobSession:
-    """The campaign's side of a launcher: job lifecycle calls, thread-safe."""
+    """The campaign's side of a launcher (a llem.launch.reporting.JobReporter): job lifecycle calls, thread-safe."""
 
     def __init__(
         self,
@@ -43,31 +41,25 @@ class JobSession:
         self.notifier = notifier
         self.campaign_name = campaign_name
         self.progress: Any = None  # a CampaignProgress while a repetition runs
-        self._attempts: dict[int, int] = {}  # detached sessions only
+        self._attempts: dict[int, int] = {}  # jobs the state does not hold
         self._lock = threading.RLock()
         self.on_finished: Callable[[int, str], None] | None = None
+        # runs before a job is handed over, outside the lock; it may wait (the circuit breaker's cooldown)
+        self.before_start: Callable[[int], None] | None = None
         # set by the first `interrupted`: the launcher is stopping, so the jobs its threads still report are the
         # stop's doing (a killed worker, a job not begun), and none of them is started or recorded as failed
         self.stopping = False
 
-    @classmethod
-    def detached(cls, settings: CampaignSettings | None, campaign_name: str) -> JobSession:
-        """For a llem launcher under another sweeper: notifications and attempt counts, no state."""
-        return cls(None, settings, notifier=notifier_for(settings, campaign_name), campaign_name=campaign_name)
+    @property
+    def records(self) -> bool:
+        """Whether job outcomes are recorded in the campaign state (then launchers need not keep their configs)."""
+        return self.state is not None
 
     # ------------------------------------------------------------------ lookups
     def job(self, job_num: int) -> ManifestJob | None:
         if self.state is None or not self.state.has_job(job_num):
             return None
         return self.state.job(job_num)
-
-    def cycle_of(self, job_num: int) -> int | None:
-        job = self.job(job_num)
-        return None if job is None else job.cycle
-
-    def repetition_of(self, job_num: int) -> int | None:
-        job = self.job(job_num)
-        return None if job is None else job.repetition
 
     def attempts(self, job_num: int) -> int:
         job = self.job(job_num)
@@ -76,6 +68,8 @@ class JobSession:
     # ------------------------------------------------------------------ lifecycle
     def started(self, job_num: int, *, key: str = "", label: str = "", **placement: Any) -> int:
         """A job was handed to a worker: count the attempt, mark it running. Returns the attempt number."""
+        if self.before_start is not None and not self.stopping:
+            self.before_start(job_num)
         with self._lock:
             if self.stopping:
                 return self.attempts(job_num)
@@ -94,12 +88,14 @@ class JobSession:
     def finished(self, job_num: int, ret: JobReturn, *, overrides: list[str] | None = None) -> dict[str, Any]:
         """A job ended (completed or failed): record its outcome, show it, notify. Returns the recorded fields."""
         outcome = {**job_outcome(ret), "completed_at": utc_now()}
+        # the result is read and validated before the lock: parallel jobs must not wait on each other's files
+        figures = None if self.notifier is None else job_figures(outcome.get("result_path"))
         with interrupts_deferred():
-            self._record_finished(job_num, ret, outcome, overrides)
+            self._record_finished(job_num, ret, outcome, overrides, figures)
         return outcome
 
     def _record_finished(self, job_num: int, ret: JobReturn, outcome: dict[str, Any],
-                         overrides: list[str] | None) -> None:
+                         overrides: list[str] | None, figures: dict[str, float | None] | None) -> None:
         with self._lock:
             job = self.job(job_num)
             if outcome["status"] == "failed" and (self.stopping or (job is not None and job.status == "interrupted")):
@@ -117,7 +113,7 @@ class JobSession:
                     job_num=job_num, overrides=list(overrides if overrides is not None else (ret.overrides or [])),
                     status=outcome["status"], error=outcome["error"], result_path=outcome.get("result_path"),
                     cycle=None if job is None else job.cycle, repetition=None if job is None else job.repetition,
-                    attempt=self.attempts(job_num), backend=None if job is None else job.backend,
+                    attempt=self.attempts(job_num), backend=None if job is None else job.backend, figures=figures,
                 )
 
     def placed(self, job_num: int, **fields: Any) -> None:

@@ -126,9 +126,11 @@ class CampaignExecutionConfig(StrictModel):
     """How often and in which order the campaign's experiments run."""
 
     cycles: int = Field(3, ge=1, le=20, description="Repetitions of the whole experiment set (for statistics).")
-    structure: Literal["interleaved", "shuffled", "grouped"] = Field(
+    structure: Literal["interleaved", "shuffled", "grouped", "reverse", "latin_square"] = Field(
         "interleaved",
-        description="grouped: A x n, B x n; interleaved: A, B, C, A, B, C; shuffled: a new seeded order each cycle.",
+        description="grouped: A x n, B x n; interleaved: A, B, C, A, B, C; shuffled: a new seeded order each cycle; "
+        "reverse: A, B, C, C, B, A; latin_square: a Williams design (each position once, each precedence equally "
+        "often).",
     )
     shuffle_seed: int | None = Field(
         None, description="Seed of the shuffled order (null: chosen at plan time and recorded in the manifest)."
@@ -140,6 +142,16 @@ class CampaignExecutionConfig(StrictModel):
     )
     config_gap_seconds: float = Field(60.0, ge=0, description="Idle pause between experiments (lets the GPU cool).")
     cycle_gap_seconds: float = Field(300.0, ge=0, description="Idle pause between cycles.")
+    max_consecutive_failures: int | None = Field(
+        None, ge=1, description="After this many failed jobs in a row, pause, then probe one job: a failure stops "
+        "the campaign (null: never).",
+    )
+    circuit_breaker_cooldown_seconds: float = Field(
+        300.0, ge=0, description="Pause before the probe job once max_consecutive_failures is reached."
+    )
+    wall_clock_timeout_hours: float | None = Field(
+        None, gt=0, description="Stop this run, as an interrupt does, after this many hours (null: no limit)."
+    )
 
 
 class CampaignScheduleConfig(StrictModel):
@@ -191,6 +203,12 @@ class CampaignGridConfig(StrictModel):
         default_factory=dict,
         description="Per-backend axes keyed by backend name, e.g. pytorch: {batch_size: [1, 4]}.",
     )
+    variants: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Alternatives crossed with the other axes, for settings that only make sense together: each a "
+        "dict of keys to values (a list is a small axis of its own; {} is the plain variant; `backend: <name>` "
+        "limits one to a backend).",
+    )
 
     @field_validator("backends")
     @classmethod
@@ -210,6 +228,27 @@ class CampaignGridConfig(StrictModel):
             raise ValueError(f"shared axes {empty} have no values")
         return value
 
+    @field_validator("variants")
+    @classmethod
+    def _variant_shapes(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, variant in enumerate(value):
+            empty = [k for k, v in variant.items() if isinstance(v, list) and not v]
+            if empty:
+                raise ValueError(f"variants[{index}]: {empty} have no values")
+            backends = variant.get("backend")
+            names = backends if isinstance(backends, list) else [backends] if backends is not None else []
+            unknown = [b for b in names if b not in BACKEND_NAMES]
+            if unknown:
+                raise ValueError(f"variants[{index}].backend: unknown backend(s) {unknown}; expected any of "
+                                 f"{list(BACKEND_NAMES)}")
+        seen: dict[str, int] = {}
+        for index, variant in enumerate(value):
+            key = repr(sorted(variant.items(), key=lambda kv: kv[0]))
+            if key in seen:
+                raise ValueError(f"variants[{index}] repeats variants[{seen[key]}]")
+            seen[key] = index
+        return value
+
     @model_validator(mode="after")
     def _overrides_for_listed_backends(self) -> "CampaignGridConfig":
         stray = [k for k in self.backend_overrides if k not in self.backends]
@@ -221,12 +260,20 @@ class CampaignGridConfig(StrictModel):
 
 
 class CampaignExplicitExperiment(StrictModel):
-    """One hand-picked experiment: an experiment YAML plus inline overrides."""
+    """One hand-picked experiment: an experiment YAML plus inline overrides (or the overrides alone)."""
 
-    config: str = Field(..., min_length=1, description="Path to an experiment YAML file.")
+    config: str | None = Field(
+        None, min_length=1, description="Path to an experiment YAML file (null: the overrides on the primary config)."
+    )
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="Dotted keys applied on top of the YAML, e.g. backend.batch_size: 4."
     )
+
+    @model_validator(mode="after")
+    def _something_to_run(self) -> "CampaignExplicitExperiment":
+        if self.config is None and not self.overrides:
+            raise ValueError("give config (an experiment YAML), overrides, or both")
+        return self
 
 
 class CampaignHealthCheckConfig(StrictModel):
@@ -374,6 +421,11 @@ class CampaignSettings(StrictModel):
         default_factory=list,
         description="Keys the summary and report statistics are grouped by, e.g. [backend, fp_precision] "
         "(empty: by the swept keys, one group per configuration).",
+    )
+    dedup: Literal["resolved", "none"] = Field(
+        "resolved",
+        description="resolved: configurations with equal effective engine settings (dormant fields and known engine "
+        "defaults resolved) run once; none: every configuration runs.",
     )
     configs: list[str] = Field(default_factory=list, description="Experiment YAML files, each one job.")
     grid: CampaignGridConfig | None = Field(None, description="Cartesian grid of experiments.")

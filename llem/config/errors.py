@@ -84,6 +84,11 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[type[BaseModel]
             continue
         current = _submodel(field.annotation)
         i += 1
+    for part in loc[i:]:  # inside a plain mapping or list (`grid.shared.fp_precision`, `configs[1]`)
+        if isinstance(part, int):
+            path[-1:] = [f"{path[-1]}[{part}]"] if path else [f"[{part}]"]
+        else:
+            path.append(str(part))
     return current, path
 
 

@@ -8,6 +8,8 @@ from pydantic import Field, model_validator
 
 from llem.config._base import StrictModel
 from llem.config.backends import BackendConfig, PyTorchConfig
+from llem.config.gpu import GpuSettingsConfig
+from llem.config.serving import LoadConfig, ServingConfig, SloConfig, check_scenario, fill_serving_defaults
 
 Precision = Literal["float32", "float16", "bfloat16"]
 
@@ -96,6 +98,26 @@ class WarmupConfig(StrictModel):
     thermal_floor_seconds: float = Field(
         0.0, ge=0.0, description="Wait after warmup so the device settles to a steady temperature."
     )
+    mode: Literal["fixed", "converged"] = Field(
+        "fixed",
+        description="fixed: as num_prompts says; converged: repeat warm-up batches until the latency of the last "
+        "`window` batches varies less than cv_threshold (num_prompts is then not used).",
+    )
+    cv_threshold: float = Field(
+        0.05, gt=0.0, lt=1.0, description="converged: largest coefficient of variation of the last `window` latencies."
+    )
+    window: int = Field(3, ge=2, description="converged: how many of the latest batch latencies are compared.")
+    min_batches: int = Field(3, ge=1, description="converged: fewest warm-up batches.")
+    max_batches: int = Field(20, ge=1, description="converged: most warm-up batches; stopping here is warned about.")
+
+    @model_validator(mode="after")
+    def _batch_bounds(self) -> "WarmupConfig":
+        if self.max_batches < max(self.min_batches, self.window):
+            raise ValueError(
+                f"max_batches ({self.max_batches}) must be at least min_batches ({self.min_batches}) and window "
+                f"({self.window})"
+            )
+        return self
 
 
 class BaselineConfig(StrictModel):
@@ -109,6 +131,20 @@ class BaselineConfig(StrictModel):
         le=600.0,
         description="Wait after the previous model is released and before idle power is measured, so the "
         "devices are back at idle.",
+    )
+    strategy: Literal["fresh", "cached", "validated"] = Field(
+        "validated",
+        description="fresh: measured before every job; cached: reused for the same devices and model state within "
+        "cache_ttl_seconds; validated: cached, re-checked every validation_interval jobs and measured afresh when "
+        "it drifts more than drift_threshold.",
+    )
+    cache_ttl_seconds: float = Field(3600.0, gt=0.0, description="cached/validated: longest reuse of one baseline.")
+    validation_interval: int = Field(5, ge=1, description="validated: re-check the cached baseline every N jobs.")
+    validation_duration_seconds: float = Field(
+        3.0, gt=0.0, le=600.0, description="validated: length of the short re-check measurement."
+    )
+    drift_threshold: float = Field(
+        0.10, gt=0.0, le=1.0, description="validated: relative change of idle power that triggers a new baseline."
     )
 
 
@@ -174,11 +210,28 @@ class ExperimentConfig(StrictModel):
     baseline: BaselineConfig = Field(default_factory=BaselineConfig, description="Idle power baseline.")
     energy: EnergyConfig = Field(default_factory=EnergyConfig, description="Energy measurement.")
     measure: MeasureConfig = Field(default_factory=MeasureConfig, description="Window length and phase split.")
+    gpu: GpuSettingsConfig = Field(
+        default_factory=GpuSettingsConfig, description="GPU power limit and locked clocks (unset: left as they are)."
+    )
     random_seed: int = Field(42, description="Seed for prompts, sampling and engines.")
+    scenario: Literal["offline", "serving"] = Field(
+        "offline",
+        description="offline: batches handed to the engine; serving: requests over time to the engine's "
+        "OpenAI-compatible server (docs/serving.md).",
+    )
+    load: LoadConfig | None = Field(None, description="scenario=serving: the requests sent to the server.")
+    serving: ServingConfig | None = Field(None, description="scenario=serving: the server and validity checks.")
+    slo: SloConfig | None = Field(None, description="scenario=serving: latency targets for goodput.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _serving_defaults(cls, data: object) -> object:
+        return fill_serving_defaults(data)
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> "ExperimentConfig":
         b = self.backend
+        check_scenario(self.scenario, b.name, self.load, self.serving, self.slo)
         if b.name == "tensorrt" and self.fp_precision == "float32":
             raise ValueError("fp_precision: TensorRT-LLM does not run float32; use float16 or bfloat16")
         if b.name == "vllm" and b.max_model_len is not None:

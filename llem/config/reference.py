@@ -36,10 +36,13 @@ from llem.config.experiment import (
     ExperimentConfig,
     FilePrompts,
     HFDatasetPrompts,
+    MeasureConfig,
     ModelConfig,
     SyntheticPrompts,
     WarmupConfig,
 )
+from llem.config.gpu import GpuSettingsConfig
+from llem.config.serving import LoadConfig, ServingConfig, SloConfig
 
 SECTIONS: list[tuple[str, str, type[BaseModel]]] = [
     ("Experiment", "(top level)", ExperimentConfig),
@@ -55,6 +58,11 @@ SECTIONS: list[tuple[str, str, type[BaseModel]]] = [
     ("Warmup", "warmup", WarmupConfig),
     ("Baseline", "baseline", BaselineConfig),
     ("Energy", "energy", EnergyConfig),
+    ("GPU settings", "gpu", GpuSettingsConfig),
+    ("Measure", "measure", MeasureConfig),
+    ("Load (scenario=serving)", "load", LoadConfig),
+    ("Serving (scenario=serving)", "serving", ServingConfig),
+    ("SLO (scenario=serving)", "slo", SloConfig),
     ("Campaign", "campaign (campaign=<name>)", CampaignConfig),
     ("Campaign grid", "campaign.grid", CampaignGridConfig),
     ("Campaign explicit experiment", "campaign.experiments[]", CampaignExplicitExperiment),

@@ -10,6 +10,7 @@ Typical use by the harness::
     sampler.start(); monitor.begin_window("run"); ...; window = monitor.end_window("run"); sampler.stop()
     adjusted = adjust_window(window, baseline, monitor.baseline_key)
     warnings = quality_warnings(window, update_periods_s=monitor.update_periods_s, samples=sampler.samples, ...)
+    failures = quality_failures(window)  # a GPU in scope whose energy could not be read voids the figure
     monitor.close()
 """
 
@@ -42,8 +43,8 @@ from llem.energy.meters import (
     NvmlPollingMeter,
     RaplMeter,
 )
-from llem.energy.monitor import ComponentEnergy, EnergyMonitor, MonitorWindow, open_monitor
-from llem.energy.quality import quality_warnings
+from llem.energy.monitor import ComponentEnergy, EnergyMonitor, MonitorWindow, open_monitor, with_unmeasured_component
+from llem.energy.quality import quality_failures, quality_status, quality_warnings
 from llem.energy.sampler import TelemetrySampler
 
 __all__ = [
@@ -72,6 +73,9 @@ __all__ = [
     "energy_per_token_j",
     "measure_baseline",
     "open_monitor",
+    "quality_failures",
+    "quality_status",
     "quality_warnings",
     "visible_gpu_count",
+    "with_unmeasured_component",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from llem.energy.meters.nvml_polling import NvmlPollingMeter
 from llem.energy.meters.rapl import RaplMeter
 
 GPU, CPU = "gpu", "cpu"
+NO_GPU_REASON = "job uses no GPU"
 COMPONENTS = (GPU, CPU, DRAM)
 SOURCES = ("auto", "nvml", "nvml_polling", "rapl", "none")
 # How the counter's update period is measured when the monitor opens (see NvmlDevices.counter_update_period_s).
@@ -113,8 +114,10 @@ class EnergyMonitor:
         self.source: str = "+".join(dict.fromkeys(c.source for c in measured)) or "none"
         resolutions = [c.meter.resolution_s for c in measured if c.meter is not None and c.meter.resolution_s]
         self.resolution_s: float | None = max(resolutions) if resolutions else None
+        self.measured: list[str] = [k for k, c in self._components.items() if c.meter is not None]
         self.scope: dict[str, Any] = {
             "included": list(self._components),
+            "measured": list(self.measured),
             "excluded": dict(plan.excluded),
             "unavailable": {k: c.reason for k, c in self._components.items() if c.meter is None},
             "devices": {k: list(c.devices) for k, c in self._components.items()},
@@ -124,6 +127,8 @@ class EnergyMonitor:
             self.scope["cuda_indices"] = list(plan.gpu_indices)
         if plan.nvml is not None:
             self.scope["gpu_uuids"] = {plan.nvml.label(i): plan.nvml.uuid(i) for i in plan.nvml.indices}
+            if plan.nvml.refused:
+                self.scope["nvml_refused"] = {f"nvml{n}": reason for n, reason in plan.nvml.refused.items()}
         self.baseline_key: str = self._key()
 
     def _key(self) -> str:
@@ -256,6 +261,21 @@ class EnergyMonitor:
         self.close()
 
 
+def with_unmeasured_component(window: MonitorWindow, name: str, devices: list[str], reason: str) -> MonitorWindow:
+    """`window` with `name` brought into scope as not measured, so its total becomes null with `reason`.
+
+    For a device found to be in use only after the window (an engine running on a GPU
+    the monitor could not see): a total over the other components would pass for the job's.
+    """
+    added = ComponentEnergy(
+        source="none", joules=None, devices=list(devices), per_device=dict.fromkeys(devices), unavailable_reason=reason
+    )
+    components = {name: added, **{k: v for k, v in window.components.items() if k != name}}
+    excluded = {k: v for k, v in window.excluded.items() if k != name}
+    total, why = _total(components, excluded)
+    return replace(window, components=components, excluded=excluded, total_j=total, unavailable_reason=why)
+
+
 def _total(components: dict[str, ComponentEnergy], excluded: Mapping[str, str]) -> tuple[float | None, str | None]:
     if not components:
         detail = "; ".join(f"{k}: {v}" for k, v in excluded.items())
@@ -323,7 +343,7 @@ def _plan_gpu(
     if not gpus:
         if source in ("nvml", "nvml_polling"):
             raise DeviceUnavailable(f"energy.source = {source} measures GPUs, but the job uses no GPU")
-        plan.excluded[GPU] = "job uses no GPU"
+        plan.excluded[GPU] = NO_GPU_REASON
         return
     if source == "rapl":
         plan.excluded[GPU] = "energy.source = rapl measures CPU package and DRAM only"

@@ -1,4 +1,9 @@
-"""Short, specific warnings about how far a window's energy figure can be trusted."""
+"""How far a window's energy figure can be trusted: short, specific warnings, and the failures that void it.
+
+A failure is a figure the job needs but could not get: a job that runs on a GPU whose
+energy cannot be read has no energy figure at all (a host-only total would pass for the
+job's), so its quality is `fail`, with the reason, rather than a warning beside a number.
+"""
 
 from __future__ import annotations
 
@@ -88,3 +93,26 @@ def quality_warnings(
             out.append(f"persistence mode is off on {dev}; the driver may re-initialise between runs "
                        "(enable it with `nvidia-smi -pm 1`)")
     return out
+
+
+QUALITY_OK, QUALITY_WARN, QUALITY_FAIL = "ok", "warn", "fail"
+
+
+def quality_failures(window: MonitorWindow) -> list[str]:
+    """Why `window` gives the job no usable energy figure: GPUs in its scope whose energy could not be read."""
+    gpu = window.components.get("gpu")
+    if gpu is None or gpu.joules is not None:
+        return []
+    unread = [d for d, j in gpu.per_device.items() if j is None] or list(gpu.devices)
+    devices = ", ".join(unread) or "the job's GPU"
+    return [
+        f"GPU energy could not be read on {devices} ({gpu.unavailable_reason or 'not measured'}); the job runs on "
+        "its GPUs, so its energy is null rather than a total of what could be read"
+    ]
+
+
+def quality_status(failures: list[str], warnings: list[str]) -> str:
+    """`fail` with any failure, `warn` with only warnings, else `ok`."""
+    if failures:
+        return QUALITY_FAIL
+    return QUALITY_WARN if warnings else QUALITY_OK

@@ -87,10 +87,15 @@ class GpuLocks:
             return "another process"
 
     def try_acquire(self, gpus: Sequence[Gpu]) -> Gpu | None:
-        """Take every lock of `gpus` or none; returns the first GPU held elsewhere, or None on success."""
+        """Take every lock of `gpus` or none, in UUID order; returns the first GPU held elsewhere, or None on success.
+
+        Every campaign takes locks in the same order, so two that want overlapping sets meet at the first GPU they
+        share instead of each holding a part the other waits for. On failure this call holds none of `gpus`, also
+        those it held before (the GPUs of an evicted worker): holding a part while waiting for the rest deadlocks.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
-        taken: list[Gpu] = []
-        for gpu in gpus:
+        wanted = sorted(dict.fromkeys(gpus), key=lambda g: g.uuid)
+        for gpu in wanted:
             if gpu.uuid in self._held:
                 continue
             lock_path, note_path = self._paths(gpu)
@@ -98,11 +103,10 @@ class GpuLocks:
             try:
                 lock.acquire()
             except Timeout:
-                self.release(taken)
+                self.release(wanted)
                 return gpu
             self._held[gpu.uuid] = lock
             note_path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "owner": self.owner}))
-            taken.append(gpu)
         return None
 
     def acquire(self, gpus: Sequence[Gpu], timeout_s: float | None, on_wait: Any = None) -> None:
@@ -117,8 +121,9 @@ class GpuLocks:
             if busy is None:
                 return
             if deadline is not None and time.monotonic() >= deadline:
-                raise GpuBusy(f"{busy.label} is in use by {self.holder(busy)}; gave up after {timeout_s:g} s "
-                              "(hydra.launcher.gpu_lock_timeout_s)")
+                raise GpuBusy(f"{busy.label} is in use by {self.holder(busy)}; gave up after {timeout_s:g} s. Give "
+                              "the campaigns disjoint hydra.launcher.gpus, or wait longer with "
+                              "hydra.launcher.gpu_lock_timeout_s")
             if not told and on_wait is not None:
                 on_wait(busy, self.holder(busy))
                 told = True

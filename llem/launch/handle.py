@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import socket
+import subprocess
 import threading
 import time
 from multiprocessing.connection import Client, Connection
@@ -25,6 +26,10 @@ class WorkerDied(RuntimeError):
 
 class WorkerTimeout(RuntimeError):
     """The worker did not answer in time."""
+
+
+class WorkerUnkillable(RuntimeError):
+    """A kill did not end the worker in time: it may still hold its GPUs, so it must not be restarted."""
 
 
 class WorkerHandle(abc.ABC):
@@ -157,7 +162,7 @@ class WorkerHandle(abc.ABC):
             time.sleep(0.05)
 
     def kill(self) -> None:
-        """Stop a stuck or unhealthy worker at once."""
+        """Stop a stuck or unhealthy worker at once; raise WorkerUnkillable if it outlives the kill."""
         conn, self._conn = self._conn, None
         if conn is not None:
             if self._talking.acquire(blocking=False):
@@ -168,7 +173,12 @@ class WorkerHandle(abc.ABC):
             else:  # another thread waits on it: wake it, and let it close the descriptor it is using
                 _hang_up(conn, close=False)
         self._reply_owed = False
-        self._terminate()
+        try:
+            self._terminate()
+        except subprocess.TimeoutExpired as error:
+            raise WorkerUnkillable(
+                f"worker '{self.key}' did not end within {error.timeout:g} s of being killed"
+            ) from None
 
     def restart(self) -> None:
         self.kill()

@@ -17,8 +17,13 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises KeyboardInterrupt; the previous handler comes back afterwards.
 
-    A handler Python did not install (getsignal() is None) is left alone: it could not be restored.
+    A handler Python did not install (getsignal() is None) is left alone: it could not be restored. Off the
+    main thread (a campaign run from a service's worker thread) nothing is installed: only the main thread may
+    set handlers, and signals reach only it, so the caller's own handling stands.
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = signal.getsignal(signal.SIGTERM)
     if previous is None:
         yield

@@ -65,3 +65,11 @@ class JobComposer:
             )
         OmegaConf.copy_cache(from_config=self._master, to_config=cfg)
         return cfg
+
+
+def numbered(config: DictConfig, job_num: int) -> DictConfig:
+    """Give a composed job its number and id, as Hydra's own launchers do."""
+    with open_dict(config):
+        config.hydra.job.id = f"{config.hydra.job.name}_{job_num}"
+        config.hydra.job.num = job_num
+    return config

@@ -28,7 +28,7 @@ class LocalOptions:
     # job's GPU need. Off by default: jobs that share a node share its CPUs, memory bandwidth and power budget.
     parallel: bool = False
     # With `parallel`: how long to wait for a GPU another campaign on this node holds (null: as long as it takes).
-    gpu_lock_timeout_s: Optional[float] = None
+    gpu_lock_timeout_s: Optional[float] = 3600.0
 
     @classmethod
     def from_config(cls: "type[T]", options: Mapping[str, Any]) -> "T":

@@ -1,7 +1,8 @@
 """Run Hydra jobs on warm workers: routing, gaps, health checks, restarts, cold starts, timeouts.
 
-Shared by the local and the container launcher; only how a worker is created differs. Every
-job's start and end goes to the campaign's session (llem.campaign.JobSession), never to a file.
+Shared by the local and the container launcher; only how a worker is created differs. Each job
+comes as a planned value (llem.launch.jobs.Job) with its composed config; its start and end go to
+the attached reporter (llem.launch.reporting.JobReporter), never to a file.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.types import HydraContext
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from llem.launch import protocol
-from llem.launch.handle import WorkerDied, WorkerHandle, WorkerTimeout
+from llem.launch.handle import WorkerDied, WorkerHandle, WorkerTimeout, WorkerUnkillable
+from llem.launch.jobs import Job
 from llem.launch.outcome import JobFailure
+from llem.launch.reporting import JobReporter, StandaloneReporter
 
 if TYPE_CHECKING:
     from llem.config import CampaignSettings
@@ -59,9 +62,11 @@ class CampaignRunner:
     ) -> None:
         self.make_worker = make_worker
         self.options = options
-        self.session: Any = None
+        self.reporter: JobReporter | None = None
         self.keys: dict[str, _KeyState] = {}
         self.restarts = 0
+        # job threads run side by side: checking the restart budget and spending it is one step
+        self._budget = threading.Lock()
         self._stopped = threading.Event()
         # gaps are slept here; by default a stop ends them at once (a job thread may be in one on Ctrl-C)
         self.sleep = sleep if sleep is not None else self._stopped.wait
@@ -73,36 +78,29 @@ class CampaignRunner:
         """Workers are being stopped: none is started or restarted, and no job starts (a job thread may ask)."""
         return self._stopped.is_set()
 
-    # ---------------------------------------------------------------- campaign
-    def attach(self, session: Any) -> None:
-        """The campaign's session (llem.campaign.JobSession): where every job's lifecycle is reported."""
-        self.session = session
+    # ---------------------------------------------------------------- reporting
+    def attach(self, reporter: JobReporter) -> None:
+        """Where every job's lifecycle is reported (the campaign's session, when a campaign runs the jobs)."""
+        self.reporter = reporter
 
     @property
     def settings(self) -> CampaignSettings | None:
-        return None if self.session is None else self.session.settings
+        return None if self.reporter is None else self.reporter.settings
 
-    def _session_for(self, config: DictConfig) -> Any:
-        """Without the llem sweeper, a detached session named by the settings or the Hydra job."""
-        if self.session is None:
-            from llem.campaign.session import JobSession
+    def _reporter_for(self, config: DictConfig | None) -> JobReporter:
+        """Without a campaign, a reporter of the launcher's own, named by the settings or the Hydra job."""
+        if self.reporter is None:
             from llem.composed import settings_of
 
-            settings = settings_of(config)
-            name = (settings.campaign_name if settings else None) or str(config.hydra.job.name)
-            self.session = JobSession.detached(settings, name)
-        return self.session
-
-    def _session_for_job(self, job_num: int) -> Any:
-        if self.session is None:
-            from llem.campaign.session import JobSession
-
-            self.session = JobSession.detached(None, "campaign")
-        return self.session
+            settings = None if config is None else settings_of(config)
+            name = (settings.campaign_name if settings else None) or (
+                str(config.hydra.job.name) if config is not None else "campaign")
+            self.reporter = StandaloneReporter.for_campaign(settings, name)
+        return self.reporter
 
     def _event(self, **event: Any) -> None:
-        if self.session is not None:
-            self.session.event(**event)
+        if self.reporter is not None:
+            self.reporter.event(**event)
 
     # ---------------------------------------------------------------- workers
     def _state(self, key: str) -> _KeyState:
@@ -126,8 +124,22 @@ class CampaignRunner:
     def _unless_stopped(self, worker: WorkerHandle) -> None:
         """A worker (re)started while `stop_all` ran would outlive it: kill it."""
         if self.stopping:
-            worker.kill()
+            try:
+                worker.kill()
+            except WorkerUnkillable as error:
+                log.warning("llem: %s", error)
             raise WorkerDied("the launcher is stopping")
+
+    def _disable(self, key: str, reason: str, *, kill: bool = False) -> None:
+        """No more jobs for this key's worker; killed first if asked (a kill that fails is said in the reason)."""
+        state = self._state(key)
+        if kill and state.worker is not None:
+            try:
+                state.worker.kill()
+            except WorkerUnkillable as error:
+                reason = f"{reason}; {error}"
+        state.disabled_reason = reason
+        self._event(kind="worker_disabled", key=key, reason=reason)
 
     def _max_restarts(self) -> int:
         s = self.settings
@@ -141,25 +153,25 @@ class CampaignRunner:
             return False
         settings = self.settings
         allowed = settings is None or settings.health_check.restart_on_failure
-        if not allowed or self.restarts >= self._max_restarts():
-            why = "restarts are disabled" if not allowed else f"max_restarts ({self._max_restarts()}) reached"
-            state.disabled_reason = f"worker '{key}' is unusable ({reason}) and {why}"
-            self._event(kind="worker_disabled", key=key, reason=state.disabled_reason)
-            if state.worker is not None:
-                state.worker.kill()
+        with self._budget:
+            limit = self._max_restarts()
+            spent = self.restarts >= limit
+            if allowed and not spent and state.worker is not None:
+                self.restarts += 1
+                restarts = self.restarts
+        if not allowed or spent:
+            why = "restarts are disabled" if not allowed else f"max_restarts ({limit}) reached"
+            self._disable(key, f"worker '{key}' is unusable ({reason}) and {why}", kill=True)
             return False
         if state.worker is None:
-            state.disabled_reason = f"worker '{key}' is unusable: {reason}"
-            self._event(kind="worker_disabled", key=key, reason=state.disabled_reason)
+            self._disable(key, f"worker '{key}' is unusable: {reason}")
             return False
-        self.restarts += 1
-        self._event(kind="worker_restart", key=key, reason=reason, restarts=self.restarts)
+        self._event(kind="worker_restart", key=key, reason=reason, restarts=restarts)
         try:
             state.worker.restart()
             self._unless_stopped(state.worker)
         except Exception as error:  # noqa: BLE001 - engine errors, stuck processes, missing interpreters
-            state.disabled_reason = f"worker '{key}' could not be restarted: {error}"
-            self._event(kind="worker_disabled", key=key, reason=state.disabled_reason)
+            self._disable(key, f"worker '{key}' could not be restarted: {error}")
             return False
         state.warmed = False
         state.experiments_since_check = 0
@@ -175,35 +187,30 @@ class CampaignRunner:
                     log.warning("llem: could not stop worker: %s", error)
 
     # ---------------------------------------------------------------- between jobs
-    def _period(self, job_num: int) -> tuple[int | None, int | None]:
-        """(repetition, cycle) of a job: gaps and per-cycle health checks follow it, also across repetitions."""
-        if self.session is None:
-            return (None, None)
-        return (self.session.repetition_of(job_num), self.session.cycle_of(job_num))
-
-    def _gap(self, job_num: int, key: str) -> None:
+    def _gap(self, job: Job, key: str) -> None:
         """Sleep the config gap before a job, or the cycle gap when its (repetition, cycle) changes; kept for the
         whole launcher, or per worker when workers run side by side (each GPU set keeps its own pace)."""
         settings = self.settings
-        period = self._period(job_num)
+        reporter = self.reporter
+        period = job.period  # (repetition, cycle): gaps follow it, also across repetitions
         holder = self._state(key) if self.options.gaps_per_worker else None
         ran_any = holder.ran_any if holder is not None else self._ran_any
         previous = holder.previous_period if holder is not None else self._previous_cycle
-        if settings is not None and ran_any:
+        if settings is not None and reporter is not None and ran_any:
             new_cycle = period[1] is not None and previous is not None and period != previous
             seconds = settings.execution.cycle_gap_seconds if new_cycle else settings.execution.config_gap_seconds
             if seconds > 0:
                 where = f" on {key}" if holder is not None else ""
-                self.session.say(f"waiting {seconds:g} s ({'cycle' if new_cycle else 'config'} gap{where})")
-                self.session.gap(seconds, before_job=job_num, kind="cycle" if new_cycle else "config",
-                                 where=key if holder is not None else None)
+                reporter.say(f"waiting {seconds:g} s ({'cycle' if new_cycle else 'config'} gap{where})")
+                reporter.gap(seconds, before_job=job.num, kind="cycle" if new_cycle else "config",
+                             where=key if holder is not None else None)
                 self.sleep(seconds)
         if holder is not None:
             holder.previous_period = period
         else:
             self._previous_cycle = period
 
-    def _health_due(self, key: str, job_num: int) -> bool:
+    def _health_due(self, key: str, job: Job) -> bool:
         settings = self.settings
         if settings is None or not settings.health_check.enabled:
             return False
@@ -211,9 +218,9 @@ class CampaignRunner:
         interval = settings.health_check.interval_experiments
         if interval > 0:
             return state.experiments_since_check >= interval
-        return state.last_checked_period != self._period(job_num)
+        return state.last_checked_period != job.period
 
-    def _health_check(self, key: str, job_num: int) -> None:
+    def _health_check(self, key: str, job: Job) -> None:
         settings = self.settings
         assert settings is not None
         state = self._state(key)
@@ -230,15 +237,15 @@ class CampaignRunner:
                 ", ".join(f"{dev} at {pct:.1f}% memory > {threshold:g}%" for dev, pct in over.items()) if over else None
             )
             self._event(
-                kind="health_check", key=key, job_num=job_num, healthy=problem is None,
+                kind="health_check", key=key, job_num=job.num, healthy=problem is None,
                 devices={d: i.get("used_pct") for d, i in reply.get("devices", {}).items()},
                 note=reply.get("unavailable_reason"),
             )
         except Exception as error:  # noqa: BLE001 - the worker could not start or answer
             problem = f"no answer to the health check ({error})"
-            self._event(kind="health_check", key=key, job_num=job_num, healthy=False, reason=problem)
+            self._event(kind="health_check", key=key, job_num=job.num, healthy=False, reason=problem)
         state.experiments_since_check = 0
-        state.last_checked_period = self._period(job_num)
+        state.last_checked_period = job.period
         if problem is not None:
             self._restart(key, problem)
 
@@ -265,8 +272,8 @@ class CampaignRunner:
 
     def run_job(
         self,
+        job: Job,
         config: DictConfig,
-        overrides: Sequence[str],
         task_function: Any,
         hydra_context: Any,
         while_waiting: Callable[[], None] | None = None,
@@ -274,23 +281,23 @@ class CampaignRunner:
         key: str | None = None,
         placement: dict[str, Any] | None = None,
     ) -> JobReturn:
-        """Run one composed job on its worker. `while_waiting` runs once the job is dispatched.
+        """Run one planned job, composed as `config`, on its worker. `while_waiting` runs once the job is dispatched.
 
         `key` names the worker (default: the value at `route_by`); `placement` (GPUs, concurrency) goes
         into the job's result.
         """
-        job_num = int(config.hydra.job.num)
-        session = self._session_for(config)
+        job_num, overrides = job.num, job.overrides
+        reporter = self._reporter_for(config)
         key = key or self.route_key(config)
         state = self._state(key)
         if state.disabled_reason is None:  # a disabled key's jobs fail at once, without a gap
-            self._gap(job_num, key)
-            if self._health_due(key, job_num):
-                self._health_check(key, job_num)
+            self._gap(job, key)
+            if self._health_due(key, job):
+                self._health_check(key, job)
         if self.stopping:  # stopped during the gap: the job never starts (the launcher records it interrupted)
             return self._failed(config, overrides, JobFailure("the launcher is stopping"))
         # every hand-over counts as an attempt, even one the launcher fails itself
-        session.started(job_num, key=key, label=" ".join(filter_overrides(list(overrides))))
+        reporter.started(job_num, key=key, label=" ".join(filter_overrides(list(overrides))))
         if state.disabled_reason is not None:
             return self._finish(job_num, key, self._failed(config, overrides, JobFailure(state.disabled_reason)))
         settings = self.settings
@@ -333,10 +340,15 @@ class CampaignRunner:
                 ret = self._failed(config, overrides, JobFailure(f"job {job_num}: unreadable job return: {error}"))
             state.warmed = state.warmed or ret.status == JobStatus.COMPLETED
         except WorkerTimeout:
-            error = JobFailure(f"job {job_num} timed out after {timeout:g} s on worker '{key}'; the worker was killed")
+            try:
+                worker.kill()
+            except WorkerUnkillable as unkillable:  # it may still hold its GPUs: never restarted, the campaign goes on
+                self._disable(key, f"worker '{key}' is unusable: {unkillable}")
+                error = JobFailure(f"job {job_num} timed out after {timeout:g} s on worker '{key}', and {unkillable}")
+            else:
+                error = JobFailure(f"job {job_num} timed out after {timeout:g} s on worker '{key}'; the worker was killed")
+                self._restart(key, "job timeout")
             ret = self._failed(config, overrides, error)
-            worker.kill()
-            self._restart(key, "job timeout")
         except WorkerDied as died:
             ret = self._failed(config, overrides, JobFailure(f"job {job_num}: {died}"))
             self._restart(key, "worker died during a job")
@@ -351,42 +363,26 @@ class CampaignRunner:
         return str(OmegaConf.select(config, self.options.route_by, default=None) or "default")
 
     def _finish(self, job_num: int, key: str, ret: JobReturn) -> JobReturn:
-        self.session.finished(job_num, ret)
-        if self.session.state is not None:
+        reporter = self._reporter_for(None)
+        reporter.finished(job_num, ret)
+        if reporter.records:
             # the campaign has recorded the job: drop its config copies, which a long batch would otherwise
             # keep by the thousand (the result, config files and manifest hold everything they said)
             ret.cfg = ret.hydra_cfg = None
         return ret
 
-    def refuse(self, config: DictConfig, overrides: Sequence[str], error: BaseException) -> JobReturn:
+    def refuse(self, job: Job, config: DictConfig, error: BaseException) -> JobReturn:
         """Fail a composed job without handing it to a worker (its attempt counts)."""
-        job_num = int(config.hydra.job.num)
-        self._session_for(config).started(job_num, key=self.route_key(config), label=" ".join(overrides))
-        return self._finish(job_num, "", self._failed(config, overrides, error))
+        self._reporter_for(config).started(job.num, key=self.route_key(config), label=job.label)
+        return self._finish(job.num, "", self._failed(config, job.overrides, error))
 
-    def compose_failed(self, job_num: int, overrides: Sequence[str], error: Exception) -> JobReturn:
+    def compose_failed(self, job: Job, error: Exception) -> JobReturn:
         """A job whose config could not be composed: failed, with Hydra's message."""
-        self._session_for_job(job_num).started(job_num, label=" ".join(overrides))
-        ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED,
-                        _return_value=JobFailure(f"job {job_num} could not be composed: {error}"))
-        return self._finish(job_num, "", ret)
+        self._reporter_for(None).started(job.num, label=job.label)
+        ret = JobReturn(overrides=list(job.overrides), status=JobStatus.FAILED,
+                        _return_value=JobFailure(f"job {job.num} could not be composed: {error}"))
+        return self._finish(job.num, "", ret)
 
     def mark_interrupted(self, job_num: int | None) -> None:
-        if self.session is not None:
-            self.session.interrupted(job_num)
-
-
-def compose_job(
-    hydra_context: Any, master_config: DictConfig, overrides: Sequence[str], job_num: int
-) -> DictConfig:
-    """Compose one job on the host, as Hydra's own launchers do, with its number and id."""
-    config = hydra_context.config_loader.load_sweep_config(master_config, list(overrides))
-    return numbered(config, job_num)
-
-
-def numbered(config: DictConfig, job_num: int) -> DictConfig:
-    """Give a composed job its number and id, as Hydra's own launchers do."""
-    with open_dict(config):
-        config.hydra.job.id = f"{config.hydra.job.name}_{job_num}"
-        config.hydra.job.num = job_num
-    return config
+        if self.reporter is not None:
+            self.reporter.interrupted(job_num)

@@ -17,6 +17,10 @@ Each forwarded position costs, per layer:
 
 The LM head (vocab x hidden) runs once per generated token: after prefill for the last
 prompt position, then once per decode step; tied or untied weights compute the same.
+
+Without a KV cache (PyTorch's `use_cache=false`) nothing is kept between steps: each
+step forwards the whole sequence so far again, the prompt and every token generated
+before it, so the step that produces token j (1-based) forwards n + j - 1 positions.
 Embedding lookups, norms, activations, softmax, rotary embeddings and biases are not
 counted: the figure is the matmul work, which dominates it.
 """
@@ -27,6 +31,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from llem.models.architecture import CHUNKED, FULL, SLIDING, architecture_dict
+
 METHOD = (
     "llem-flops/2: matmul FLOPs from the model configuration; per processed position 2 x "
     "(q,k,v,o projection + MLP or router + active and shared expert weights), attention "
@@ -34,17 +40,9 @@ METHOD = (
     "windows), LM head once per generated token; prefix-cached prompt positions, "
     "embeddings, norms, activations and softmax not counted"
 )
-
-FULL = "full_attention"
-SLIDING = "sliding_attention"
-CHUNKED = "chunked_attention"
-
-# Model types whose MLP is up + down (no gate); every other model is counted gate + up + down.
-_UNGATED_MODEL_TYPES = frozenset(
-    {"gpt2", "gpt_bigcode", "gpt_neo", "gpt_neox", "gptj", "opt", "bloom", "falcon", "phi", "starcoder2",
-     "codegen", "nemotron", "biogpt", "xglm"}
+NO_KV_CACHE_METHOD = (
+    "; without a KV cache every decoding step forwards the whole sequence so far (prompt + generated tokens)"
 )
-
 
 @dataclass(frozen=True)
 class Experts:
@@ -115,56 +113,9 @@ class Architecture:
 
     @classmethod
     def from_hf_config(cls, hf_config: Any) -> Architecture | None:
-        """Shapes from a transformers config (a multimodal one is read through its text config).
-
-        None when an essential size is missing or a layer kind cannot be counted
-        (for example linear-attention or state-space layers).
-        """
-        config = _text_config(hf_config)
-        model_type = str(getattr(config, "model_type", "") or "")
-        hidden = _size(config, "hidden_size", "n_embd", "d_model")
-        layers = _size(config, "num_hidden_layers", "n_layer", "num_layers")
-        heads = _size(config, "num_attention_heads", "n_head", "num_heads")
-        vocab = _size(config, "vocab_size")
-        if hidden is None or layers is None or heads is None or vocab is None:
-            return None
-        kv_heads = _size(config, "num_key_value_heads", "num_kv_heads", "multi_query_group_num")
-        if getattr(config, "multi_query", False) and not getattr(config, "new_decoder_architecture", False):
-            kv_heads = 1
-        head_dim = _size(config, "head_dim") or hidden // heads
-        gated = model_type not in _UNGATED_MODEL_TYPES
-        intermediate = _size(config, "intermediate_size_mlp", "intermediate_size", "n_inner", "ffn_dim",
-                             "ffn_hidden_size")
-        if intermediate is None and not gated:
-            intermediate = 4 * hidden  # GPT-style default when the config leaves it unset
-        if intermediate is None or head_dim <= 0:
-            return None
-
-        experts, moe_layers = _experts(config, model_type, layers)
-        kinds = _layer_kinds(config, layers)
-        if kinds is None:
-            return None
-        window = _size(config, "sliding_window")
-        chunk = _size(config, "attention_chunk_size")
-        sliding = tuple(i for i, k in enumerate(kinds) if k == SLIDING) if window else ()
-        chunked = tuple(i for i, k in enumerate(kinds) if k == CHUNKED) if chunk else ()
-        return cls(
-            hidden_size=hidden,
-            num_layers=layers,
-            num_heads=heads,
-            num_kv_heads=kv_heads or heads,
-            head_dim=head_dim,
-            intermediate_size=intermediate,
-            vocab_size=vocab,
-            gated_mlp=gated,
-            experts=experts,
-            moe_layers=moe_layers,
-            sliding_window=window if sliding else None,
-            sliding_layers=sliding,
-            attention_chunk_size=chunk if chunked else None,
-            chunked_layers=chunked,
-            latent_attention=_latent_attention(config),
-        )
+        """Shapes from a transformers config (llem.models.architecture); None when they cannot be counted."""
+        data = architecture_dict(hf_config)
+        return None if data is None else cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe fields (lists for tuples, nested dicts for experts and latent attention)."""
@@ -249,6 +200,19 @@ class Architecture:
             return _chunked(stop, self.attention_chunk_size) - _chunked(start, self.attention_chunk_size)
         return _triangle(stop) - _triangle(start)
 
+    def attended_prefixes(self, layer: int, first: int, last: int) -> int:
+        """Sum over s = first..last of the attended context of a forward of positions 1..s in `layer`."""
+        if last < first:
+            return 0
+        kind = self.layer_kind(layer)
+        if kind == SLIDING:
+            assert self.sliding_window is not None
+            return _windowed_prefixes(first, last, self.sliding_window)
+        if kind == CHUNKED:
+            assert self.attention_chunk_size is not None
+            return sum(_chunked(s, self.attention_chunk_size) for s in range(first, last + 1))
+        return _tetrahedral(last) - _tetrahedral(first - 1)
+
     def _attention_projection_flops(self) -> int:
         h, heads = self.hidden_size, self.num_heads
         la = self.latent_attention
@@ -266,16 +230,21 @@ class Architecture:
         return (3 if self.gated_mlp else 2) * 2 * self.hidden_size * intermediate
 
 
-def sequence_flops(arch: Architecture, input_tokens: int, output_tokens: int, cached_prompt_tokens: int = 0) -> float:
-    """Matmul FLOPs to read a prompt and generate `output_tokens` with a KV cache.
+def sequence_flops(
+    arch: Architecture, input_tokens: int, output_tokens: int, cached_prompt_tokens: int = 0, *, kv_cache: bool = True
+) -> float:
+    """Matmul FLOPs to read a prompt and generate `output_tokens`, with a KV cache unless `kv_cache` is false.
 
     `cached_prompt_tokens` prompt positions come from a prefix cache and cost nothing;
-    the remaining ones still attend to them. A prefill-only pass is (n, 1).
+    the remaining ones still attend to them. A prefill-only pass is (n, 1). Without a
+    KV cache there is no prefix cache either, and every step re-reads the whole sequence.
     """
     if input_tokens < 0 or output_tokens < 0 or not 0 <= cached_prompt_tokens <= input_tokens:
         raise ValueError(
             f"need 0 <= cached ({cached_prompt_tokens}) <= input ({input_tokens}) and output ({output_tokens}) >= 0"
         )
+    if not kv_cache:
+        return _uncached_sequence_flops(arch, input_tokens, output_tokens)
     start = cached_prompt_tokens
     stop = input_tokens + max(output_tokens - 1, 0)
     positions = stop - start
@@ -284,9 +253,42 @@ def sequence_flops(arch: Architecture, input_tokens: int, output_tokens: int, ca
     return float(positions * arch.projection_flops() + attention + output_tokens * arch.lm_head_flops())
 
 
-def total_flops(arch: Architecture, work: Iterable[tuple[int, int] | tuple[int, int, int]]) -> float:
+def _uncached_sequence_flops(arch: Architecture, input_tokens: int, output_tokens: int) -> float:
+    """Each step forwards positions 1..s from scratch, s = n, n+1, ..., n+m-1; one LM head per step."""
+    first = input_tokens
+    last = input_tokens + max(output_tokens - 1, 0)
+    positions = _sum_range(first, last)
+    per_key = arch.attention_flops_per_key()
+    attention = sum(per_key * arch.attended_prefixes(layer, first, last) for layer in range(arch.num_layers))
+    return float(positions * arch.projection_flops() + attention + output_tokens * arch.lm_head_flops())
+
+
+def total_flops(
+    arch: Architecture, work: Iterable[tuple[int, int] | tuple[int, int, int]], *, kv_cache: bool = True
+) -> float:
     """Sum over sequences given as (input_tokens, output_tokens[, cached_prompt_tokens])."""
-    return sum((sequence_flops(arch, *item) for item in work), 0.0)
+    return sum((sequence_flops(arch, *item, kv_cache=kv_cache) for item in work), 0.0)
+
+
+def _sum_range(first: int, last: int) -> int:
+    """first + (first+1) + ... + last (0 when last < first)."""
+    return 0 if last < first else _triangle(last) - _triangle(first - 1)
+
+
+def _tetrahedral(n: int) -> int:
+    """Sum over s = 1..n of s(s+1)/2."""
+    return n * (n + 1) * (n + 2) // 6 if n > 0 else 0
+
+
+def _windowed_prefixes(first: int, last: int, window: int) -> int:
+    """Sum over s = first..last of _windowed(s, window)."""
+    below = min(last, window)
+    total = _tetrahedral(below) - _tetrahedral(first - 1) if first <= below else 0
+    lo = max(first, window + 1)
+    if lo <= last:
+        count = last - lo + 1
+        total += count * _triangle(window) + window * (_sum_range(lo, last) - count * window)
+    return total
 
 
 def _triangle(n: int) -> int:
@@ -302,107 +304,3 @@ def _chunked(n: int, chunk: int) -> int:
     """Sum over t = 1..n of the position of t within its chunk."""
     full, rest = divmod(n, chunk)
     return full * _triangle(chunk) + _triangle(rest)
-
-
-def _text_config(hf_config: Any) -> Any:
-    getter = getattr(hf_config, "get_text_config", None)
-    if callable(getter):
-        try:
-            return getter(decoder=True)
-        except TypeError:
-            return getter()
-    return hf_config
-
-
-def _size(config: Any, *names: str) -> int | None:
-    """The first of `names` the config sets to a positive integer."""
-    for name in names:
-        value = getattr(config, name, None)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value <= 0:
-            continue
-        return int(value)
-    return None
-
-
-def _experts(config: Any, model_type: str, layers: int) -> tuple[Experts | None, tuple[int, ...]]:
-    count = _size(config, "num_local_experts", "num_experts", "n_routed_experts")
-    per_token = _size(config, "num_experts_per_tok", "experts_per_token")
-    if count is None or per_token is None:
-        return None, ()
-    size = _size(config, "moe_intermediate_size", "intermediate_size")
-    if size is None:
-        return None, ()
-    shared = _size(config, "shared_expert_intermediate_size", "shared_intermediate_size")
-    n_shared = _size(config, "n_shared_experts", "num_shared_experts")
-    if shared is None and n_shared is not None:
-        shared = n_shared * size
-    if model_type == "llama4_text":
-        shared = size  # one shared expert the size of a routed one
-    experts = Experts(
-        count=count,
-        per_token=per_token,
-        intermediate_size=size,
-        shared_intermediate_size=shared or 0,
-        shared_gate=bool(shared) and _size(config, "shared_expert_intermediate_size") is not None,
-    )
-    return experts, _moe_layers(config, layers)
-
-
-def _moe_layers(config: Any, layers: int) -> tuple[int, ...]:
-    """Which layers route to experts; the rest use the dense MLP."""
-    listed = getattr(config, "moe_layers", None)
-    if isinstance(listed, list | tuple):
-        return tuple(sorted({int(i) for i in listed if 0 <= int(i) < layers}))
-    if getattr(config, "decoder_sparse_step", None) is not None or getattr(config, "mlp_only_layers", None):
-        step = _size(config, "decoder_sparse_step") or 1
-        dense = set(getattr(config, "mlp_only_layers", None) or ())
-        return tuple(i for i in range(layers) if i not in dense and (i + 1) % step == 0)
-    first_dense = getattr(config, "first_k_dense_replace", None)
-    if isinstance(first_dense, int):
-        every = _size(config, "moe_layer_freq") or 1
-        return tuple(i for i in range(layers) if i >= first_dense and i % every == 0)
-    return tuple(range(layers))
-
-
-def _layer_kinds(config: Any, layers: int) -> tuple[str, ...] | None:
-    """Each layer's attention kind; None when one cannot be counted (linear attention, state space, ...)."""
-    listed = getattr(config, "layer_types", None)
-    if isinstance(listed, list | tuple) and len(listed) == layers:
-        kinds = tuple(str(k) for k in listed)
-        return kinds if set(kinds) <= {FULL, SLIDING, CHUNKED} else None
-    # configs written before `layer_types`
-    if not _size(config, "sliding_window") or getattr(config, "use_sliding_window", None) is False:
-        return (FULL,) * layers
-    pattern = _size(config, "sliding_window_pattern")
-    if pattern is not None:  # Gemma 3, Cohere 2: every pattern-th layer is global
-        return tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(layers))
-    if getattr(config, "model_type", None) == "gemma2":  # even layers slide
-        return tuple(SLIDING if i % 2 == 0 else FULL for i in range(layers))
-    if getattr(config, "use_sliding_window", None):  # Qwen2: layers from max_window_layers on slide
-        first = _size(config, "max_window_layers") or 0
-        return tuple(SLIDING if i >= first else FULL for i in range(layers))
-    return (SLIDING,) * layers  # Mistral, Phi-3, Starcoder2: one window for every layer
-
-
-def _latent_attention(config: Any) -> LatentAttention | None:
-    kv_rank = _size(config, "kv_lora_rank")
-    nope = _size(config, "qk_nope_head_dim")
-    rope = _size(config, "qk_rope_head_dim")
-    v_dim = _size(config, "v_head_dim")
-    if kv_rank is None or nope is None or rope is None or v_dim is None:
-        return None
-    return LatentAttention(
-        q_lora_rank=_size(config, "q_lora_rank"),
-        kv_lora_rank=kv_rank,
-        qk_nope_head_dim=nope,
-        qk_rope_head_dim=rope,
-        v_head_dim=v_dim,
-    )
-
-
-def architecture_dict(hf_config: Any) -> dict[str, Any] | None:
-    """What a backend records in `engine_settings["architecture"]`: the countable shapes, or None."""
-    if hf_config is None:
-        return None
-    arch = Architecture.from_hf_config(hf_config)
-    return None if arch is None else arch.to_dict()

@@ -26,14 +26,23 @@ from llem.energy import (
     energy_per_token_j,
     measure_baseline,
     open_monitor,
+    quality_failures,
+    quality_status,
     quality_warnings,
     visible_gpu_count,
+    with_unmeasured_component,
 )
+from llem.energy.baseline_strategy import acquire as acquire_baseline
+from llem.energy.baseline_strategy import cache_for as baseline_cache_for
+from llem.energy.monitor import NO_GPU_REASON
 from llem.measure import latency
 from llem.measure.environment import snapshot
 from llem.measure.flops import METHOD as FLOPS_METHOD
+from llem.measure.flops import NO_KV_CACHE_METHOD
 from llem.measure.flops import Architecture, total_flops
-from llem.measure.job_devices import job_gpu_devices
+from llem.measure.job_devices import job_gpus, torch_cuda_device_count
+from llem.measure.gpu_settings import GpuSettingsError
+from llem.measure.gpu_settings import apply_for_job as apply_gpu_settings
 from llem.measure.phases import WindowFigures, split_phases
 from llem.measure.result import (
     TIMESERIES_FILENAME,
@@ -43,9 +52,12 @@ from llem.measure.result import (
     Flops,
     Latency,
     Memory,
+    Quality,
     write_result,
 )
 from llem.measure.session import BackendSession
+from llem.measure.verdict import Telemetry, judge
+from llem.measure.warmup import converged_warmup, warmup_warnings
 from llem.measure.window import Window, run_window
 from llem.prompts.load import Prompt, load_prompts
 
@@ -64,9 +76,9 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _open_monitor(experiment: ExperimentConfig, nvml_module: Any = None) -> EnergyMonitor:
+def _open_monitor(experiment: ExperimentConfig, nvml_module: Any, cuda_count: Callable[[], int]) -> EnergyMonitor:
     e = experiment.energy
-    gpus = job_gpu_devices(experiment, visible_gpu_count(nvml_module=nvml_module))
+    gpus = job_gpus(experiment, visible_gpu_count(nvml_module=nvml_module), cuda_count)
     try:
         return open_monitor(
             e.source,
@@ -83,7 +95,7 @@ def _min_window_s(experiment: ExperimentConfig, monitor: EnergyMonitor) -> float
     configured = experiment.measure.min_window_seconds
     if configured is not None:
         return configured
-    return GPU_MIN_WINDOW_S if "gpu" in monitor.scope.get("included", []) else 0.0
+    return GPU_MIN_WINDOW_S if "gpu" in monitor.measured else 0.0
 
 
 def _baseline(
@@ -91,12 +103,43 @@ def _baseline(
 ) -> tuple[BaselineResult | None, str | None]:
     if not experiment.baseline.enabled:
         return None, "baseline disabled (baseline.enabled=false)"
-    if not monitor.scope.get("included"):
-        return None, "no energy source to measure idle power with"
+    if not monitor.measured:
+        return None, f"baseline skipped: no energy source can be read here ({_unreadable(monitor)})"
     b = experiment.baseline
     baseline = measure_baseline(monitor, b.duration_seconds, settle_s=b.settle_seconds, sleep=sleep)
     baseline.device_state["model"] = state
+    baseline.device_state["measured_at"] = _now()  # a reused baseline's age is judged from it (verdict)
     return baseline, baseline.unavailable_reason
+
+
+def _unreadable(monitor: EnergyMonitor) -> str:
+    """Why each component is unmeasured or left out, for a skipped baseline."""
+    scope = monitor.scope
+    reasons = {**scope.get("excluded", {}), **scope.get("unavailable", {})}
+    return "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "nothing in scope"
+
+
+def _engine_gpus_unmeasured(used: list[int] | None, monitor: EnergyMonitor) -> str | None:
+    """Why the engine's GPUs are missing from the energy scope, when the engine ran on GPUs the monitor never saw.
+
+    Only for scopes llem chose (`auto`): `energy.source=rapl` leaves GPUs out by the user's choice.
+    """
+    if not used or monitor.scope.get("excluded", {}).get("gpu") != NO_GPU_REASON:
+        return None
+    return (
+        f"the engine ran on CUDA device(s) {', '.join(map(str, used))}, but NVML saw no GPU for this job, "
+        "so their energy was not measured"
+    )
+
+
+def _gpus_in_scope(scope: dict[str, Any], labels: list[str], reason: str) -> dict[str, Any]:
+    """`scope` with the engine's GPUs moved from excluded to included and unmeasured."""
+    out = {**scope, "excluded": {k: v for k, v in scope.get("excluded", {}).items() if k != "gpu"}}
+    out["included"] = ["gpu", *[k for k in scope.get("included", []) if k != "gpu"]]
+    out["unavailable"] = {"gpu": reason, **scope.get("unavailable", {})}
+    out["devices"] = {"gpu": list(labels), **scope.get("devices", {})}
+    out["sources"] = {"gpu": "none", **scope.get("sources", {})}
+    return out
 
 
 def _campaign_warmup(
@@ -127,7 +170,13 @@ def _warmup(backend: Backend, experiment: ExperimentConfig, prompts: list[Prompt
     n = experiment.warmup.num_prompts
     info: dict[str, Any] = {"thermal_floor_seconds": experiment.warmup.thermal_floor_seconds}
     start = time.perf_counter()
-    if n is None:
+    converged = experiment.warmup.mode == "converged"
+    if converged:  # batches until their latency settles (llem.measure.warmup)
+        info.update(converged_warmup(backend, experiment, prompts))
+        if experiment.measure.phase_split:
+            backend.generate(prompts, _prefill_only(experiment))
+            info["prefill_pass"] = True
+    elif n is None:
         info.update(mode="full_pass", prompts=len(prompts), batching="as measured")
         backend.generate(prompts, experiment)
         if experiment.measure.phase_split:
@@ -142,7 +191,7 @@ def _warmup(backend: Backend, experiment: ExperimentConfig, prompts: list[Prompt
                 backend.generate([prompts[i % len(prompts)] for i in range(n)], _prefill_only(experiment))
                 info["prefill_pass"] = True
     backend.synchronize()
-    info["duration_s"] = time.perf_counter() - start if (n is None or n > 0) else None
+    info["duration_s"] = time.perf_counter() - start if (converged or n is None or n > 0) else None
     if experiment.warmup.thermal_floor_seconds > 0:
         time.sleep(experiment.warmup.thermal_floor_seconds)
     return info
@@ -166,6 +215,7 @@ def _energy_section(
     baseline_info: dict[str, Any] | None,
     monitor: EnergyMonitor,
     output_tokens: int,
+    scope: dict[str, Any],
 ) -> Energy:
     e = window.energy
     components: dict[str, EnergyComponent | None] = {}
@@ -196,7 +246,7 @@ def _energy_section(
         per_output_token_j=energy_per_token_j(adjusted.total_j, output_tokens),
         per_pass_j=None if adjusted.total_j is None else adjusted.total_j / window.passes,
         components=components,
-        scope=dict(monitor.scope),
+        scope=scope,
         update_periods_s=dict(monitor.update_periods_s),
         polled_total_j=sum(polled) if polled else None,
         polled_source=monitor.polled_source,
@@ -270,23 +320,37 @@ def _acquire_baseline(
     session: BackendSession,
     will_reuse: bool,
     sleep: Callable[[float], None],
+    meter: Any = None,
 ) -> tuple[BaselineResult | None, str | None, dict[str, Any] | None]:
-    """The idle baseline for this monitor's sources and devices: cached while the model stays loaded, else measured.
+    """The idle baseline for this monitor's sources and devices, measured or reused as `baseline.strategy` says.
 
-    A baseline is only ever applied to windows over the same sources and devices (its key); with a
-    warm model and no baseline for this key, one is measured now, with the model loaded and idle,
-    and the result says so.
+    A baseline is only ever applied to windows over the same sources and devices (its key) and the same model
+    state; with a warm model it is measured with the model loaded and idle, and the result says so.
     """
-    key = monitor.baseline_key
-    if will_reuse:
-        cached = session.cached_baseline(key)
-        if cached is not None:
-            return cached, cached.unavailable_reason, {**cached.to_info(), "reused": True}
-        baseline, reason = _baseline(experiment, monitor, sleep, "loaded and idle (warm worker)")
-    else:
+    state = "loaded and idle (warm worker)" if will_reuse else "none loaded"
+    if not will_reuse:
         session.release()
-        baseline, reason = _baseline(experiment, monitor, sleep, "none loaded")
-    return baseline, reason, None if baseline is None else {**baseline.to_info(), "reused": False}
+    if not experiment.baseline.enabled or not monitor.measured:
+        baseline, reason = _baseline(experiment, monitor, sleep, state)
+        return baseline, reason, None if baseline is None else {**baseline.to_info(), "reused": False}
+    b = experiment.baseline
+
+    def measure() -> BaselineResult | None:
+        return _baseline(experiment, monitor, sleep, state)[0]
+
+    def check() -> BaselineResult | None:
+        return measure_baseline(monitor, b.validation_duration_seconds, settle_s=b.settle_seconds, sleep=sleep,
+                                window_name="baseline_check")
+
+    # idle power before any model loaded fits every job on these devices; a loaded model's idle draw only that model's
+    loaded = f"{state}: {session.key_for(experiment)}"
+    fits = ("none loaded", loaded) if will_reuse else ("none loaded",)
+    baseline, strategy_info = acquire_baseline(b, baseline_cache_for(session), monitor.baseline_key,
+                                               state=loaded if will_reuse else state, fits=fits,
+                                               measure=measure, check=check, meter=meter)
+    if baseline is None:
+        return None, "baseline unavailable", None
+    return baseline, baseline.unavailable_reason, {**baseline.to_info(), **strategy_info}
 
 
 def run_experiment(
@@ -299,22 +363,31 @@ def run_experiment(
     nvml_module: Any = None,
     campaign_warmup: dict[str, Any] | None = None,
     placement: dict[str, Any] | None = None,
+    cuda_count: Callable[[], int] = torch_cuda_device_count,
 ) -> ExperimentResult:
     """Measure `experiment` and write result.json (and the telemetry Parquet) into `output_dir`.
 
-    `nvml_module` replaces `pynvml` (tests use a scripted fake); `sleep` paces the baseline;
+    `nvml_module` replaces `pynvml` (tests use a scripted fake); `cuda_count` tells how many CUDA
+    devices the engine can use when NVML sees none (tests script it); `sleep` paces the baseline;
     `campaign_warmup` ({prompts, timeout_s}) is a campaign worker's once-per-worker warmup.
     """
     output_dir = Path(output_dir)
     started_at = _now()
-    monitor = _open_monitor(experiment, nvml_module)
+    try:  # before the baseline, so idle power is measured under the same settings
+        gpu_job = apply_gpu_settings(experiment, nvml_module)
+    except GpuSettingsError as error:
+        raise MeasurementError(str(error)) from None
+    monitor = _open_monitor(experiment, nvml_module, cuda_count)
     prefill_window: Window | None = None
     try:
         devices = monitor.nvml_devices
         gpus = list(devices.describe_all().values()) if devices is not None else []
         persistence = devices.persistence_modes() if devices is not None else None
         will_reuse = session.can_reuse(experiment) and not force_cold_start
-        baseline, baseline_reason, baseline_info = _acquire_baseline(experiment, monitor, session, will_reuse, sleep)
+        if gpu_job is not None and gpu_job.changed:  # idle power under the previous settings no longer applies
+            session.remember_baseline(monitor.baseline_key, None)
+        baseline, baseline_reason, baseline_info = _acquire_baseline(experiment, monitor, session, will_reuse, sleep,
+                                                                     meter=nvml_module)
         backend, load_info, reused = session.acquire(experiment, force_cold_start=force_cold_start)
         session.remember_baseline(monitor.baseline_key, baseline)
         prompts = load_prompts(
@@ -341,12 +414,23 @@ def run_experiment(
     output_tokens = sum(s.output_tokens for s in seqs)
     arch = _architecture(load_info)
     work = [(s.input_tokens, s.output_tokens, s.cached_prompt_tokens) for s in seqs]
-    flops_total = total_flops(arch, work) if arch else None
+    kv_cache = bool(getattr(experiment.backend, "use_cache", True))
+    flops_total = total_flops(arch, work, kv_cache=kv_cache) if arch else None
     timeseries = None
     if sampler.rows:
         sampler.to_parquet(output_dir / TIMESERIES_FILENAME)
         timeseries = TIMESERIES_FILENAME
+    used = backend.devices()
+    unmeasured = _engine_gpus_unmeasured(used, monitor)
+    scope = dict(monitor.scope)
+    if unmeasured is not None:
+        labels = [f"gpu{i}" for i in used or []]
+        scope = _gpus_in_scope(monitor.scope, labels, unmeasured)
+        window.energy = with_unmeasured_component(window.energy, "gpu", labels, unmeasured)
+        if prefill_window is not None:
+            prefill_window.energy = with_unmeasured_component(prefill_window.energy, "gpu", labels, unmeasured)
     adjusted = adjust_window(window.energy, baseline, monitor.baseline_key)
+    failures = quality_failures(window.energy)
     warnings = quality_warnings(
         window.energy,
         update_periods_s=monitor.update_periods_s,
@@ -356,10 +440,15 @@ def run_experiment(
         persistence_mode=persistence,
     )
     warnings.extend(adjusted.warnings)
+    warnings.extend(warmup_warnings(warmup_info))
+    gpu_settings = None
+    if gpu_job is not None:
+        gpu_settings, gpu_warnings = gpu_job.section(sampler.rows if devices is not None else None)
+        warnings.extend(gpu_warnings)
+    warnings.extend(failures)
     forced_expected = experiment.max_output_tokens * len(seqs)
     if experiment.force_output_length and output_tokens != forced_expected:
         warnings.append(f"forced output length not honoured: {output_tokens} tokens instead of {forced_expected}")
-    used = backend.devices()
     measured = monitor.scope.get("cuda_indices")
     if used and measured is not None and not set(used) <= set(measured):
         warnings.append(f"the engine used CUDA devices {used} but energy was measured on {measured}")
@@ -410,13 +499,15 @@ def run_experiment(
         throughput_tokens_per_s=output_tokens / window.duration_s if window.duration_s > 0 else None,
         requests_per_s=len(seqs) / window.duration_s if window.duration_s > 0 else None,
         latency=_latency_section(window),
-        energy=_energy_section(window, adjusted, baseline, baseline_reason, baseline_info, monitor, output_tokens),
+        energy=_energy_section(
+            window, adjusted, baseline, baseline_reason, baseline_info, monitor, output_tokens, scope
+        ),
         flops=Flops(
             total=flops_total,
             per_output_token=flops_total / output_tokens if flops_total is not None and output_tokens else None,
             per_pass=flops_total / window.passes if flops_total is not None else None,
-            method=FLOPS_METHOD if arch else "unavailable: the model's architecture cannot be counted (missing sizes or "
-            "uncountable layer types)",
+            method=(FLOPS_METHOD + ("" if kv_cache else NO_KV_CACHE_METHOD)) if arch else "unavailable: the model's "
+            "architecture cannot be counted (missing sizes or uncountable layer types)",
         ),
         memory=memory,
         prefill=prefill,
@@ -428,9 +519,13 @@ def run_experiment(
         engine_settings=backend.effective_settings(),
         environment=snapshot(gpus=gpus, libraries=backend.versions()),
         timeseries_file=timeseries,
+        gpu_settings=gpu_settings,
         started_at=started_at,
         completed_at=_now(),
         warnings=warnings,
+        quality=Quality(status=quality_status(failures, warnings), failures=failures),
     )
+    telemetry = None if devices is None else Telemetry.from_rows(sampler.rows, sampler.interval_s)
+    result.verdict = judge(result.model_dump(mode="json"), telemetry)
     write_result(result, output_dir)
     return result

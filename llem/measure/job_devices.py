@@ -7,6 +7,8 @@ measures CPU sources even where GPUs are visible.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from llem.config import ExperimentConfig
 
 
@@ -33,3 +35,32 @@ def job_gpu_devices(experiment: ExperimentConfig, visible_gpus: int) -> list[int
     if visible_gpus <= 0:
         return []
     return list(range(min(gpu_need(experiment), visible_gpus)))
+
+
+def torch_cuda_device_count() -> int:
+    """CUDA devices as PyTorch counts them (what the PyTorch engine decides by); 0 without a CUDA build of torch."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    try:
+        return int(torch.cuda.device_count())
+    except Exception:  # noqa: BLE001 - a broken CUDA install counts no device
+        return 0
+
+
+def job_gpus(
+    experiment: ExperimentConfig, nvml_gpus: int, cuda_count: Callable[[], int] = torch_cuda_device_count
+) -> list[int]:
+    """The job's CUDA indices, also when NVML sees no GPU but CUDA does.
+
+    NVML can be unusable while CUDA works (a container without the driver's utility
+    libraries, a driver/library mismatch). The job then still runs on a GPU, so its GPU
+    stays in the energy scope, unmeasured, instead of the job passing for a CPU job. Only
+    the PyTorch engine is asked here, in-process, as it decides its device the same way;
+    other engines are checked against the devices they report after the run.
+    """
+    gpus = job_gpu_devices(experiment, nvml_gpus)
+    if gpus or nvml_gpus > 0 or experiment.backend.name != "pytorch" or gpu_need(experiment) == 0:
+        return gpus
+    return job_gpu_devices(experiment, cuda_count())

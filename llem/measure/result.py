@@ -7,13 +7,15 @@ Missing measurements are null with a reason, never 0: a reader must be able to t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from llem.atomic import atomic_write_text
+from llem.measure.verdict import Verdict
+from llem.measure.gpu_settings_result import GpuSettingsEntry
 
-SCHEMA_VERSION = "2.1"
+SCHEMA_VERSION = "2.2"
 RESULT_FILENAME = "result.json"
 TIMESERIES_FILENAME = "timeseries.parquet"
 
@@ -131,6 +133,15 @@ class Placement(_ResultModel):
     )
 
 
+class Quality(_ResultModel):
+    """Whether the figures can be used as they stand, for machines to filter on."""
+
+    status: Literal["ok", "warn", "fail"] = Field(
+        description="`fail`: a figure the job needs is missing (see `failures`); `warn`: see `warnings`; else `ok`."
+    )
+    failures: list[str] = Field(default_factory=list, description="Why the status is `fail`.")
+
+
 class ExperimentResult(_ResultModel):
     schema_version: str = SCHEMA_VERSION
     experiment_name: str | None = None
@@ -162,9 +173,16 @@ class ExperimentResult(_ResultModel):
     placement: Placement | None = Field(
         None, description="Where the launcher ran the job: its GPUs and how many jobs ran on the node at once."
     )
+    gpu_settings: dict[str, GpuSettingsEntry] | None = Field(
+        None, description="Power limit and clocks llem set on each of the job's GPUs (null: `gpu.*` unset, untouched)."
+    )
     started_at: str
     completed_at: str
     warnings: list[str]
+    quality: Quality | None = Field(None, description="ok / warn / fail, with the failures; null before schema 2.2.")
+    verdict: Verdict | None = Field(
+        None, description="pass / warn / fail with the rules that tripped (see docs/validity.md); null before schema 2.2."
+    )
 
 
 def write_result(result: ExperimentResult, output_dir: Path) -> Path:

@@ -12,6 +12,7 @@ file, the line and the key, one line per problem.
 
 from __future__ import annotations
 
+import importlib.resources
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from llem.config.yaml_source import (
     load_yaml,
 )
 from llem.plan.compose import ComposeError, apply_value_override
+from llem.plan.study_file import StudyFileError, is_study, study_to_campaign
 
 CAMPAIGN_PREFIX = "campaign."
 # Sections replaced as a whole by a campaign file; the others merge key by key.
@@ -74,6 +76,8 @@ def read_campaign_source(path: Path) -> tuple[dict[str, Any], YamlSource]:
     if not isinstance(data, dict):
         raise CampaignFileError(f"{_at(path, source)}: must hold a mapping of campaign keys, got {shape_name(data)}")
     data = dict(data)
+    if is_study(data):
+        data = _from_study(Path(path), source, data)
     defaults = data.pop("defaults", None)
     extra = [d for d in (defaults if isinstance(defaults, list) else [defaults]) if d not in IGNORED_DEFAULTS]
     if defaults is not None and extra:
@@ -95,6 +99,28 @@ def read_campaign_source(path: Path) -> tuple[dict[str, Any], YamlSource]:
     if isinstance(dataset, str) and (base / dataset).exists() and not Path(dataset).is_absolute():
         data["dataset"] = str(base / dataset)
     return data, source
+
+
+def _from_study(path: Path, source: YamlSource, data: dict[str, Any]) -> dict[str, Any]:
+    """A LLenergyMeasure study as campaign data; a key llem cannot map is named with its line."""
+
+    def read_base(base: Path) -> dict[str, Any]:
+        try:
+            loaded = load_yaml(base).data
+        except OSError as error:
+            raise StudyFileError(("base",), f"base: cannot read {base}: {error.strerror or error}") from None
+        except YamlSyntaxError as error:
+            raise StudyFileError(("base",), f"base: {base} is not valid YAML: {error.problem}") from None
+        if not isinstance(loaded, dict):
+            raise StudyFileError(("base",), f"base: {base} must hold a mapping of experiment settings")
+        return loaded
+
+    try:
+        converted = study_to_campaign(data, Path(path).resolve().parent, read_base)
+    except StudyFileError as error:
+        raise CampaignFileError(f"{_at(path, source, error.key)} (LLenergyMeasure study): {error}") from None
+    converted.setdefault("campaign_name", Path(path).stem)
+    return converted
 
 
 def read_campaign_file(path: Path) -> dict[str, Any]:
@@ -123,9 +149,51 @@ def _locate_problems(error: ConfigError, path: Path, source: YamlSource, overrid
         found = source.find(problem.loc, problem.key)
         if found is not None and not _overridden(found[1], overrides):
             lines.append(f"{_at(path, source, *found)}: {problem.message}")
+        elif problem.key and _overridden(problem.key, overrides):
+            lines.append(f"llem: command line: campaign.{problem.key}: {problem.message}")
         else:
             lines.append(f"llem: campaign (file {path}): {problem}")
     return ConfigError("\n".join(lines), error.problems, error.details)
+
+
+def campaign_group_file(config: Any) -> Path | None:
+    """The file behind the `campaign=<name>` selection of a composed Hydra config (with its `hydra` node):
+    the first `campaign/<name>.yaml` on the config search path, as Hydra finds it; None if there is none."""
+    try:
+        choice = config.hydra.runtime.choices.get("campaign")
+        sources = list(config.hydra.runtime.config_sources)
+    except Exception:  # noqa: BLE001 - a config composed without Hydra's runtime node
+        return None
+    if not choice:
+        return None
+    for source in sources:
+        schema, root = source.get("schema"), str(source.get("path") or "")
+        try:
+            if schema == "file":
+                candidate = Path(root) / "campaign" / f"{choice}.yaml"
+            elif schema == "pkg":
+                candidate = Path(str(importlib.resources.files(root) / "campaign" / f"{choice}.yaml"))
+            else:
+                continue
+        except (ModuleNotFoundError, TypeError, ValueError):
+            continue
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _group_source(path: Path) -> YamlSource | None:
+    """Where each key of a config-group campaign file sits (None if it cannot be read again)."""
+    try:
+        source = load_yaml(path)
+    except (OSError, YamlSyntaxError):
+        return None
+    data = source.data
+    if isinstance(data, dict) and "campaign" in data and isinstance(data["campaign"], dict) and len(
+        [k for k in data if k != "defaults"]
+    ) == 1:
+        source = source.within("campaign")  # a file packaged at the top level holding a campaign section
+    return source if isinstance(source.data, dict) else None
 
 
 def merge_campaign(section: dict[str, Any], file_data: dict[str, Any]) -> dict[str, Any]:
@@ -172,15 +240,24 @@ def validate_settings(data: dict[str, Any] | None, *, context: str = "campaign")
     return settings
 
 
-def load_settings(section: dict[str, Any] | None, overrides: Sequence[str], *, cwd: Path) -> CampaignSettings:
+def load_settings(
+    section: dict[str, Any] | None, overrides: Sequence[str], *, cwd: Path, group_file: Path | None = None
+) -> CampaignSettings:
     """The multirun's campaign settings: the composed `campaign` section, its `file`, then `overrides`.
 
-    Raises CampaignFileError or ConfigError with a message for the user.
+    `group_file` is the config-group file the section was composed from (`campaign=<name>`), so that
+    its problems name that file's lines. Raises CampaignFileError or ConfigError with a message for the user.
     """
     section = dict(section or {})
     name = section.get("file")
     if not name:
-        return validate_settings(section)
+        try:
+            return validate_settings(section)
+        except ConfigError as error:
+            source = _group_source(group_file) if group_file is not None else None
+            if source is None:
+                raise
+            raise _locate_problems(error, group_file, source, overrides) from None
     path = Path(str(name)).expanduser()
     path = path if path.is_absolute() else Path(cwd) / path
     data, source = read_campaign_source(path)

@@ -72,7 +72,7 @@ class ExperimentSource:
 
 def _touches(override: str, key: str) -> bool:
     """Whether an override of key `override` sets `key`, a key inside it or the section holding it."""
-    return override == key or override.startswith(f"{key}.") or key.startswith(f"{override}.")
+    return override == key or override.startswith(f"{key}.") or key.startswith((f"{override}.", f"{override}["))
 
 
 @dataclass(frozen=True)
@@ -252,9 +252,55 @@ def _grid_configs(
                     f"'{full[len(BACKEND_PREFIX):]}'"
                 )
             grid_axes.append(_grid_value_axis(full, values if isinstance(values, list) else [values]))
-        axes = _merge_axes(_merge_axes(axes, grid_axes), cli.generic + _scoped_for(backend, cli.scoped))
-        out.extend(_product([], axes, backend, "grid"))
+        variants = _variants_for(grid.variants, backend) if grid.variants else [[]]
+        for variant_axes in variants:
+            merged = _merge_axes(_merge_axes(axes, grid_axes), variant_axes)
+            merged = _merge_axes(merged, cli.generic + _scoped_for(backend, cli.scoped))
+            out.extend(_product([], merged, backend, "grid"))
+    if grid.variants:
+        _check_variants_apply(grid.variants, backends)
     return out
+
+
+def _variant_backends(variant: dict[str, Any]) -> list[str] | None:
+    chosen = variant.get("backend")
+    if chosen is None:
+        return None
+    return [str(b) for b in chosen] if isinstance(chosen, list) else [str(chosen)]
+
+
+def _variant_applies(variant: dict[str, Any], backend: str) -> bool:
+    """A variant belongs to a backend it names (if it names any) that has all of its backend keys: its values
+    only make sense together, so a backend lacking one of them skips the whole variant."""
+    named = _variant_backends(variant)
+    if named is not None and backend not in named:
+        return False
+    return all(
+        _backend_has(backend, key[len(BACKEND_PREFIX) :]) for key in variant if key.startswith(BACKEND_PREFIX)
+    )
+
+
+def _variants_for(variants: list[dict[str, Any]], backend: str) -> list[list[Axis]]:
+    """The axes of each variant that applies to `backend`: a list value is an axis, any other value fixed."""
+    out: list[list[Axis]] = []
+    for variant in variants:
+        if not _variant_applies(variant, backend):
+            continue
+        out.append([
+            _grid_value_axis(key, value if isinstance(value, list) else [value])
+            for key, value in variant.items() if key != "backend"
+        ])
+    return out
+
+
+def _check_variants_apply(variants: list[dict[str, Any]], backends: list[str]) -> None:
+    for index, variant in enumerate(variants):
+        if not any(_variant_applies(variant, b) for b in backends):
+            keys = [k for k in variant if k.startswith(BACKEND_PREFIX)]
+            raise PlanError(
+                f"grid.variants[{index}] applies to none of the backends {backends}: it names "
+                f"backend {variant.get('backend')!r} or sets {keys}, which no selected backend has all of"
+            )
 
 
 def _explicit_configs(
@@ -268,10 +314,12 @@ def _explicit_configs(
             "`experiments[].overrides`, or sweep backends with `grid.backends`"
         )
     out: list[PlannedConfig] = []
-    sources: list[tuple[str, str, dict[str, Any]]] = [(p, f"configs[{i}]", {}) for i, p in enumerate(campaign.configs)]
+    sources: list[tuple[str | None, str, dict[str, Any]]] = [
+        (p, f"configs[{i}]", {}) for i, p in enumerate(campaign.configs)
+    ]
     sources += [(e.config, f"experiments[{i}]", e.overrides) for i, e in enumerate(campaign.experiments)]
     for path, origin, inline in sources:
-        source = read_experiment_file(path, origin)
+        source = read_experiment_file(path, origin) if path is not None else YamlSource(Path(origin), {}, {})
         from_file = experiment_file_overrides(source.data)
         own = _merge_axes(_lines_as_axes(from_file), defaults.prompts)
         # inline overrides come last and replace the file's (and the campaign's) value for their key
@@ -281,7 +329,8 @@ def _explicit_configs(
         chosen = next((a for a in own if a.key == "backend"), None)
         backend = override_value(chosen.choices[0]) if chosen is not None else default_backend
         axes = _merge_axes(own, cli.generic + _scoped_for(backend, cli.scoped))
-        out.extend(_product([], axes, backend, origin, ExperimentSource(source, frozenset(from_file))))
+        where = ExperimentSource(source, frozenset(from_file)) if path is not None else None
+        out.extend(_product([], axes, backend, origin, where))
     return out
 
 

@@ -1,7 +1,8 @@
-"""The campaign manifest: one JSON file that says what every job is and how it went.
+"""The campaign manifest's schema: what every job of a campaign is and how it went.
 
-It is the campaign's source of truth for resume and reports, so every write is atomic
-and concurrent updates (sweeper, launcher, workers) are serialised with a file lock.
+The plan builds one (llem.plan.planner.build_manifest); the campaign state (llem.campaign.state)
+is its one owner and writer, and exports it as `campaign_manifest.json` for people and tools,
+which read it back with `read_manifest`.
 """
 
 from __future__ import annotations
@@ -10,10 +11,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Literal
 
-from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field
-
-from llem.atomic import atomic_write_text
 
 MANIFEST_SCHEMA_VERSION = "1.0"
 
@@ -60,11 +58,15 @@ class ManifestJob(_Model):
 
 
 class Duplicate(_Model):
-    """A planned configuration that resolved to the same config as an earlier one and was dropped."""
+    """A planned configuration that resolved to the same config as an earlier one (or to the same effective engine
+    settings: `equivalent`) and was dropped; the earlier one's jobs stand for it."""
 
     overrides: list[str]
     same_as: list[str]
     config_hash: str
+    kind: Literal["identical", "equivalent"] = "identical"
+    differs_in: list[str] = Field(default_factory=list, description="Keys that differ but cannot take effect.")
+    same_as_jobs: list[int] = Field(default_factory=list, description="Job numbers of the configuration that ran.")
 
 
 class CampaignManifest(_Model):
@@ -100,39 +102,5 @@ class CampaignManifest(_Model):
         return out
 
 
-def _lock(path: Path) -> FileLock:
-    return FileLock(str(path) + ".lock", timeout=60)
-
-
-def write_manifest(path: Path, manifest: CampaignManifest) -> Path:
-    """Write atomically, stamping `updated_at`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    manifest.updated_at = utc_now()
-    with _lock(path):
-        return atomic_write_text(path, manifest.model_dump_json(indent=2) + "\n")
-
-
 def read_manifest(path: Path) -> CampaignManifest:
     return CampaignManifest.model_validate_json(Path(path).read_text())
-
-
-def update_jobs(path: Path, changes: dict[int, dict[str, Any]], event: dict[str, Any] | None = None) -> CampaignManifest:
-    """Apply field changes to jobs (by job number) under the lock; read-modify-write, atomic."""
-    path = Path(path)
-    with _lock(path):
-        manifest = read_manifest(path)
-        for job_num, fields in changes.items():
-            job = manifest.job(job_num)
-            for key, value in fields.items():
-                setattr(job, key, value)
-        if event is not None:
-            manifest.events.append({"at": utc_now(), **event})
-        manifest.updated_at = utc_now()
-        atomic_write_text(path, manifest.model_dump_json(indent=2) + "\n")
-    return manifest
-
-
-def record_event(path: Path, event: dict[str, Any]) -> None:
-    """Append an event (health check, restart, interruption) to the manifest."""
-    update_jobs(path, {}, event)

@@ -19,7 +19,8 @@ from llem.config.hashing import canonical_json, config_hash
 from llem.plan.compose import ComposeError
 from llem.plan.expand import Axis, PlannedConfig, expand
 from llem.plan.manifest import CampaignManifest, Duplicate, ManifestJob, utc_now
-from llem.plan.order import run_order
+from llem.plan.effective import Equivalents, dormant_notes
+from llem.plan.order import order_note, run_order
 
 NON_EXPERIMENT_KEYS = ("campaign", "hydra")
 
@@ -44,7 +45,9 @@ class Plan:
     swept_keys: list[str]
     duplicates: list[Duplicate] = field(default_factory=list)
     planned_configs: int = 0
-    resolved: dict[str, dict[str, Any]] = field(default_factory=dict)  # config hash -> validated experiment
+    resolved: dict[str, dict[str, Any]] = field(default_factory=dict)  # config hash -> validated experiment, as data
+    experiments: dict[str, ExperimentConfig] = field(default_factory=dict)  # config hash -> validated experiment
+    notes: list[str] = field(default_factory=list)  # plan-time warnings (an unbalanced order, dormant fields)
 
     @property
     def runnable(self) -> list[PlannedJob]:
@@ -69,8 +72,8 @@ class Plan:
 
 def _validate(
     config: PlannedConfig, compose: Callable[[list[str]], dict[str, Any]], label: str
-) -> tuple[str | None, str | None, dict[str, Any] | None]:
-    """(config hash, None, resolved config) for a valid configuration, else (None, error message, None)."""
+) -> tuple[str | None, str | None, ExperimentConfig | None]:
+    """(config hash, None, validated experiment) for a valid configuration, else (None, error message, None)."""
     try:
         data = compose(list(config.overrides))
     except (ComposeError, HydraException, OmegaConfBaseException) as error:
@@ -80,7 +83,7 @@ def _validate(
         validated = validate_or_raise(ExperimentConfig, experiment, context=label)
     except ConfigError as error:
         return None, _in_file(error, config, label), None
-    return config_hash(validated), None, validated.model_dump(mode="json")
+    return config_hash(validated), None, validated
 
 
 def _in_file(error: ConfigError, config: PlannedConfig, label: str) -> str:
@@ -118,12 +121,15 @@ def make_plan(
     valid: list[tuple[PlannedConfig, str]] = []
     invalid: list[tuple[PlannedConfig, str]] = []
     first_by_hash: dict[str, PlannedConfig] = {}
+    equivalents = Equivalents(enabled=settings.dedup == "resolved")
+    every_valid: list[dict[str, Any]] = []  # each distinct valid configuration, kept or equivalent
     resolved_configs: dict[str, dict[str, Any]] = {}
+    experiments: dict[str, ExperimentConfig] = {}
     duplicates: list[Duplicate] = []
     for index, config in enumerate(configs, start=1):
         label = f"configuration {index}/{len(configs)} [{' '.join(config.overrides) or 'defaults'}]"
-        digest, error, resolved = _validate(config, compose, label)
-        if digest is None:
+        digest, error, validated = _validate(config, compose, label)
+        if digest is None or validated is None:
             invalid.append((config, error or "invalid"))
             continue
         if digest in first_by_hash:
@@ -131,9 +137,17 @@ def make_plan(
                 Duplicate(overrides=list(config.overrides), same_as=list(first_by_hash[digest].overrides), config_hash=digest)
             )
             continue
+        data = validated.model_dump(mode="json")
+        every_valid.append(data)
+        same = equivalents.earlier(data, config)
+        if same is not None:  # equal effective engine settings: the same work
+            duplicates.append(Duplicate(overrides=list(config.overrides), same_as=list(same[0].overrides),
+                                        config_hash=digest, kind="equivalent", differs_in=same[1]))
+            continue
         first_by_hash[digest] = config
         valid.append((config, digest))
-        resolved_configs[digest] = resolved or {}
+        resolved_configs[digest] = data
+        experiments[digest] = validated
 
     execution = settings.execution
     seed = execution.shuffle_seed
@@ -149,6 +163,10 @@ def make_plan(
         for k, (c, e) in enumerate(invalid)
     ]
     swept = _swept_keys([c for c, _ in valid] + [c for c, _ in invalid])
+    note = order_note(len(valid), execution.cycles, execution.structure)
+    notes = ([note] if note else []) + dormant_notes(every_valid)
+    for duplicate in duplicates:
+        duplicate.same_as_jobs = [j.job_num for j in jobs if list(j.config.overrides) == duplicate.same_as]
     return Plan(
         jobs=jobs,
         settings=settings,
@@ -157,6 +175,8 @@ def make_plan(
         duplicates=duplicates,
         planned_configs=len(configs),
         resolved=resolved_configs,
+        experiments=experiments,
+        notes=notes,
     )
 
 

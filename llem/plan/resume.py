@@ -8,16 +8,19 @@ leaves either a whole result or none.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from llem.measure.result import read_result
+from llem.measure.result import RESULT_FILENAME, read_result
 from llem.plan.manifest import CampaignManifest, ManifestJob, utc_now
 from llem.plan.planner import Plan
 
 JobKey = tuple[str | None, int, int]
+# where job `num` with these overrides writes its result.json (None: not known before the job runs)
+ResultPath = Callable[[int, Sequence[str]], "str | None"]
 
 
 class PlanChanged(RuntimeError):
@@ -68,15 +71,30 @@ def _describe(jobs: list[ManifestJob]) -> str:
     return f"{len(jobs)} ({sample}{'; ...' if len(jobs) > 3 else ''})"
 
 
+def numbered_dirs(sweep_dir: Path) -> ResultPath:
+    """Hydra's default layout: job n writes `<sweep dir>/<n>/result.json`."""
+
+    def result_path(num: int, overrides: Sequence[str]) -> str | None:
+        return str(sweep_dir / str(num) / RESULT_FILENAME)
+
+    return result_path
+
+
 def reconcile(
     manifest: CampaignManifest,
     plan: Plan,
     new_manifest: CampaignManifest,
     *,
     allow_changes: bool,
+    result_path: ResultPath | None = None,
 ) -> ResumeReport:
-    """Bring `manifest` in line with a freshly planned `new_manifest` (same plan); mutates `manifest`."""
+    """Bring `manifest` in line with a freshly planned `new_manifest` (same plan); mutates `manifest`.
+
+    `result_path` says where a job writes its result (it knows a custom hydra.sweep.subdir); by default the sweep
+    dir's `<num>/result.json`. It places added jobs, and finds the result of a job that may have run before a crash
+    but whose path was never recorded."""
     report = ResumeReport()
+    where = result_path or numbered_dirs(Path(manifest.sweep_dir))
     if Path(manifest.sweep_dir) != Path(new_manifest.sweep_dir):
         raise PlanChanged(
             f"the manifest belongs to the campaign in {manifest.sweep_dir}, not {new_manifest.sweep_dir}: "
@@ -108,7 +126,7 @@ def reconcile(
         for job in added:
             job = job.model_copy(deep=True)
             job.job_num = next_num
-            job.result_path = str(Path(manifest.sweep_dir) / str(next_num) / "result.json")
+            job.result_path = where(next_num, job.overrides)
             manifest.jobs.append(job)
             report.added.append(next_num)
             next_num += 1
@@ -128,6 +146,8 @@ def reconcile(
             job.status = "interrupted"
             job.error = "the orchestrator stopped while this job ran"
             report.interrupted.append(job.job_num)
+        if job.result_path is None and (job.attempts or job.status != "pending"):  # it may have written one
+            job.result_path = where(job.job_num, job.overrides)
         complete = result_is_complete(job)
         if job.status == "completed":
             if complete:

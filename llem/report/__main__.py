@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Sequence
 
 from llem.report.collect import NotACampaign, is_campaign
+from llem.report.target import TARGETS, BadTarget, parse_targets
+from llem.report.carbon import BadFactor, Factors
 from llem.report.stats import DEFAULT_BOOTSTRAP_MIN_N, DEFAULT_CV_THRESHOLD, DEFAULT_SEED, UnknownColumn
 
 
@@ -40,6 +42,21 @@ def _parser() -> argparse.ArgumentParser:
         help=f"bootstrap seed, used only for groups of {DEFAULT_BOOTSTRAP_MIN_N} or more values; smaller groups "
         "get a Student-t interval, which needs no seed (default %(default)s)",
     )  # fmt: skip
+    parser.add_argument(
+        "--slo", action="append", default=[], metavar="NAME=VALUE",
+        help="a latency target, e.g. ttft_p99_ms=200 or tpot_p99_ms=50 (repeatable): name the lowest-energy "
+        "configuration that meets every target (names: " + ", ".join(TARGETS) + ")",
+    )  # fmt: skip
+    parser.add_argument(
+        "--carbon-intensity", type=float, default=None, metavar="G_PER_KWH",
+        help="grid carbon intensity in gCO2e/kWh, for emissions per 1,000 tokens and requests (no default)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pue", type=float, default=None, help="facility power usage effectiveness (≥ 1) applied to device energy"
+    )
+    parser.add_argument(
+        "--price-per-kwh", type=float, default=None, metavar="PRICE", help="electricity price per kWh (no default)"
+    )
     return parser
 
 
@@ -57,13 +74,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     if args.cv_threshold <= 0:
         return _error("--cv-threshold must be positive")
+    try:
+        targets = parse_targets(args.slo)
+        factors = Factors.from_values(args.carbon_intensity, args.pue, args.price_per_kwh)
+    except (BadTarget, BadFactor) as error:
+        return _error(str(error))
     from llem.report.render import write_report  # matplotlib only once arguments are known to be good
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             files = write_report(
-                args.sweep_dirs, args.out, group_by=args.group_by, cv_threshold=args.cv_threshold, seed=args.seed
+                args.sweep_dirs, args.out, group_by=args.group_by, cv_threshold=args.cv_threshold, seed=args.seed,
+                targets=targets, factors=factors,
             )
         except (NotACampaign, UnknownColumn) as error:
             return _error(str(error))
@@ -71,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"llem.report: warning: {warning.message}", file=sys.stderr)
     for csv_path, parquet_path in files.summaries:
         print(f"llem.report: summary written to {csv_path} and {parquet_path}")
+    for line in files.answers:
+        print(f"llem.report: {line}")
     print(f"llem.report: report written to {files.markdown} and {files.html}")
     out = files.markdown.parent
     print(f"llem.report: {len(files.plots)} plots under {out / 'plots'}")

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from llem.measure.result import RESULT_FILENAME, ExperimentResult, read_result
 from llem.plan.manifest import CampaignManifest, ManifestJob, read_manifest
+from llem.report.validity import verdict_values
 
 MANIFEST_RELPATH = Path(".state") / "campaign_manifest.json"
 
@@ -42,11 +43,12 @@ class Campaign:
     sweep_dir: Path
     name: str
     rows: list[dict[str, Any]]
-    param_keys: list[str]
+    param_keys: list[str]  # the swept keys: those whose value differs between jobs
     counts: dict[str, int]
     total: int
     manifest: CampaignManifest | None = None
     problems: list[str] = field(default_factory=list)
+    fixed: dict[str, Any] = field(default_factory=dict)  # overrides every job gives the same value
 
 
 def default_manifest_path(sweep_dir: Path) -> Path:
@@ -87,7 +89,7 @@ def metric_values(result: ExperimentResult) -> dict[str, Any]:
         "energy_adjusted_j": energy.adjusted_j,
         "energy_per_output_token_j": energy.per_output_token_j,
         "energy_unavailable_reason": energy.unavailable_reason,
-        "energy_scope": "+".join(energy.scope.get("included", [])) or None,
+        "energy_scope": "+".join(energy.scope.get("measured", energy.scope.get("included", []))) or "none",
         "energy_gpu_j": _component_j(result, "gpu"),
         "energy_cpu_j": _component_j(result, "cpu"),
         "energy_dram_j": _component_j(result, "dram"),
@@ -161,11 +163,21 @@ def _relative(path: Path, base: Path) -> str:
         return str(path)
 
 
-def _ordered_keys(swept: list[str], jobs_params: list[dict[str, Any]]) -> list[str]:
+def _split_keys(swept: list[str], jobs_params: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+    """The swept keys (the manifest's, and any other whose value, or presence, differs between jobs) and
+    the fixed settings: keys every job sets to the same value, which tell no configuration apart."""
     keys = list(dict.fromkeys(swept))
     for params in jobs_params:
         keys.extend(k for k in params if k not in keys)
-    return keys
+    absent = object()
+    varying, fixed = [], {}
+    for key in keys:
+        values = {json.dumps(p.get(key, absent), sort_keys=True, default=repr) for p in jobs_params}
+        if key in swept or len(values) > 1:
+            varying.append(key)
+        elif jobs_params:
+            fixed[key] = jobs_params[0][key]
+    return varying, fixed
 
 
 def _from_manifest(sweep_dir: Path, manifest: CampaignManifest) -> Campaign:
@@ -199,10 +211,11 @@ def _from_manifest(sweep_dir: Path, manifest: CampaignManifest) -> Campaign:
                 "config_hash": result.config_hash,
                 "params": dict(job.params),
                 **metric_values(result),
+                **verdict_values(path, result),
                 "result_path": _relative(path, sweep_dir),
             }
         )
-    keys = _ordered_keys(manifest.swept_keys, [job.params for job in manifest.jobs])
+    keys, fixed = _split_keys(manifest.swept_keys, [job.params for job in manifest.jobs])
     return Campaign(
         sweep_dir=sweep_dir,
         name=manifest.campaign_name or sweep_dir.name,
@@ -212,6 +225,7 @@ def _from_manifest(sweep_dir: Path, manifest: CampaignManifest) -> Campaign:
         total=len(manifest.jobs),
         manifest=manifest,
         problems=problems,
+        fixed=fixed,
     )
 
 
@@ -266,6 +280,7 @@ def _from_files(sweep_dir: Path) -> Campaign:
                 "config_hash": result.config_hash,
                 "params": {k: flat[i].get(k) for k in keys},
                 **metric_values(result),
+                **verdict_values(path, result),
                 "result_path": _relative(path, sweep_dir),
             }
         )

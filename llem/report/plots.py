@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from llem.report.gpu_axes import LATENCY_LABELS, latency_plots, with_hashable_values
 from llem.report.summary import param_columns
 
 METRIC_LABELS: dict[str, str] = {
@@ -89,7 +90,7 @@ def plot_metric(frame: pd.DataFrame, metric: str, param: str, path: Path) -> Plo
     """`metric` against one swept parameter: one series per backend (and per combination of the
     other swept values, so a line only joins configurations that differ in `param`); points are
     means over cycles, error bars one sample standard deviation."""
-    label = METRIC_LABELS.get(metric, metric)
+    label = METRIC_LABELS.get(metric) or LATENCY_LABELS.get(metric, metric)
     title = f"{label} vs {param}"
     data = per_config(frame, metric) if len(frame) else pd.DataFrame()
     if data.empty or data["n"].sum() == 0:
@@ -173,12 +174,14 @@ def plot_latency(frame: pd.DataFrame, path: Path) -> Plot:
 def make_plots(frame: pd.DataFrame, out_dir: Path) -> list[Plot]:
     """Every report figure for one campaign: each metric against each swept value, then latency."""
     out_dir = Path(out_dir)
+    frame = with_hashable_values(frame, param_columns(frame))
     params = [c for c in param_columns(frame) if frame[c].nunique(dropna=True) > 1] or ["backend"]
     plots = []
     for metric in METRIC_LABELS:
         for param in params:
             name = f"{metric}__{_slug(param)}.png"
             plots.append(plot_metric(frame, metric, param, out_dir / name))
+    plots += latency_plots(frame, params, out_dir, plot_metric)  # a GPU settings axis trades energy for latency
     plots.append(plot_latency(frame, out_dir / "latency.png"))
     return _merge_notes(plots)
 

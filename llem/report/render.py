@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,11 @@ from typing import Any, Sequence
 import pandas as pd
 
 from llem.atomic import atomic_write_text
+from llem.report import decision_tables as decide
+from llem.report import interactive
+from llem.report.frontier import frontiers
+from llem.report.frontier_plots import frontier_plots
+from llem.report.carbon import Factors
 from llem.report.collect import Campaign, collect
 from llem.report.plots import Plot, config_label, make_plots
 from llem.report.stats import (
@@ -28,6 +32,8 @@ from llem.report.stats import (
     group_stats,
     resolve_group_by,
 )
+from llem.report.validity import badge
+from llem.report.tables import Table, fmt
 from llem.report.summary import campaign_group_by, param_columns, summary_frame, write_frame, write_stats
 
 REPORT_MD = "report.md"
@@ -43,14 +49,6 @@ STAT_LABELS: dict[str, str] = {
 
 
 @dataclass
-class Table:
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-    note: str | None = None
-
-
-@dataclass
 class CampaignReport:
     """Everything shown for one sweep dir."""
 
@@ -61,6 +59,8 @@ class CampaignReport:
     cv_threshold: float
     group_by: list[str] = field(default_factory=list)
     summary_paths: tuple[Path, Path] | None = None
+    targets: dict[str, float] = field(default_factory=dict)  # `--slo`: answered per campaign
+    factors: Factors = field(default_factory=Factors)  # carbon intensity, PUE, price
 
 
 @dataclass(frozen=True)
@@ -69,32 +69,7 @@ class ReportFiles:
     html: Path
     plots: list[Path]
     summaries: list[tuple[Path, Path]]
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    """Numbers to 4 significant digits; missing values as an em dash, never 0."""
-    if value is None or value is pd.NA:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
-        return _significant(value, digits) if isinstance(value, float) else str(value)
-    try:
-        if pd.isna(value):
-            return "—"
-    except (TypeError, ValueError):
-        pass
-    return str(value)
-
-
-def _significant(value: float, digits: int) -> str:
-    """Fixed notation for everyday magnitudes (1e-3 to 1e6), scientific outside them."""
-    if value == 0 or math.isinf(value):
-        return str(value)
-    magnitude = math.floor(math.log10(abs(value)))
-    if -3 <= magnitude < 6:
-        return f"{value:.{max(0, digits - 1 - magnitude)}f}"
-    return f"{value:.{digits - 1}e}"
+    answers: list[str] = field(default_factory=list)  # the `--slo` answer per campaign, one line each
 
 
 def _spread(row: pd.Series, metric: str) -> str:
@@ -117,6 +92,12 @@ def _unstable_cell(row: pd.Series, metrics: Sequence[str]) -> str:
     if all(pd.isna(flag) for flag in flags):
         return "n/a (under 2 values)"
     return "no"
+
+
+def _verdict_cell(row: pd.Series) -> str:
+    """The group's badge and why: its runs' verdicts, an unstable figure, energy scopes that were not pooled."""
+    reasons = row.get("verdict_reasons")
+    return badge(row.get("verdict")) + ("" if reasons is None or pd.isna(reasons) else f": {reasons}")
 
 
 def status_table(campaign: Campaign) -> Table:
@@ -146,9 +127,10 @@ def stats_table(report: CampaignReport) -> Table:
                     str(row["cycles"]),
                     *(_spread(row, m) for m in DEFAULT_METRICS),
                     _unstable_cell(row, DEFAULT_METRICS),
+                    _verdict_cell(row),
                 ]
             )
-        headers = ["Configuration", "Cycles", *metrics, "Unstable"]
+        headers = ["Configuration", "Cycles", *metrics, "Unstable", "Verdict"]
         return Table("Statistics by configuration", headers, rows, f"Over cycles. {spread}")
     keys = resolve_group_by(report.group_by, report.frame.columns)
     for _, row in stats.iterrows():
@@ -159,9 +141,10 @@ def stats_table(report: CampaignReport) -> Table:
                 str(row["cycles"]),
                 *(_spread(row, m) for m in DEFAULT_METRICS),
                 _unstable_cell(row, DEFAULT_METRICS),
+                _verdict_cell(row),
             ]
         )
-    headers = [*keys, "Configurations", "Runs", *metrics, "Unstable"]
+    headers = [*keys, "Configurations", "Runs", *metrics, "Unstable", "Verdict"]
     note = f"Each group pools every run of the configurations that share its values. {spread}"
     return Table(f"Statistics by {', '.join(keys)}", headers, rows, note)
 
@@ -169,7 +152,7 @@ def stats_table(report: CampaignReport) -> Table:
 def jobs_table(frame: pd.DataFrame) -> Table:
     params = param_columns(frame)
     headers = [
-        "Job", "Cycle", "Configuration", "Energy/token (J)", "Prefill J/token", "Decode J/token",
+        "Job", "Cycle", "Verdict", "Configuration", "Energy/token (J)", "Prefill J/token", "Decode J/token",
         "Throughput (tok/s)", "TTFT p50 (ms)", "TTFT p95 (ms)", "Queue p50 (ms)", "Prefill p50 (ms)",
         "ITL p50 (ms)", "ITL p95 (ms)", "Weights + KV peak (MiB)", "Reused", "Warnings",
     ]  # fmt: skip
@@ -180,6 +163,7 @@ def jobs_table(frame: pd.DataFrame) -> Table:
             [
                 fmt(row["job_num"]),
                 fmt(row["cycle"]),
+                badge(row.get("verdict")),
                 config_label(row, params),
                 fmt(row["energy_per_output_token_j"]),
                 fmt(row["prefill_energy_per_token_j"]),
@@ -232,7 +216,13 @@ def problem_jobs_table(campaign: Campaign) -> Table | None:
 def _campaign_tables(report: CampaignReport) -> list[Table]:
     problems = problem_jobs_table(report.campaign)
     tables = [status_table(report.campaign), stats_table(report), jobs_table(report.frame)]
-    return tables + ([problems] if problems is not None else [])
+    decisions = [
+        decide.reasons_table(report.campaign),
+        decide.frontier_table(report.frame),
+        decide.targets_for(report.frame, report.targets),
+        decide.carbon_table(report.frame, report.factors),
+    ]
+    return tables + ([problems] if problems is not None else []) + [t for t in decisions if t is not None]
 
 
 def config_means(frame: pd.DataFrame, metric: str) -> pd.Series:
@@ -302,14 +292,22 @@ def _facts(report: CampaignReport) -> list[str]:
     facts = [f"Sweep dir: `{c.sweep_dir}`"]
     if c.manifest is not None:
         facts.append(f"Cycles planned: {c.manifest.cycles}; structure: {c.manifest.structure}")
+        facts += [
+            f"Equivalent to `{' '.join(d.same_as)}` (ran once for both; {', '.join(d.differs_in)} has no effect): "
+            f"`{' '.join(d.overrides)}`"
+            for d in c.manifest.duplicates if d.kind == "equivalent"
+        ]
     if len(frame):
         facts.append("Models: " + ", ".join(sorted(set(frame["model_name"].dropna()))))
         facts.append("Energy sources: " + ", ".join(sorted(set(frame["energy_source"].dropna()))))
         if frame["energy_per_output_token_j"].isna().all():
             reasons = sorted(set(frame["energy_unavailable_reason"].dropna()))
             facts.append("Energy: not measured" + (f" — {'; '.join(reasons)}" if reasons else ""))
-    params = param_columns(frame)
+    params = [p for p in param_columns(frame) if p not in c.fixed]
     facts.append("Swept: " + (", ".join(params) if params else "nothing besides backend"))
+    if c.fixed:
+        facts.append("Fixed settings: " + ", ".join(f"{k}={fmt(v)}" for k, v in c.fixed.items()))
+    facts.append("Verdicts: " + decide.verdict_counts(frame) + " (rules: docs/validity.md)")
     if report.summary_paths:
         facts.append(f"Summary: `{report.summary_paths[0]}`, `{report.summary_paths[1]}`")
     return facts
@@ -357,6 +355,9 @@ def render_markdown(reports: Sequence[CampaignReport], out_dir: Path, title: str
         shared = shared_configs_table(reports)
         if shared:
             parts.append(table_markdown(shared))
+        differences = decide.differences_table([(r.campaign.name, r.frame) for r in reports])
+        if differences:
+            parts.append(table_markdown(differences))
     for i, report in enumerate(reports):
         heading = f"Campaign {i + 1}: {report.campaign.name}" if len(reports) > 1 else report.campaign.name
         parts.append(_campaign_markdown(report, out_dir, heading))
@@ -408,6 +409,9 @@ def _campaign_html(report: CampaignReport, heading: str, anchor: str) -> str:
     out.append("</ul>")
     for table in _campaign_tables(report):
         out.append(table_html(table))
+    if frontiers(report.frame):
+        out.append("<h3>Energy frontiers (interactive)</h3>")
+        out.append(interactive.frontier_html(report.frame, anchor))
     out.append("<h3>Plots</h3>")
     for plot in report.plots:
         if plot.path is None:
@@ -428,12 +432,20 @@ def render_html(reports: Sequence[CampaignReport], title: str) -> str:
         shared = shared_configs_table(reports)
         if shared:
             body.append(table_html(shared))
+        differences = decide.differences_table([(r.campaign.name, r.frame) for r in reports])
+        if differences:
+            body.append(table_html(differences))
     for i, report in enumerate(reports):
         heading = f"Campaign {i + 1}: {report.campaign.name}" if len(reports) > 1 else report.campaign.name
         body.append(_campaign_html(report, heading, f"campaign-{i + 1}"))
+    bundle = (
+        interactive.plotly_bundle()
+        if interactive.available() and any(frontiers(r.frame) for r in reports)
+        else ""
+    )
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n{bundle}</head>\n<body>\n"
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )
@@ -450,6 +462,8 @@ def build_campaign_report(
     cv_threshold: float = DEFAULT_CV_THRESHOLD,
     seed: int = DEFAULT_SEED,
     write_summaries: bool = True,
+    targets: dict[str, float] | None = None,
+    factors: Factors | None = None,
 ) -> CampaignReport:
     """Read, summarise (refreshing `<sweep_dir>/summary*`), compute statistics and draw plots.
 
@@ -457,8 +471,8 @@ def build_campaign_report(
     else one group per configuration.
     """
     campaign = collect(Path(sweep_dir))
-    frame = summary_frame(campaign)
     keys = campaign_group_by(campaign, group_by)
+    frame = summary_frame(campaign, keys)
     stats = group_stats(frame, group_by=keys, cv_threshold=cv_threshold, seed=seed)
     summary_paths = None
     if write_summaries:
@@ -467,8 +481,10 @@ def build_campaign_report(
             write_stats(stats, campaign.sweep_dir)
         except OSError as error:
             campaign.problems.append(f"could not write summary files into {campaign.sweep_dir}: {error}")
-    plots = make_plots(frame, plots_dir)
-    return CampaignReport(campaign, frame, stats, plots, cv_threshold, keys, summary_paths)
+    plots = make_plots(frame, plots_dir) + frontier_plots(frame, plots_dir)
+    return CampaignReport(
+        campaign, frame, stats, plots, cv_threshold, keys, summary_paths, dict(targets or {}), factors or Factors()
+    )
 
 
 def _slug(text: str) -> str:
@@ -482,6 +498,8 @@ def write_report(
     group_by: Sequence[str] = (),
     cv_threshold: float = DEFAULT_CV_THRESHOLD,
     seed: int = DEFAULT_SEED,
+    targets: dict[str, float] | None = None,
+    factors: Factors | None = None,
 ) -> ReportFiles:
     """Write report.md, report.html and the PNGs under `out_dir/plots/`.
 
@@ -496,7 +514,10 @@ def write_report(
     for i, sweep_dir in enumerate(dirs):
         plots_dir = out / "plots" if len(dirs) == 1 else out / "plots" / f"{i + 1}-{_slug(sweep_dir.name)}"
         reports.append(
-            build_campaign_report(sweep_dir, plots_dir, group_by=group_by, cv_threshold=cv_threshold, seed=seed)
+            build_campaign_report(
+                sweep_dir, plots_dir, group_by=group_by, cv_threshold=cv_threshold, seed=seed, targets=targets,
+                factors=factors,
+            )
         )
     title = (
         f"llem report: {reports[0].campaign.name}"
@@ -507,4 +528,5 @@ def write_report(
     page = atomic_write_text(out / REPORT_HTML, render_html(reports, title))
     pngs = [p.path for r in reports for p in r.plots if p.path is not None]
     summaries = [r.summary_paths for r in reports if r.summary_paths is not None]
-    return ReportFiles(md, page, pngs, summaries)
+    answers = [f"{r.campaign.name}: {decide.cheapest_meeting(r.frame, targets).summary()}" for r in reports if targets]
+    return ReportFiles(md, page, pngs, summaries, answers)

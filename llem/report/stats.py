@@ -32,7 +32,8 @@ from typing import Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from llem.report.summary import FIXED_COLUMNS, param_column, param_columns
+from llem.report.pooling import GROUP_VERDICT_COLUMNS, group_verdict, is_energy_metric, scope_conflict, typed
+from llem.report.columns import FIXED_COLUMNS, param_column, param_columns
 
 DEFAULT_METRICS: tuple[str, ...] = (
     "energy_per_output_token_j",
@@ -156,15 +157,19 @@ def resolve_group_by(group_by: Sequence[str], columns: Collection[str]) -> list[
             column = key if key in present else ("model_name" if key == "model" and "model_name" in present else "")
         if not column:
             close = difflib.get_close_matches(key, [str(c) for c in present], n=3)
-            hint = (
-                f"; did you mean {' or '.join(repr(c) for c in close)}?"
-                if close
-                else f" (columns: {', '.join(map(str, present))})"
-            )
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else f" ({_columns_by_kind(present)})"
             raise UnknownColumn(f"group_by: no column {key}{hint}")
         if column not in out:
             out.append(column)
     return out
+
+
+def _columns_by_kind(columns: Collection[str]) -> str:
+    """The columns a key may name, sorted within each kind: what was swept first, then the figures."""
+    names = [str(c) for c in columns]
+    swept = sorted(c for c in names if c == "backend" or c not in FIXED_COLUMNS)
+    figures = sorted(c for c in names if c not in swept)
+    return f"swept keys: {', '.join(swept) or 'none'}; figures and job fields: {', '.join(figures)}"
 
 
 def check_group_by(group_by: Sequence[str], param_keys: Collection[str]) -> None:
@@ -228,9 +233,12 @@ def group_stats(
             record["configs"] = int(group["config_hash"].nunique())
             record["cycles"] = len(group)
             any_unstable = False
+            conflict = scope_conflict(group)
+            unstable_metrics = []
             for metric in metrics:
+                refused = conflict is not None and is_energy_metric(metric)
                 s = describe(
-                    group[metric],
+                    group[metric].iloc[:0] if refused else group[metric],
                     n_resamples=n_resamples,
                     confidence=confidence,
                     seed=seed,
@@ -238,6 +246,8 @@ def group_stats(
                 )
                 unstable = None if np.isnan(s.cv) else bool(s.cv > cv_threshold)
                 any_unstable = any_unstable or bool(unstable)
+                if unstable:
+                    unstable_metrics.append(metric)
                 record.update(
                     {
                         f"{metric}_n": s.n,
@@ -251,11 +261,13 @@ def group_stats(
                     }
                 )
             record["unstable"] = any_unstable
+            record["verdict"], record["verdict_reasons"] = group_verdict(group, unstable_metrics, conflict)
+            record["energy_not_pooled"] = conflict
             records.append(record)
     columns = [*keys, *carried, "configs", "cycles"]
     for metric in metrics:
         columns += [f"{metric}_{s}" for s in ("n", "mean", "std", "cv", "ci_low", "ci_high", "ci_method", "unstable")]
-    columns.append("unstable")
+    columns += ["unstable", *GROUP_VERDICT_COLUMNS]
     out = pd.DataFrame.from_records(records, columns=columns)
     for metric in metrics:
         out[f"{metric}_unstable"] = out[f"{metric}_unstable"].astype("boolean")
@@ -263,4 +275,4 @@ def group_stats(
         for s in ("mean", "std", "cv", "ci_low", "ci_high"):
             out[f"{metric}_{s}"] = out[f"{metric}_{s}"].astype("float64")
     out["unstable"] = out["unstable"].astype(bool)
-    return out
+    return typed(out)

@@ -19,76 +19,19 @@ import pandas as pd
 
 from llem.atomic import atomic_write
 from llem.report.collect import Campaign, ReportWarning, collect
+from llem.report.columns import (  # noqa: F401 - part of this module's interface too
+    FIXED_COLUMNS,
+    ID_COLUMNS,
+    METRIC_COLUMNS,
+    TRAILING_COLUMNS,
+    param_column,
+    param_columns,
+)
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_PARQUET = "summary.parquet"
 STATS_CSV = "summary_stats.csv"
 STATS_PARQUET = "summary_stats.parquet"
-
-# Identity of a row: which job, which configuration.
-ID_COLUMNS: dict[str, str] = {
-    "job_num": "Int64",
-    "cycle": "Int64",
-    "repetition": "Int64",
-    "backend": "string",
-    "config_hash": "string",
-}
-
-# Headline figures, in result.json units (see docs/results-guide.md).
-METRIC_COLUMNS: dict[str, str] = {
-    "model_name": "string",
-    "energy_source": "string",
-    "energy_total_j": "float64",
-    "energy_adjusted_j": "float64",
-    "energy_per_output_token_j": "float64",
-    "energy_unavailable_reason": "string",
-    "energy_scope": "string",
-    "energy_gpu_j": "float64",
-    "energy_cpu_j": "float64",
-    "energy_dram_j": "float64",
-    "passes": "Int64",
-    "throughput_tokens_per_s": "float64",
-    "requests_per_s": "float64",
-    "output_tokens": "Int64",
-    "duration_s": "float64",
-    "ttft_ms_p50": "float64",
-    "ttft_ms_p95": "float64",
-    "ttft_ms_p99": "float64",
-    "itl_ms_p50": "float64",
-    "itl_ms_p95": "float64",
-    "itl_ms_p99": "float64",
-    "queue_ms_p50": "float64",
-    "prefill_ms_p50": "float64",
-    "prefill_energy_per_token_j": "float64",
-    "decode_energy_per_token_j": "float64",
-    "prefill_tokens_per_s": "float64",
-    "decode_tokens_per_s": "float64",
-    "flops_total": "float64",
-    "flops_per_output_token": "float64",
-    "memory_weights_bytes": "Int64",
-    "memory_weights_kv_peak_bytes": "Int64",
-    "memory_peak_allocated_bytes": "Int64",
-    "memory_reserved_bytes": "Int64",
-    "model_reused": "boolean",
-    "warnings_count": "Int64",
-}
-
-TRAILING_COLUMNS: dict[str, str] = {"result_path": "string"}
-
-FIXED_COLUMNS: frozenset[str] = frozenset(ID_COLUMNS) | frozenset(METRIC_COLUMNS) | frozenset(TRAILING_COLUMNS)
-
-
-def param_column(key: str) -> str | None:
-    """Column name of a swept key; None for `backend`, which already has its own column."""
-    if key == "backend":
-        return None
-    return f"param.{key}" if key in FIXED_COLUMNS else key
-
-
-def param_columns(frame: pd.DataFrame) -> list[str]:
-    """The swept-parameter columns of a summary frame: everything that is not a fixed column."""
-    return [c for c in frame.columns if c not in FIXED_COLUMNS]
-
 
 def _plain(value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict, tuple)) else value
@@ -107,13 +50,17 @@ def _param_series(values: list[Any]) -> pd.Series:
     return pd.Series([None if v is None else str(v) for v in plain], dtype="string")
 
 
-def summary_frame(campaign: Campaign) -> pd.DataFrame:
-    """The campaign's rows as a typed DataFrame: id columns, swept parameters, metrics."""
+def summary_frame(campaign: Campaign, group_by: Sequence[str] = ()) -> pd.DataFrame:
+    """The campaign's rows as a typed DataFrame: id columns, swept parameters, metrics.
+
+    A fixed setting (one value in every job) gets no column, unless `group_by` names it.
+    """
     rows = campaign.rows
     data: dict[str, pd.Series] = {}
     for name, dtype in ID_COLUMNS.items():
         data[name] = pd.Series([row.get(name) for row in rows], dtype=dtype)
-    for key in campaign.param_keys:
+    named = [k for k in campaign.fixed if k in group_by and k not in campaign.param_keys]
+    for key in [*campaign.param_keys, *named]:
         column = param_column(key)
         if column is not None:
             data[column] = _param_series([row["params"].get(key) for row in rows])
@@ -161,8 +108,8 @@ def write_summary(
     from llem.report.stats import UnknownColumn, group_stats
 
     campaign = collect(Path(sweep_dir), manifest_path)
-    frame = summary_frame(campaign)
     keys = campaign_group_by(campaign, group_by)
+    frame = summary_frame(campaign, keys)
     try:
         stats = group_stats(frame, group_by=keys)
     except UnknownColumn as error:  # a summary at the end of a campaign must not fail it

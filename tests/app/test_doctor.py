@@ -20,6 +20,7 @@ def _by_item(checks: list[doctor.Check]) -> dict[str, doctor.Check]:
     return {c.item: c for c in checks}
 
 
+@pytest.mark.slow  # a real run in a fresh process: seconds, not a unit test
 def test_this_machine_gets_a_report_with_fixes_and_exit_0() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "llem.doctor", "--json", "--engine", "podman"], capture_output=True, text=True, timeout=120
@@ -35,6 +36,7 @@ def test_this_machine_gets_a_report_with_fixes_and_exit_0() -> None:
         assert check["status"] == "ok" or check["fix"] or check["item"] == "NVML", check
 
 
+@pytest.mark.slow  # a real run in a fresh process: seconds, not a unit test
 def test_table_output_keeps_install_extras_readable() -> None:
     proc = subprocess.run([sys.executable, "-m", "llem.doctor", "--engine", "podman"], capture_output=True, text=True,
                           timeout=120, env={**__import__("os").environ, "COLUMNS": "250"})  # fmt: skip

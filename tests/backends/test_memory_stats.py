@@ -171,3 +171,22 @@ def test_vllm_cpu_memory(vllm_session: BackendSession) -> None:
     # every prompt holds at least one block at once (all 4 are scheduled together, max_num_seqs=4)
     assert kv["peak_blocks_in_use"] >= len(prompts)
     assert 0 < kv["peak_bytes"] <= settings["kv_cache_bytes"]
+
+
+def test_gpu_bytes_by_device_skips_a_gpu_the_job_may_not_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a device cgroup NVML counts GPUs it will not open; the job's own GPU is still read."""
+    import sys
+
+    from llem.backends import resources
+    from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, NVMLError_NoPermission
+
+    me = os.getpid()
+    nv = FakeNvml(
+        [
+            FakeGpu(errors={"nvmlDeviceGetHandleByIndex": NVMLError_NoPermission}, processes=[(me, 7 * _MiB)]),
+            FakeGpu(processes=[(me, 3 * _MiB), (me + 10**6, 5 * _MiB)]),
+        ]
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", nv)
+    monkeypatch.setattr(resources, "engine_pids", lambda: [me])
+    assert resources.process_tree_gpu_bytes_by_device() == {1: 3 * _MiB}

@@ -141,6 +141,7 @@ def _multirun(root: Path, *args: str, timeout: int = 600) -> subprocess.Complete
                           cwd=root, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # a real run in a fresh process: seconds, not a unit test
 def test_a_legacy_campaign_file_plans_from_the_command_line(tmp_path: Path) -> None:
     legacy_file(tmp_path)
     proc = _multirun(tmp_path, "campaign.file=campaign.yaml", "campaign.execution.cycles=2", "hydra.sweeper.dry_run=true")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llem.plan.preflight import Workers, preflight, report
+from llem.campaign.preflight import Workers, preflight, report
 
 
 def _job(name: str, **extra: Any) -> dict[str, Any]:

@@ -102,7 +102,7 @@ def test_a_value_the_command_line_replaces_is_not_blamed_on_the_file(tmp_path: P
     path = _write(tmp_path / "c.yaml", "campaign_name: x\ngrid: {backends: [pytorch]}\nexecution:\n  cycles: 5\n")
     with pytest.raises(Exception) as info:
         _settings(path, "campaign.execution.cycles=0")
-    assert str(info.value).startswith(f"llem: campaign (file {path}): execution.cycles: ")
+    assert str(info.value).startswith("llem: command line: campaign.execution.cycles: ")
 
 
 def test_campaign_file_structure_errors_have_lines(tmp_path: Path) -> None:

@@ -349,6 +349,45 @@ def test_state_for_the_baseline() -> None:
     assert other.temperature_c is None and other.pstate is None
 
 
+# --------------------------------------------------------------------- GPUs NVML counts but will not open
+REFUSED = {"nvmlDeviceGetHandleByIndex": fk.NVMLError_NoPermission}
+
+
+def _constrained() -> FakeNvml:
+    """A four-GPU node seen from a job whose device cgroup allows GPUs 1 and 3 only."""
+    return FakeNvml([FakeGpu(uuid=f"GPU-bbbb{n}-2222", errors=REFUSED if n in (0, 2) else {}) for n in range(4)])
+
+
+def test_refused_handles_are_skipped_and_the_rest_opened() -> None:
+    devs = _open(_constrained())
+    assert devs.indices == [0, 1]
+    assert [devs.nvml_index(i) for i in devs.indices] == [1, 3]
+    assert [devs.uuid(i) for i in devs.indices] == ["GPU-bbbb1-2222", "GPU-bbbb3-2222"]
+    assert devs.refused == {0: "insufficient permissions", 2: "insufficient permissions"}
+    assert devs.energy_mj(1) == 0  # the opened handles read
+    devs.close()
+
+
+def test_refused_handles_job_gpus_matched_by_uuid_and_by_job_relative_index() -> None:
+    # a launcher pins the job by UUID: the UUID decides, whatever NVML refused before it
+    by_uuid = _open(_constrained(), None, {"CUDA_VISIBLE_DEVICES": "GPU-bbbb3-2222"})
+    assert by_uuid.indices == [0] and by_uuid.nvml_index(0) == 3 and by_uuid.uuid(0) == "GPU-bbbb3-2222"
+    # SLURM's job-relative index: CUDA, like NVML, sees only the GPUs the cgroup allows
+    relative = _open(_constrained(), None, {"CUDA_VISIBLE_DEVICES": "1"})
+    assert relative.indices == [0] and relative.uuid(0) == "GPU-bbbb3-2222"
+    assert visible_gpu_count(nvml_module=_constrained(), environ={}) == 2
+
+
+def test_a_job_gpu_nvml_refuses_is_unavailable_with_the_reason() -> None:
+    nv = _constrained()
+    with pytest.raises(DeviceUnavailable, match="NVML could not open NVML GPU 0: insufficient permissions"):
+        _open(nv, None, {"CUDA_VISIBLE_DEVICES": "GPU-bbbb2-2222"})
+    assert nv.initialised == 0
+    every = FakeNvml([FakeGpu(errors=REFUSED), FakeGpu(errors={"nvmlDeviceGetHandleByIndex": fk.NVMLError_GpuIsLost})])
+    with pytest.raises(DeviceUnavailable, match="none of the 2 GPU.s. NVML counts can be opened .*GPU is lost"):
+        _open(every)
+
+
 # --------------------------------------------------------------------- visible GPUs
 def test_visible_gpu_count() -> None:
     nv = _three()

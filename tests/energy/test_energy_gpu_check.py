@@ -55,13 +55,49 @@ def test_square_wave_row_and_verdict() -> None:
     row = gc.square_wave_row(10.0, [100.0, 101.0, 99.0], [90.0, 91.0, 89.0], 0.49)
     assert row["counter_mean_j"] == pytest.approx(100.0) and row["counter_cv_pct"] == pytest.approx(1.0)
     assert row["polled_vs_counter_pct"] == pytest.approx(10.0) and row["achieved_duty"] == 0.49
-    quiet = gc.square_wave_row(25.0, [100.0, 100.2, 99.8], [None, None, None])
+    quiet = gc.square_wave_row(43.0, [100.0, 100.2, 99.8], [None, None, None], reference_j=[99.0, 99.5, 99.0])
     assert quiet["polled_mean_j"] is None and quiet["counter_cv_pct"] == pytest.approx(0.2)
+    assert quiet["counter_vs_reference_pct"] == pytest.approx(100 / 99.1666 * 100 - 100, abs=0.01)
     assert gc.square_wave_outcome([quiet]).verdict == gc.PASS
-    failed = gc.square_wave_outcome([quiet, row])  # CV exactly 1 % is not below 1 %
-    assert failed.verdict == gc.FAIL and "10 ms" in failed.detail
+    # a steady counter 10 % above the reference: its CV alone would pass
+    biased = gc.square_wave_row(43.0, [110.0, 110.2, 109.8], [None] * 3, reference_j=[100.0, 100.0, 100.1])
+    bad = gc.square_wave_outcome([quiet, biased])
+    assert bad.verdict == gc.FAIL and "counter off the reference at 43 ms (10.0 %)" in bad.detail
+    no_ref = gc.square_wave_row(43.0, [100.0, 100.2, 99.8], [None] * 3, reference_j=[None, 99.0, 99.0])
+    assert gc.square_wave_outcome([no_ref]).verdict == gc.FAIL
+    noisy = gc.square_wave_row(10.0, [100.0, 101.0, 99.0], [None] * 3, reference_j=[100.0, 100.0, 100.0])
+    failed = gc.square_wave_outcome([quiet, noisy])  # CV exactly 1 % is not below 1 %
+    assert failed.verdict == gc.FAIL and "noisy at 10 ms" in failed.detail
     assert gc.square_wave_outcome([gc.square_wave_row(50.0, [1.0], [1.0])]).verdict == gc.FAIL
     assert gc.square_wave_outcome([]).verdict == gc.FAIL
+
+
+def test_square_wave_periods_must_not_alias_the_sensor_cycle() -> None:
+    assert all(gc.aliases_sensor(p) for p in (10.0, 20.0, 25.0, 50.0, 100.0, 200.0, 500.0))
+    assert not any(gc.aliases_sensor(p) for p in gc.parser().parse_args([]).square_periods_ms)
+    assert not gc.aliases_sensor(250.0) and not gc.aliases_sensor(37.0)
+    assert gc.periods_window_s(1.0, 0.043) == pytest.approx(23 * 0.043)
+    assert gc.periods_window_s(0.01, 0.043) == pytest.approx(0.043)
+
+
+def test_instant_power_integral_by_hand() -> None:
+    samples = [(0.0, 100.0), (1.0, 200.0), (2.0, 200.0)]
+    assert gc.integrate(samples, 0.0, 2.0) == pytest.approx(350.0)
+    assert gc.integrate(samples, 0.5, 1.5) == pytest.approx(0.5 * (150 + 200) / 2 + 0.5 * 200)
+    assert gc.integrate(samples, -0.1, 1.0) is None and gc.integrate(samples, 1.0, 2.5) is None
+
+
+def test_settle_time_by_hand() -> None:
+    times = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    watts = [90.0, 75.0, 66.0, 61.0, 60.5, 60.0, 60.0]
+    assert gc.settle_time_s(times, watts) == (4.0, 60.0)  # 61 W is within 2 % of 60 W, 66 W is not
+    rows = [{"t_s": t, "watts": w} for t, w in zip(times, watts)]
+    ok = gc.settle_outcome(rows)
+    assert ok.verdict == gc.PASS and ok.measured == "settles in 4.0 s" and "50.0 % off the settled 60 W" in ok.detail
+    slow = gc.settle_outcome([{"t_s": t * 2, "watts": w} for t, w in zip(times, watts)])
+    assert slow.verdict == gc.FAIL and "baseline.settle_seconds ≥ 8" in slow.detail
+    drifting = gc.settle_outcome([{"t_s": t, "watts": 100.0 - 5 * t} for t in times])
+    assert drifting.verdict == gc.FAIL and "still drifting" in drifting.detail
 
 
 def test_abba_order_and_overhead() -> None:
@@ -158,8 +194,9 @@ def test_selection_budgets_and_exit_codes() -> None:
         gc.select_checks(["nope"], None)
     by_name = {c.name: c for c in gc.CHECKS}
     assert gc.budget_for(by_name["square-wave"], args) == 12.0
-    # default: 5 periods x (3 s warmup + 5 x 5 s windows) = 140 s expected -> 140 x 1.5 + 60
-    assert gc.budget_for(by_name["square-wave"], gc.parser().parse_args([])) == 270.0
+    # default: 5 periods x (3 s warmup + 5 x (~5 s of whole periods + up to a period of phase)) = 142.2 s
+    # expected -> 142.2 x 1.5 + 60
+    assert gc.budget_for(by_name["square-wave"], gc.parser().parse_args([])) == 274.0
     result = lambda verdict: gc.CheckResult("x", "x", verdict, "", "", "", 0.0, 1.0)  # noqa: E731
     assert gc.exit_code([result(gc.PASS), result(gc.SKIP)]) == gc.EXIT_OK
     assert gc.exit_code([result(gc.PASS), result(gc.ERROR)]) == gc.EXIT_FAILED
@@ -295,8 +332,14 @@ def _fake_gpus(trace: PowerTrace, count: int = 1, instant_scale: float = 1.0) ->
 FAST = [
     "--interval-ms", "10", "--windows", "0.4", "--warmup-s", "0.05", "--idle-gap-s", "0.05",
     "--baseline-s", "0.2", "--settle-s", "0.02", "--cooldown-s", "0.3",
-    "--square-periods-ms", "10,50", "--square-window-s", "0.4", "--square-repeats", "3",
+    "--square-periods-ms", "17,43", "--square-window-s", "0.4", "--square-repeats", "3",
+    "--hot-s", "0.2", "--settle-step-s", "0.1", "--settle-max-s", "0.8",
 ]  # fmt: skip
+
+
+# Against the fake board, the reference thread shares two busy cores with everything else: fewer edges per
+# window keep its sampling error (a few ms at each edge) well inside the 3 % tolerance.
+SLOW_WAVES = ["--square-periods-ms", "130,230"]
 
 
 def _main(argv: list[str], rig: Any) -> tuple[int, str]:
@@ -354,27 +397,143 @@ def test_steady_power_fails_when_instant_power_reads_low(tmp_path: Path) -> None
 
 
 def test_square_wave_counter_is_steady(tmp_path: Path) -> None:
-    trace = PowerTrace(60.0)
-    work = FakeWork(trace)
+    trace = PowerTrace(100.0)
+    work = FakeWork(trace, idle_w=100.0, busy_w=140.0)  # a small swing: a late wake-up moves energy little
     out = tmp_path / "r.json"
     rig = gc.Rig(nvml=_fake_gpus(trace), environ={}, work=work)
     # 1 s windows, so that a few ms of timing jitter in a window's length stay well below 1 %
-    code, text = _main([*FAST, "--only", "square-wave", "--square-window-s", "1", "--json", str(out)], rig)
+    code, text = _main([*FAST, "--only", "square-wave", "--square-window-s", "1", *SLOW_WAVES, "--json", str(out)], rig)
     assert code == gc.EXIT_OK, text
     (check,) = json.loads(out.read_text())["checks"]
-    assert [r["period_ms"] for r in check["rows"]] == [10.0, 50.0]
+    assert [r["period_ms"] for r in check["rows"]] == [130.0, 230.0]
     for row in check["rows"]:
-        # half the time at 300 W, half at 60 W: 180 J a second
-        assert row["counter_mean_j"] == pytest.approx(180.0, rel=0.02) and row["counter_cv_pct"] < 1.0
+        # half the time at 140 W, half at 100 W: 120 J a second, over whole periods
+        assert row["counter_mean_j"] == pytest.approx(120.0 * row["window_s"], rel=0.02) and row["counter_cv_pct"] < 1.0
+        assert row["counter_vs_reference_pct"] < gc.SQUARE_WAVE_REFERENCE_PCT and row["reference_hz"] > 100
+        assert len(set(row["phases_ms"])) == 3 and all(0 <= ph < row["period_ms"] for ph in row["phases_ms"])
     assert all(row["polled_mean_j"] is not None for row in check["rows"])  # reported beside the counter
-    assert work.loads == [(0.01, 0.5), (0.05, 0.5)]
+    assert work.loads == [(0.13, 0.5), (0.23, 0.5)]
 
 
-def test_square_wave_window_must_hold_whole_periods() -> None:
+def test_square_wave_fails_for_a_counter_with_a_constant_bias(tmp_path: Path) -> None:
+    trace = PowerTrace(100.0)
+    out = tmp_path / "r.json"
+    biased = FakeGpu(energy_mj=lambda t: int(trace.energy_mj(t) * 1.08),
+                     instant_power_mw=lambda t: trace.watts(t) * 1000)  # fmt: skip
+    rig = gc.Rig(nvml=FakeNvml([biased], clock=time.monotonic), environ={},
+                 work=FakeWork(trace, idle_w=100.0, busy_w=140.0))  # fmt: skip
+    code, text = _main([*FAST, "--only", "square-wave", "--square-window-s", "1", *SLOW_WAVES, "--json", str(out)], rig)
+    assert code == gc.EXIT_FAILED, text
+    (check,) = json.loads(out.read_text())["checks"]
+    assert all(gc.SQUARE_WAVE_REFERENCE_PCT < r["counter_vs_reference_pct"] < 9.0 for r in check["rows"])  # 8 % high
+    assert "counter off the reference" in check["detail"]
+
+
+def test_square_wave_period_that_aliases_the_sensor_is_refused() -> None:
     trace = PowerTrace(60.0)
     rig = gc.Rig(nvml=_fake_gpus(trace), environ={}, work=FakeWork(trace))
-    code, text = _main([*FAST, "--only", "square-wave", "--square-window-s", "0.33"], rig)
-    assert code == gc.EXIT_FAILED and "whole number" in text
+    code, text = _main([*FAST, "--only", "square-wave", "--square-periods-ms", "25"], rig)
+    assert code == gc.EXIT_FAILED and "divides the ~100 ms sensor cycle" in text
+
+
+class SettlingWork(FakeWork):
+    """A board whose idle power, after a load, falls 90 -> 70 -> 60 W over half a second."""
+
+    def load(self, indices: list[int], matrix: int, period_s: float | None = None, duty: float = 1.0) -> FakeLoad:
+        work = self
+
+        class Cooling(FakeLoad):
+            def stop(self) -> dict[str, Any]:
+                work.trace.set(90.0)
+                threading.Timer(0.2, work.trace.set, args=(70.0,)).start()
+                threading.Timer(0.45, work.trace.set, args=(60.0,)).start()
+                return {"achieved_duty": 1.0}
+
+        return Cooling(self, period_s, duty)
+
+
+def test_baseline_settle_reports_the_settle_time(tmp_path: Path) -> None:
+    trace = PowerTrace(60.0)
+    out = tmp_path / "r.json"
+    rig = gc.Rig(nvml=_fake_gpus(trace), environ={}, work=SettlingWork(trace))
+    code, text = _main([*FAST, "--only", "baseline-settle", "--json", str(out)], rig)
+    assert code == gc.EXIT_OK, text
+    (check,) = json.loads(out.read_text())["checks"]
+    assert check["rows"][0]["watts"] == pytest.approx(90.0, rel=0.05)
+    assert check["rows"][-1]["watts"] == pytest.approx(60.0, rel=0.01)
+    settled = float(re.search(r"settles in ([\d.]+) s", check["measured"]).group(1))  # type: ignore[union-attr]
+    assert 0.4 <= settled <= 0.75
+    assert "off the settled" in check["detail"]
+
+
+def test_json_is_written_after_each_check_so_a_cut_run_keeps_them(tmp_path: Path) -> None:
+    trace = PowerTrace(60.0)
+
+    class Killed(FakeWork):
+        def load(self, *args: Any, **kwargs: Any) -> FakeLoad:
+            raise KeyboardInterrupt  # what a slot's time limit does to the run
+
+    out = tmp_path / "r.json"
+    gpu = FakeGpu(energy_mj=lambda t: int(250_000 * t), energy_update_period_s=0.01,
+                  instant_power_mw=lambda t: 250_000)  # fmt: skip
+    rig = gc.Rig(nvml=FakeNvml([gpu], clock=time.monotonic), environ={}, work=Killed(trace))
+    with pytest.raises(KeyboardInterrupt):
+        _main([*FAST, "--only", "update-period,steady-power", "--period-timeout-s", "0.5", "--json", str(out)], rig)
+    data = json.loads(out.read_text())
+    assert data["complete"] is False and data["planned"] == ["update-period", "steady-power"]
+    assert [c["name"] for c in data["checks"]] == ["update-period"] and data["checks"][0]["verdict"] == "pass"
+    assert data["exit_code"] is None
+
+
+def test_budget_seconds_picks_checks_and_shortens_settings(tmp_path: Path) -> None:
+    defaults = gc.parser().parse_args([])
+    args = gc.parser().parse_args(["--budget-seconds", "200", "--square-repeats", "6"])
+    chosen, left, shortened = gc.fit_budget(gc.CHECKS, args, 200.0, defaults)
+    names = [c.name for c in chosen]
+    assert names[:3] == ["update-period", "steady-power", "square-wave"] and "cross-engine-ttft" not in names
+    assert {c.name for c in left} | set(names) == set(gc.CHECK_NAMES)
+    assert "square_repeats" not in shortened and args.square_repeats == 6  # what the user set is kept
+    assert "windows" in shortened and args.windows == [5.0]
+    assert sum(gc.budget_for(c, args) for c in chosen) <= 200.0
+    # whole run on fakes: what is left out is reported as skipped, with the reason
+    trace = PowerTrace(60.0)
+    out = tmp_path / "r.json"
+    rig = gc.Rig(nvml=_fake_gpus(trace), environ={}, work=FakeWork(trace))
+    code, text = _main([*FAST, "--only", "steady-power,baseline-settle", "--budget-seconds", "25", "--json", str(out)],
+                       rig)  # fmt: skip
+    data = json.loads(out.read_text())
+    verdicts = {c["name"]: (c["verdict"], c["detail"]) for c in data["checks"]}
+    assert verdicts["baseline-settle"] == ("skip", "left out to fit --budget-seconds 25")
+    assert verdicts["steady-power"][0] == "pass" and code == gc.EXIT_OK, text
+
+
+BARE = """
+import builtins, sys, time
+real = builtins.__import__
+def bare(name, *args, **kwargs):
+    if name.split(".")[0] in {"rich", "pydantic", "hydra", "omegaconf", "pandas", "pyarrow", "scipy", "matplotlib"}:
+        raise ImportError(f"No module named {name!r}")
+    return real(name, *args, **kwargs)
+builtins.__import__ = bare
+sys.path.insert(0, sys.argv[1])
+import importlib.util
+spec = importlib.util.spec_from_file_location("gpu_check", sys.argv[2])
+gc = importlib.util.module_from_spec(spec); sys.modules["gpu_check"] = gc; spec.loader.exec_module(gc)
+from tests.fakes.fake_pynvml import FakeGpu, FakeNvml
+gpu = FakeGpu(energy_mj=lambda t: int(250_000 * t), energy_update_period_s=0.01, instant_power_mw=lambda t: 250_000)
+class Work:  # CUDA work that can run, so the experiment check reaches its own dependencies
+    def problem(self): return None
+rig = gc.Rig(nvml=FakeNvml([gpu], clock=time.monotonic), environ={}, work=Work())
+sys.exit(gc.main(["--only", "update-period,repeatability", "--period-timeout-s", "0.5"], rig=rig))
+"""
+
+
+def test_runs_with_only_the_bare_gpu_machine_packages() -> None:
+    proc = subprocess.run([sys.executable, "-c", BARE, str(REPO), str(SCRIPT)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == gc.EXIT_OK, proc.stdout + proc.stderr
+    assert "update-period" in proc.stdout and "pass" in proc.stdout.lower()
+    assert "llem's experiments need its dependencies" in proc.stdout  # the experiment check skips, saying why
 
 
 class FakeSession:

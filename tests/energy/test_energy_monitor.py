@@ -255,6 +255,7 @@ def test_nothing_measurable_gives_nulls_with_reasons(tmp_path: Path) -> None:
     monitor = _open("auto", None, None, tmp_path / "missing", clock)
     assert monitor.source == "none" and monitor.resolution_s is None
     assert monitor.scope["included"] == ["cpu"] and "does not exist" in monitor.scope["unavailable"]["cpu"]
+    assert monitor.measured == [] and monitor.scope["measured"] == []  # in scope, but nothing was read
     monitor.begin_window("run")
     clock.advance(2.0)
     w = monitor.end_window("run")
@@ -398,3 +399,20 @@ def test_mig_job_keeps_gpu_in_scope_with_the_reason(tmp_path: Path) -> None:
     w = monitor.end_window("run")
     monitor.close()
     assert w.total_j is None and "MIG" in (w.unavailable_reason or "")
+
+
+def test_job_gpu_found_by_uuid_beside_gpus_nvml_refuses(tmp_path: Path) -> None:
+    """A SLURM node with ConstrainDevices: NVML counts four GPUs, opens only the job's two."""
+    clock = FakeClock()
+    refused = {"nvmlDeviceGetHandleByIndex": fk.NVMLError_NoPermission}
+    gpus = [FakeGpu(uuid=f"GPU-cccc{k}", energy_mj=lambda t, w=100 + 10 * k: int(w * 1000 * t),
+                    errors=refused if k in (0, 1) else {}) for k in range(4)]
+    nv = FakeNvml(gpus, clock=clock)
+    monitor = _open("auto", [0], nv, tmp_path / "missing", clock, environ={"CUDA_VISIBLE_DEVICES": "GPU-cccc3"})
+    assert monitor.scope["gpu_uuids"] == {"gpu0": "GPU-cccc3"} and monitor.scope["measured"] == ["gpu"]
+    assert monitor.scope["nvml_refused"] == {"nvml0": "insufficient permissions", "nvml1": "insufficient permissions"}
+    monitor.begin_window("run")
+    clock.advance(2.0)
+    w = monitor.end_window("run")
+    monitor.close()
+    assert w.total_j == pytest.approx(2.0 * 130)  # GPU 3's draw, nobody else's

@@ -1,4 +1,4 @@
-"""Every quality warning, and silence for a clean window."""
+"""Every quality warning and failure, and silence for a clean window."""
 
 from __future__ import annotations
 
@@ -8,8 +8,17 @@ import pytest
 
 from tests.fakes.fake_pynvml import FakeClock, FakeGpu, FakeNvml
 
-from llem.energy.monitor import ComponentEnergy, MonitorWindow, open_monitor
-from llem.energy.quality import MIN_UPDATE_PERIODS, counter_polled_diff_pct, quality_warnings
+from tests.energy.fake_powercap import server_tree, set_energy
+from tests.fakes import fake_pynvml as fk
+
+from llem.energy.monitor import ComponentEnergy, MonitorWindow, open_monitor, with_unmeasured_component
+from llem.energy.quality import (
+    MIN_UPDATE_PERIODS,
+    counter_polled_diff_pct,
+    quality_failures,
+    quality_status,
+    quality_warnings,
+)
 
 
 def _w(
@@ -109,3 +118,54 @@ def test_window_without_gpu_has_no_cross_check() -> None:
     w = MonitorWindow(name="run", duration_s=30.0, components={"cpu": cpu}, excluded={"gpu": "job uses no GPU"},
                       total_j=50.0, unavailable_reason=None, resolution_s=0.001)
     assert quality_warnings(w) == []
+
+
+# --------------------------------------------------------------------- failures
+def test_measured_window_and_cpu_only_window_do_not_fail() -> None:
+    assert quality_failures(_w()) == []
+    cpu = ComponentEnergy(source="rapl", joules=None, devices=[], per_device={},
+                          unavailable_reason="RAPL not available")
+    window = MonitorWindow(name="run", duration_s=1.0, components={"cpu": cpu}, excluded={"gpu": "job uses no GPU"},
+                           total_j=None, unavailable_reason="cpu: RAPL not available", resolution_s=None)
+    assert quality_failures(window) == []
+    assert quality_status([], []) == "ok" and quality_status([], ["w"]) == "warn"
+
+
+def test_gpu_job_whose_nvml_is_unusable_fails_while_the_host_reads(tmp_path: Path) -> None:
+    # CUDA runs the job, NVML cannot be loaded (a container without the driver's utility libraries), RAPL reads
+    zones = server_tree(tmp_path)
+    clock = FakeClock()
+    nv = FakeNvml([], init_error=fk.NVMLError_LibraryNotFound)
+    monitor = open_monitor("auto", [0], nvml_module=nv, rapl_root=tmp_path, environ={}, clock=clock,
+                           start_threads=False, measure_update_period=False)
+    assert monitor.measured == ["cpu", "dram"] and monitor.scope["measured"] == ["cpu", "dram"]
+    monitor.begin_window("run")
+    clock.advance(1.0)
+    set_energy(zones["package-0"], 1_000 + 5_000_000)
+    window = monitor.end_window("run")
+    monitor.close()
+    assert window.components["cpu"].joules is not None and window.total_j is None
+    failures = quality_failures(window)
+    assert len(failures) == 1 and "gpu0" in failures[0] and "NVML library not found" in failures[0]
+    assert quality_status(failures, []) == "fail"
+
+
+def test_one_unreadable_gpu_of_two_fails_naming_it() -> None:
+    gpu = ComponentEnergy(source="nvml", joules=None, devices=["gpu0", "gpu1"], per_device={"gpu0": 5.0, "gpu1": None},
+                          unavailable_reason="GPU is lost")
+    window = MonitorWindow(name="run", duration_s=1.0, components={"gpu": gpu}, excluded={}, total_j=None,
+                           unavailable_reason="gpu: GPU is lost", resolution_s=None)
+    [failure] = quality_failures(window)
+    assert "on gpu1 (GPU is lost)" in failure
+
+
+def test_a_gpu_found_in_use_after_the_window_voids_the_host_total() -> None:
+    cpu = ComponentEnergy(source="rapl", joules=12.0, devices=["package-0"], per_device={"package-0": 12.0})
+    window = MonitorWindow(name="run", duration_s=1.0, components={"cpu": cpu}, excluded={"gpu": "job uses no GPU"},
+                           total_j=12.0, unavailable_reason=None, resolution_s=None)
+    assert quality_failures(window) == []
+    voided = with_unmeasured_component(window, "gpu", ["gpu0"], "the engine ran on CUDA device(s) 0")
+    assert voided.total_j is None and voided.unavailable_reason == "gpu: the engine ran on CUDA device(s) 0"
+    assert voided.excluded == {} and voided.components["cpu"].joules == 12.0
+    assert voided.components["gpu"].per_device == {"gpu0": None}
+    assert quality_failures(voided) and window.total_j == 12.0  # the original is left as it was

@@ -7,9 +7,13 @@ memory / utilisation structs, and the field-value structs of
 `nvmlDeviceGetFieldValues` (real ctypes unions, so reading the wrong member gives
 the wrong number as it would on a driver). Every reading is scripted per GPU as a
 constant, a list of successive values (the last one repeats), or a function of a
-fake clock, and any function can be told to raise. The energy counter can be made
+fake clock, and any function can be told to raise (`nvmlDeviceGetHandleByIndex` on one GPU: a
+GPU NVML counts but will not open, as under a device cgroup). The energy counter can be made
 to move in steps like the real one (`energy_update_period_s`), and every device
-call can be made to take fake time (`call_latency_s`).
+call can be made to take fake time (`call_latency_s`). Power limits and locked clocks
+can be read, checked against the GPU's constraints and supported clocks, set and reset
+(refused with NoPermission unless `privileged`); every set and reset is recorded in
+`settings_log`, and a `store` can share that state between processes.
 """
 
 from __future__ import annotations
@@ -132,6 +136,12 @@ class c_nvmlMemory_t:
 
 
 @dataclass
+class c_nvmlProcessInfo_t:
+    pid: int
+    usedGpuMemory: int
+
+
+@dataclass
 class c_nvmlUtilization_t:
     gpu: int
     memory: int
@@ -239,9 +249,20 @@ class FakeGpu:
     util_mem: Script = 0
     memory_total: int = 80 * 2**30
     memory_used: Script = 2**30
+    # (pid, used bytes) of the compute processes NVML lists on this GPU.
+    processes: list[tuple[int, int]] = field(default_factory=list)
     persistence: int = NVML_FEATURE_ENABLED
     clock_reasons: Script = 0
     power_limit_mw: int = 700_000
+    # Settable state (power limit above, locked clocks below) and what the device allows.
+    power_limit_min_mw: int = 100_000
+    power_limit_max_mw: int = 700_000
+    default_power_limit_mw: int = 700_000
+    enforced_power_limit_mw: int | None = None  # the driver enforces this instead of the set limit (None: the same)
+    supported_mem_clocks_mhz: list[int] = field(default_factory=lambda: [2619])
+    supported_sm_clocks_mhz: list[int] = field(default_factory=lambda: list(range(1980, 344, -15)))
+    sm_locked_mhz: tuple[int, int] | None = None
+    mem_locked_mhz: tuple[int, int] | None = None
     # function name -> exception (class or instance), or a list of successive exceptions/None.
     errors: dict[str, Any] = field(default_factory=dict)
     _scripts: dict[str, _Scripted] = field(default_factory=dict, repr=False)
@@ -309,6 +330,8 @@ class FakeNvml:
         cuda_driver_version: int = 12040,
         has_event_reasons: bool = True,
         call_latency_s: float = 0.0,
+        privileged: bool = True,
+        store: Any = None,
     ) -> None:
         self.gpus = list(gpus)
         for n, g in enumerate(self.gpus):
@@ -324,6 +347,12 @@ class FakeNvml:
         self.init_calls = 0
         self.shutdown_calls = 0
         self.calls: list[tuple[str, int | None]] = []
+        # Setting power limits and clocks: refused with NoPermission unless privileged; every set and reset is
+        # logged (function, GPU UUID, arguments). A `store` (see gpu_settings_store.py) keeps the settable
+        # state and the log in a file, so processes that each build their own fake see one GPU.
+        self.privileged = privileged
+        self.store = store
+        self.settings_log: list[tuple[str, str, tuple[int, ...]]] = []
 
     # ----------------------------------------------------------------- helpers
     def _check(self, fn: str, handle: FakeHandle | None = None) -> None:
@@ -373,10 +402,15 @@ class FakeNvml:
         return len(self.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeHandle:
+        """A GPU whose `errors` name this function is counted but refused, as under a device cgroup."""
         self._check("nvmlDeviceGetHandleByIndex")
         if not 0 <= index < len(self.gpus):
             raise NVMLError_InvalidArgument()
-        return FakeHandle(index, self.gpus[index])
+        handle = FakeHandle(index, self.gpus[index])
+        if "nvmlDeviceGetHandleByIndex" in handle.gpu.errors:
+            self.calls.pop()
+            self._check("nvmlDeviceGetHandleByIndex", handle)
+        return handle
 
     # ----------------------------------------------------------------- per device
     def nvmlDeviceGetUUID(self, handle: FakeHandle) -> str:
@@ -440,10 +474,15 @@ class FakeNvml:
 
     def nvmlDeviceGetClockInfo(self, handle: FakeHandle, type: int) -> int:
         self._check("nvmlDeviceGetClockInfo", handle)
+        if type in (NVML_CLOCK_SM, NVML_CLOCK_MEM):
+            self._load_settings(handle.gpu)
+        locked = handle.gpu.sm_locked_mhz if type == NVML_CLOCK_SM else handle.gpu.mem_locked_mhz
         if type == NVML_CLOCK_SM:
-            return int(self._v(handle, "sm_clock_mhz"))
+            value = int(self._v(handle, "sm_clock_mhz"))
+            return value if locked is None else min(max(value, locked[0]), locked[1])  # a lock holds the clock in range
         if type == NVML_CLOCK_MEM:
-            return int(self._v(handle, "mem_clock_mhz"))
+            value = int(self._v(handle, "mem_clock_mhz"))
+            return value if locked is None else min(max(value, locked[0]), locked[1])
         raise NVMLError_InvalidArgument()
 
     def nvmlDeviceGetUtilizationRates(self, handle: FakeHandle) -> c_nvmlUtilization_t:
@@ -455,6 +494,10 @@ class FakeNvml:
         used = int(self._v(handle, "memory_used"))
         total = handle.gpu.memory_total
         return c_nvmlMemory_t(total=total, free=total - used, used=used)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle) -> list[c_nvmlProcessInfo_t]:
+        self._check("nvmlDeviceGetComputeRunningProcesses", handle)
+        return [c_nvmlProcessInfo_t(pid=pid, usedGpuMemory=used) for pid, used in handle.gpu.processes]
 
     def nvmlDeviceGetPersistenceMode(self, handle: FakeHandle) -> int:
         self._check("nvmlDeviceGetPersistenceMode", handle)
@@ -472,8 +515,88 @@ class FakeNvml:
 
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: FakeHandle) -> int:
         self._check("nvmlDeviceGetEnforcedPowerLimit", handle)
-        return handle.gpu.power_limit_mw
+        self._load_settings(handle.gpu)
+        enforced = handle.gpu.enforced_power_limit_mw
+        return handle.gpu.power_limit_mw if enforced is None else enforced
 
     def nvmlDeviceGetPowerManagementLimit(self, handle: FakeHandle) -> int:
         self._check("nvmlDeviceGetPowerManagementLimit", handle)
+        self._load_settings(handle.gpu)
         return handle.gpu.power_limit_mw
+
+    # ----------------------------------------------------------------- settings (power limit, locked clocks)
+    _SETTABLE = ("power_limit_mw", "sm_locked_mhz", "mem_locked_mhz")
+
+    def _load_settings(self, gpu: FakeGpu) -> None:
+        if self.store is not None:
+            state = self.store.load(gpu.uuid)
+            if state is not None:
+                gpu.power_limit_mw = int(state["power_limit_mw"])
+                for name in ("sm_locked_mhz", "mem_locked_mhz"):
+                    setattr(gpu, name, None if state[name] is None else tuple(state[name]))
+
+    def _save_settings(self, gpu: FakeGpu, fn: str, args: tuple[int, ...]) -> None:
+        self.settings_log.append((fn, gpu.uuid, args))
+        if self.store is not None:
+            self.store.save(gpu.uuid, {name: getattr(gpu, name) for name in self._SETTABLE})
+            self.store.log(fn, gpu.uuid, args)
+
+    def _check_set(self, fn: str, handle: FakeHandle) -> None:
+        self._check(fn, handle)
+        if not self.privileged:
+            raise NVMLError_NoPermission()
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: FakeHandle) -> list[int]:
+        self._check("nvmlDeviceGetPowerManagementLimitConstraints", handle)
+        return [handle.gpu.power_limit_min_mw, handle.gpu.power_limit_max_mw]
+
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, handle: FakeHandle) -> int:
+        self._check("nvmlDeviceGetPowerManagementDefaultLimit", handle)
+        return handle.gpu.default_power_limit_mw
+
+    def nvmlDeviceSetPowerManagementLimit(self, handle: FakeHandle, limit: int) -> None:
+        self._check_set("nvmlDeviceSetPowerManagementLimit", handle)
+        gpu = handle.gpu
+        if not gpu.power_limit_min_mw <= int(limit) <= gpu.power_limit_max_mw:
+            raise NVMLError_InvalidArgument()
+        self._load_settings(gpu)
+        gpu.power_limit_mw = int(limit)
+        self._save_settings(gpu, "nvmlDeviceSetPowerManagementLimit", (int(limit),))
+
+    def nvmlDeviceGetSupportedMemoryClocks(self, handle: FakeHandle) -> list[int]:
+        self._check("nvmlDeviceGetSupportedMemoryClocks", handle)
+        return list(handle.gpu.supported_mem_clocks_mhz)
+
+    def nvmlDeviceGetSupportedGraphicsClocks(self, handle: FakeHandle, memoryClockMHz: int) -> list[int]:
+        self._check("nvmlDeviceGetSupportedGraphicsClocks", handle)
+        if int(memoryClockMHz) not in handle.gpu.supported_mem_clocks_mhz:
+            raise NVMLError_NotFound()
+        return list(handle.gpu.supported_sm_clocks_mhz)
+
+    def _lock(self, fn: str, handle: FakeHandle, attr: str, low: int, high: int) -> None:
+        self._check_set(fn, handle)
+        if int(low) > int(high):
+            raise NVMLError_InvalidArgument()
+        gpu = handle.gpu
+        self._load_settings(gpu)
+        setattr(gpu, attr, (int(low), int(high)))
+        self._save_settings(gpu, fn, (int(low), int(high)))
+
+    def _unlock(self, fn: str, handle: FakeHandle, attr: str) -> None:
+        self._check_set(fn, handle)
+        gpu = handle.gpu
+        self._load_settings(gpu)
+        setattr(gpu, attr, None)
+        self._save_settings(gpu, fn, ())
+
+    def nvmlDeviceSetGpuLockedClocks(self, handle: FakeHandle, minGpuClockMHz: int, maxGpuClockMHz: int) -> None:
+        self._lock("nvmlDeviceSetGpuLockedClocks", handle, "sm_locked_mhz", minGpuClockMHz, maxGpuClockMHz)
+
+    def nvmlDeviceResetGpuLockedClocks(self, handle: FakeHandle) -> None:
+        self._unlock("nvmlDeviceResetGpuLockedClocks", handle, "sm_locked_mhz")
+
+    def nvmlDeviceSetMemoryLockedClocks(self, handle: FakeHandle, minMemClockMHz: int, maxMemClockMHz: int) -> None:
+        self._lock("nvmlDeviceSetMemoryLockedClocks", handle, "mem_locked_mhz", minMemClockMHz, maxMemClockMHz)
+
+    def nvmlDeviceResetMemoryLockedClocks(self, handle: FakeHandle) -> None:
+        self._unlock("nvmlDeviceResetMemoryLockedClocks", handle, "mem_locked_mhz")

@@ -15,8 +15,8 @@ import pytest
 from llem.measure.result import read_result
 from llem.campaign.state import read_state
 from llem.plan.manifest import read_manifest
-from llem.launch.hydra_launcher import CAMPAIGN_LABEL
-from llem.launch.hydra_launcher import campaign_label as campaign_id
+from llem.launch.pool import CAMPAIGN_LABEL
+from llem.launch.pool import campaign_label as campaign_id
 from tests.containers import image
 
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(image.BUILD_TIMEOUT_S + 900)]

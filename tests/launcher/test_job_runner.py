@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from llem.launch import job_runner
 from llem.launch.job_config import JobComposer
-from llem.launch.runner import numbered
+from llem.launch.job_config import numbered
 
 SEEN: list[dict[str, Any]] = []
 

@@ -95,7 +95,8 @@ def test_a_gpu_held_by_another_campaign_is_reported_and_waited_for(tmp_path: Pat
     assert second.try_acquire([GPUS[3], GPUS[1]]) == GPUS[1]
     assert second.try_acquire([GPUS[3]]) is None  # all or nothing: GPU 3 was released again above, now taken
     assert f"PID {os.getpid()}" in second.holder(GPUS[0]) and "campaign A" in second.holder(GPUS[0])
-    with pytest.raises(GpuBusy, match=r"GPU 1 \(GPU-00000001.*\) is in use by PID .*campaign A.*gave up after 0.3 s"):
+    with pytest.raises(GpuBusy, match=r"GPU 1 \(GPU-00000001.*\) is in use by PID .*campaign A.*gave up after 0.3 s. "
+                                     r"Give the campaigns disjoint hydra.launcher.gpus"):
         second.acquire([GPUS[1]], timeout_s=0.3)
     told: list[str] = []
     threading.Timer(0.5, lambda: first.release(GPUS[:2])).start()
@@ -105,6 +106,42 @@ def test_a_gpu_held_by_another_campaign_is_reported_and_waited_for(tmp_path: Pat
     assert len(told) == 1 and "campaign A" in told[0]
     second.release_all()
     assert not list(tmp_path.glob("*.owner.json"))
+
+
+def test_two_campaigns_each_holding_one_gpu_of_a_pair_both_get_the_pair(tmp_path: Path) -> None:
+    """A holds GPU 0 and B holds GPU 1 (GPUs of workers they evicted), and each now wants both: all or none, in UUID
+    order, so one takes the pair, runs, and frees it for the other, instead of each waiting for the other forever."""
+    holding = threading.Barrier(2)
+    got: list[str] = []
+    errors: list[str] = []
+
+    def campaign(name: str, held: Gpu, wanted: list[Gpu]) -> None:
+        locks = GpuLocks(name, tmp_path)
+        assert locks.try_acquire([held]) is None
+        holding.wait(10)
+        try:
+            locks.acquire(wanted, timeout_s=5)
+        except GpuBusy as busy:
+            errors.append(str(busy))
+            return
+        got.append(name)
+        time.sleep(0.3)  # a job runs on the pair
+        locks.release_all()
+
+    threads = [threading.Thread(target=campaign, args=("A", GPUS[0], [GPUS[0], GPUS[1]])),
+               threading.Thread(target=campaign, args=("B", GPUS[1], [GPUS[1], GPUS[0]]))]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == [] and sorted(got) == ["A", "B"]
+
+
+def test_the_wait_for_another_campaigns_gpu_has_a_limit_by_default() -> None:
+    from llem.launch.options import ContainerOptions, LocalOptions
+
+    assert LocalOptions().gpu_lock_timeout_s == ContainerOptions().gpu_lock_timeout_s == 3600.0
+    assert LocalOptions.from_config({"gpu_lock_timeout_s": None}).gpu_lock_timeout_s is None  # no limit, if asked
 
 
 # ------------------------------------------------------------------------------------------- campaigns
@@ -213,7 +250,7 @@ def test_a_second_campaign_on_the_same_gpus_is_refused_clearly(tmp_path: Path) -
 
 def test_a_pinned_container_gets_only_its_gpus(tmp_path: Path) -> None:
     from llem.launch.container import gpu_args
-    from llem.launch.hydra_launcher import WorkerPool, container_spec
+    from llem.launch.pool import WorkerPool, container_spec
     from llem.launch.options import ContainerOptions, LocalOptions
 
     options = ContainerOptions(engine="podman", images={"vllm": "img:1"}, mount_caches=False, mount_cwd=False)

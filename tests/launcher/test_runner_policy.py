@@ -7,6 +7,8 @@ state is real (SQLite in tmp_path) and is read back as another process would (`r
 
 from __future__ import annotations
 
+import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from llem.config import CampaignSettings
 from llem.config.errors import ConfigError
 from llem.launch import protocol
 from llem.launch.handle import WorkerDied, WorkerHandle, WorkerTimeout
+from llem.launch.jobs import Job
 from llem.launch.runner import HEALTH_TIMEOUT_S, CampaignRunner, RunnerOptions
 from llem.launch.worker import _safe_exception
 from llem.plan.manifest import CampaignManifest, ManifestJob, utc_now
@@ -198,12 +201,14 @@ class Rig:
             },
         })  # fmt: skip
 
+    def job(self, job_num: int) -> Job:
+        """The job as the campaign plans it for a launcher."""
+        job = self.state.job(job_num)
+        return Job(num=job_num, overrides=tuple(job.overrides), cycle=job.cycle, repetition=job.repetition)
+
     def run(self, *job_nums: int) -> list[JobReturn]:
         context = HydraContext(config_loader=None, callbacks=Callbacks())  # type: ignore[arg-type]
-        return [
-            self.runner.run_job(self.config(n), self.state.job(n).overrides, task_function, context)
-            for n in job_nums
-        ]
+        return [self.runner.run_job(self.job(n), self.config(n), task_function, context) for n in job_nums]
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         """The events as the database holds them (what a report or `llem status` would read); gaps only if asked."""
@@ -237,6 +242,7 @@ def make_rig(
     settings: dict[str, Any] | None = None,
     options: RunnerOptions | None = None,
     real_sleep: bool = False,  # the runner's own (stoppable) sleep instead of the recorded fake
+    worker_type: type[FakeWorker] | None = None,
 ) -> Rig:
     manifest = CampaignManifest(
         campaign_name="policy", config_hash="h", created_at=utc_now(), updated_at=utc_now(),
@@ -260,7 +266,7 @@ def make_rig(
 
     def make_worker(key: str) -> FakeWorker:
         rig.made.append(key)
-        worker = FakeWorker(key, tmp_path / "sockets", script)
+        worker = (worker_type or FakeWorker)(key, tmp_path / "sockets", script)
         rig.workers[key] = worker
         return worker
 
@@ -293,7 +299,7 @@ def test_context_is_sent_once_per_worker_start_and_warmup_until_a_job_completes(
     waited: list[int] = []
     context = HydraContext(config_loader=None, callbacks=Callbacks())  # type: ignore[arg-type]
     for n in range(3):
-        rig.runner.run_job(rig.config(n), [], task_function, context, while_waiting=lambda n=n: waited.append(n))
+        rig.runner.run_job(rig.job(n), rig.config(n), task_function, context, while_waiting=lambda n=n: waited.append(n))
     worker = rig.workers["pytorch"]
     m0, m1, m2 = worker.messages
     assert protocol.unpack(m0["task_function"]) is task_function
@@ -615,3 +621,96 @@ def test_a_stop_ends_a_gap_at_once_and_its_job_never_starts(tmp_path: Path) -> N
     assert not thread.is_alive() and time.monotonic() - began < 30
     assert "the launcher is stopping" in error_of(rets[0])
     assert rig.runs() == [0] and rig.stored_job(1).status == "pending" and rig.stored_job(1).attempts == 0
+
+
+# ---------------------------------------------------------------------------------------------- 8. side by side
+class UnkillableWorker(FakeWorker):
+    """A worker whose process outlives a kill: the real `kill`, over a process that does not end in time."""
+
+    def kill(self) -> None:
+        self.script.timeline.append((self.key, "kill"))
+        WorkerHandle.kill(self)
+
+    def _terminate(self) -> None:
+        raise subprocess.TimeoutExpired(["python", "-m", "llem.launch.worker"], 30)
+
+
+def test_a_kill_that_does_not_finish_fails_that_job_and_the_campaign_goes_on(tmp_path: Path) -> None:
+    jobs = [(0, "pytorch", 0, 0), (1, "pytorch", 0, 0), (2, "vllm", 0, 0)]
+    rig = make_rig(tmp_path, jobs, {"execution": {"experiment_timeout_seconds": 5}}, worker_type=UnkillableWorker)
+    rig.script.actions = {0: [TIMEOUT]}
+    rets = rig.run(0, 1, 2)
+    assert error_of(rets[0]) == (
+        "job 0 timed out after 5 s on worker 'pytorch', and worker 'pytorch' did not end within 30 s of being killed"
+    )
+    assert rig.stored_job(0).status == "failed"  # recorded, not left running
+    # the process may still hold its GPUs: it is never restarted, and its key's jobs fail without it
+    assert rig.workers["pytorch"].starts == 1 and rig.runner.restarts == 0
+    assert "did not end within 30 s" in error_of(rets[1]) and rig.stored_job(1).status == "failed"
+    assert rets[2].status == JobStatus.COMPLETED and rig.runs() == [0, 2]
+    assert [e["kind"] for e in rig.events()] == ["worker_disabled"]
+
+
+def test_parallel_job_threads_share_one_restart_budget(tmp_path: Path) -> None:
+    """Two workers die at the same moment with one restart left: exactly one is restarted."""
+    rig = make_rig(tmp_path, [(0, "pytorch", 0, 0), (1, "vllm", 0, 0)], {"health_check": {"max_restarts": 1}},
+                   RunnerOptions(gaps_per_worker=True))  # fmt: skip
+    rig.script.actions = {0: [DIE], 1: [DIE]}
+    both = threading.Barrier(2)
+    budget = rig.runner._max_restarts
+
+    def read_together() -> int:  # both threads read the budget before either spends it, if they can
+        try:
+            both.wait(timeout=2)
+        except threading.BrokenBarrierError:
+            pass
+        return budget()
+
+    rig.runner._max_restarts = read_together  # type: ignore[method-assign]
+    threads = [threading.Thread(target=rig.run, args=(n,)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert rig.runner.restarts == 1
+    assert sorted(e["kind"] for e in rig.events()) == ["worker_disabled", "worker_restart"]
+    assert sum(w.starts for w in rig.workers.values()) == 3
+
+
+def test_reading_a_result_for_the_webhook_does_not_hold_up_other_jobs(tmp_path: Path, monkeypatch: Any) -> None:
+    from llem.measure import result as result_module
+    from llem.notify import Notifier
+
+    rig = make_rig(tmp_path, one_key(2))
+    notifier = Notifier(rig.session.settings.notifications.model_copy(update={"webhook_url": "http://127.0.0.1:9/x"}),
+                        "policy")  # fmt: skip
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(notifier.sender, "submit", sent.append)
+    rig.session.notifier = notifier
+    (tmp_path / "sweep" / "0").mkdir(parents=True)
+    (tmp_path / "sweep" / "0" / "result.json").write_text("{}")
+    reading, release = threading.Event(), threading.Event()
+
+    def slow_read(path: Path) -> Any:  # a large result on a slow file system
+        reading.set()
+        release.wait(30)
+        raise ValueError("not a result")
+
+    monkeypatch.setattr(result_module, "read_result", slow_read)
+    finished = threading.Thread(
+        target=rig.session.finished, args=(0, job_return(rig.config(0), JobStatus.COMPLETED, None))
+    )
+    finished.start()
+    assert reading.wait(10)
+    other = threading.Thread(target=rig.session.started, args=(1,), kwargs={"key": "pytorch"})
+    other.start()
+    other.join(5)
+    try:
+        assert not other.is_alive(), "job 1's start waited for job 0's result to be read"
+        assert rig.stored_job(1).status == "running"
+    finally:
+        release.set()
+        finished.join(30)
+        other.join(30)
+    assert rig.stored_job(0).status == "completed"
+    assert [(e["job_num"], e["status"], e["figures"]["throughput_tokens_per_s"]) for e in sent] == [(0, "completed", None)]

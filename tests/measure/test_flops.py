@@ -313,3 +313,59 @@ def test_latent_attention_prefill_matches_torch_flop_counter() -> None:
     masked = arch.num_layers * arch.attention_flops_per_key() * _masked_pairs(0, PROMPT, None)
     assert masked > 0.03 * measured
     assert measured == pytest.approx(sequence_flops(arch, PROMPT, 1) + masked, rel=0.03)
+
+
+# -- without a KV cache ------------------------------------------------------------
+
+
+def test_without_a_kv_cache_every_step_forwards_the_whole_sequence() -> None:
+    # 3 prompt + 3 generated tokens: steps forward 3, 4 and 5 positions from scratch, one LM head each
+    contexts = (1 + 2 + 3) + (1 + 2 + 3 + 4) + (1 + 2 + 3 + 4 + 5)
+    expected = (3 + 4 + 5) * SMALL_PER_POSITION + 2 * SMALL_PER_KEY * contexts + 3 * SMALL_HEAD
+    assert sequence_flops(SMALL, 3, 3, kv_cache=False) == expected
+    assert sequence_flops(SMALL, 3, 3, kv_cache=False) > sequence_flops(SMALL, 3, 3)
+    # a prefill-only pass and an empty generation are the same work either way
+    assert sequence_flops(SMALL, 3, 1, kv_cache=False) == sequence_flops(SMALL, 3, 1)
+    assert sequence_flops(SMALL, 3, 0, kv_cache=False) == sequence_flops(SMALL, 3, 0)
+    assert total_flops(SMALL, [(3, 3), (2, 2)], kv_cache=False) == (
+        sequence_flops(SMALL, 3, 3, kv_cache=False) + sequence_flops(SMALL, 2, 2, kv_cache=False)
+    )
+
+
+def test_without_a_kv_cache_windows_and_chunks_apply_to_every_step() -> None:
+    # each uncached step costs what a cached prefill of the same length costs (one LM head)
+    mixed = replace(SMALL, sliding_window=4, sliding_layers=(0,), attention_chunk_size=3, chunked_layers=(1,))
+    for arch in (SMALL, mixed):
+        for n, m in ((1, 1), (3, 5), (9, 7), (2, 12)):
+            steps = sum(sequence_flops(arch, n + k, 1) for k in range(m))
+            assert sequence_flops(arch, n, m, kv_cache=False) == steps
+
+
+@needs_transformers
+def test_uncached_pytorch_backend_matches_torch_flop_counter() -> None:
+    from llem.backends.pytorch.backend import PyTorchBackend
+    from llem.config import ExperimentConfig
+    from llem.prompts.load import load_prompts
+
+    experiment = ExperimentConfig.model_validate({
+        "model": {"name": "builtin:tiny"}, "num_input_prompts": 2, "max_input_tokens": 40, "max_output_tokens": 8,
+        "backend": {"name": "pytorch", "batch_size": 1, "use_cache": False, "attn_implementation": "eager"},
+    })
+    backend = PyTorchBackend()
+    info = backend.load(experiment)
+    try:
+        arch = Architecture.from_dict(info.settings["architecture"])
+        prompts = load_prompts(experiment.dataset, backend.tokenizer, n=2, max_input_tokens=40, seed=0)
+        with FlopCounterMode(display=False) as counter:
+            out = backend.generate(prompts, experiment)
+    finally:
+        backend.unload()
+    work = [(s.input_tokens, len(s.token_times_s)) for s in out.sequences]
+    assert all(m == 8 for _, m in work)
+    # eager attention computes every (query, key) pair of each step's square and masks the upper half
+    per_pair = arch.num_layers * arch.attention_flops_per_key()
+    masked = sum(per_pair * _masked_pairs(0, n + k, None) for n, m in work for k in range(m))
+    measured = counter.get_total_flops()
+    assert measured == pytest.approx(total_flops(arch, work, kv_cache=False) + masked, rel=0.01)
+    # the count with a cache would be off by a factor of several here, growing with the output length
+    assert total_flops(arch, work) < 0.4 * measured

@@ -14,6 +14,8 @@ from llem.config import ExperimentConfig
 from llem.measure.harness import MeasurementError, run_experiment
 from llem.measure.result import ExperimentResult, read_result
 from llem.measure.session import BackendSession
+from llem.report.collect import metric_values
+from tests.fakes import fake_pynvml as fk
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml
 
 pytestmark = pytest.mark.slow
@@ -56,6 +58,9 @@ def test_cpu_run_writes_a_valid_result(tmp_path: Path, session: BackendSession) 
     assert e.unavailable_reason and "RAPL not available" in e.unavailable_reason
     assert e.baseline_power_w is None and e.baseline_unavailable_reason
     assert e.scope["excluded"]["gpu"] == "job uses no GPU"  # a CPU job measures CPU sources
+    assert e.scope["measured"] == [] and e.scope["included"] == ["cpu"]  # in scope, nothing read
+    assert metric_values(result)["energy_scope"] == "none"  # summary.csv says nothing was measured
+    assert result.quality is not None and result.quality.status != "fail" and result.quality.failures == []
     assert result.flops.total and result.flops.total > 0 and result.flops.per_output_token
     assert result.flops.method.startswith("llem-flops/2")
     m = result.memory
@@ -221,3 +226,86 @@ def test_min_window_repeats_whole_passes(tmp_path: Path, session: BackendSession
     assert result.latency.ttft_ms.count == 4 * result.passes
     assert result.flops.per_pass and result.flops.total == pytest.approx(result.flops.per_pass * result.passes)
     assert result.prefill is None and result.phase_split == {"enabled": False}
+
+
+class _Sleeps:
+    """A baseline sleep that records what it was asked to wait, and waits nothing."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.asked.append(seconds)
+
+
+def test_nothing_to_read_skips_the_baseline_at_once(tmp_path: Path, session: BackendSession) -> None:
+    session.release()
+    sleeps = _Sleeps()
+    exp = _experiment(baseline={"duration_seconds": 10.0, "settle_seconds": 5.0})
+    result = run_experiment(exp, tmp_path, session, sleep=sleeps)
+    assert sleeps.asked == []  # neither the settle time nor the measuring
+    e = result.energy
+    assert e.baseline is None and e.baseline_power_w is None
+    assert e.baseline_unavailable_reason and e.baseline_unavailable_reason.startswith("baseline skipped: no energy")
+    assert "RAPL not available" in e.baseline_unavailable_reason and "job uses no GPU" in e.baseline_unavailable_reason
+
+
+def _no_nvml() -> FakeNvml:
+    return FakeNvml([], init_error=fk.NVMLError_LibraryNotFound)
+
+
+def test_gpu_job_whose_nvml_is_unusable_fails_instead_of_passing_for_a_cpu_job(
+    tmp_path: Path, session: BackendSession
+) -> None:
+    # NVML cannot be loaded, CUDA counts one device: the job runs on a GPU whose energy nobody reads
+    session.release()
+    result = run_experiment(_experiment(), tmp_path, session, nvml_module=_no_nvml(), cuda_count=lambda: 1)
+    e = result.energy
+    gpu = e.components["gpu"]
+    assert gpu is not None and gpu.total_j is None and gpu.devices == ["gpu0"]
+    assert gpu.unavailable_reason == "NVML library not found (no NVIDIA driver)"
+    assert e.total_j is None and e.adjusted_j is None and e.per_output_token_j is None
+    assert e.unavailable_reason and e.unavailable_reason.startswith("gpu: NVML library not found")
+    assert e.scope["included"][0] == "gpu" and "gpu" not in e.scope["excluded"] and "gpu" not in e.scope["measured"]
+    assert result.quality is not None and result.quality.status == "fail"
+    [failure] = result.quality.failures
+    assert "gpu0" in failure and "NVML library not found" in failure and failure in result.warnings
+    on_disk = read_result(tmp_path / "result.json")
+    assert on_disk.quality == result.quality
+    # the same machine without a CUDA device: a CPU job, which does not fail
+    cpu = run_experiment(_experiment(), tmp_path / "cpu", session, nvml_module=_no_nvml(), cuda_count=lambda: 0)
+    assert cpu.energy.scope["excluded"]["gpu"] == "job uses no GPU"
+    assert cpu.quality is not None and cpu.quality.status != "fail"
+
+
+def test_engine_on_a_gpu_the_monitor_never_saw_voids_the_energy(
+    tmp_path: Path, session: BackendSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llem.backends.pytorch.backend import PyTorchBackend
+
+    session.release()
+    monkeypatch.setattr(PyTorchBackend, "devices", lambda self: [0])  # the engine reports CUDA device 0
+    result = run_experiment(_experiment(), tmp_path, session, nvml_module=_no_nvml(), cuda_count=lambda: 0)
+    e = result.energy
+    gpu = e.components["gpu"]
+    assert gpu is not None and gpu.total_j is None and gpu.devices == ["gpu0"]
+    assert gpu.unavailable_reason and "engine ran on CUDA device(s) 0" in gpu.unavailable_reason
+    assert e.total_j is None and e.unavailable_reason and e.unavailable_reason.startswith("gpu: the engine ran")
+    assert "gpu" in e.scope["included"] and "gpu" not in e.scope["excluded"]
+    assert e.scope["unavailable"]["gpu"] == gpu.unavailable_reason
+    assert result.quality is not None and result.quality.status == "fail" and len(result.quality.failures) == 1
+    assert result.decode is not None and result.decode.energy_j is None
+
+
+def test_flops_without_a_kv_cache_count_every_step_and_engine_settings_follow(
+    tmp_path: Path, session: BackendSession
+) -> None:
+    session.release()
+    cached = run_experiment(_experiment(), tmp_path / "cached", session)
+    uncached = run_experiment(_experiment(backend={"name": "pytorch", "batch_size": 2, "use_cache": False}),
+                              tmp_path / "uncached", session)
+    assert uncached.model_reused  # use_cache does not reload the model
+    assert cached.engine_settings["use_cache"] is True and uncached.engine_settings["use_cache"] is False
+    assert "without a KV cache" in uncached.flops.method and "without a KV cache" not in cached.flops.method
+    assert cached.output_tokens == uncached.output_tokens and cached.input_tokens == uncached.input_tokens
+    assert uncached.flops.total and cached.flops.total and uncached.flops.total > 2 * cached.flops.total

@@ -163,6 +163,7 @@ def test_resolve_unknown_builtin_lists_builtins() -> None:
         resolve_model_path(ModelConfig(name="builtin:xyz"))
 
 
+@pytest.mark.slow  # a real run in a fresh process: seconds, not a unit test
 def test_deterministic_in_a_fresh_process(tiny_dir: Path, tmp_path: Path) -> None:
     """Another interpreter (different hash seed) must build byte-identical files."""
     code = (

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from llem.plan.manifest import CampaignManifest, ManifestJob, utc_now, write_manifest
+from llem.atomic import atomic_write_text
+from llem.plan.manifest import CampaignManifest, ManifestJob, utc_now
 
 BATCH_SIZES = (2, 4)
 CYCLES = 3
@@ -90,7 +91,7 @@ def campaign_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         swept_keys=["backend.batch_size"],
         jobs=jobs,
     )
-    write_manifest(sweep_dir / ".state" / "campaign_manifest.json", manifest)
+    atomic_write_text(sweep_dir / ".state" / "campaign_manifest.json", manifest.model_dump_json(indent=2) + "\n")
     return sweep_dir
 
 
@@ -110,3 +111,13 @@ def report_dir(campaign_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("report")
     assert main([str(campaign_dir), "--out", str(out), "--seed", "5"]) == 0
     return out
+
+
+# The campaign above measures six real experiments: every test that reads it is a slow test.
+_REAL_CAMPAIGN = frozenset({"campaign_dir", "campaign_copy", "report_dir"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _REAL_CAMPAIGN & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -59,6 +59,10 @@ def hand_frame() -> pd.DataFrame:
                         "memory_reserved_bytes": 2**31,
                         "model_reused": cycle > 0,
                         "warnings_count": 0,
+                        "verdict": "pass",
+                        "verdict_reasons": None,
+                        "e2e_ms_p50": 100.0 * batch ** 0.5 + cycle,
+                        "e2e_ms_p99": 150.0 * batch ** 0.5 + cycle,
                         "result_path": f"{job}/result.json",
                     }
                 )

@@ -12,7 +12,8 @@ import pytest
 
 import pandas as pd
 
-from llem.plan.manifest import read_manifest, write_manifest
+from llem.atomic import atomic_write_text
+from llem.plan.manifest import read_manifest
 from llem.report.__main__ import main
 from llem.report.render import write_report
 
@@ -69,7 +70,7 @@ def test_campaign_group_by_from_the_manifest(campaign_copy: Path) -> None:
     manifest_path = campaign_copy / ".state" / "campaign_manifest.json"
     manifest = read_manifest(manifest_path)
     manifest.group_by = ["backend"]
-    write_manifest(manifest_path, manifest)
+    atomic_write_text(manifest_path, manifest.model_dump_json(indent=2) + "\n")
     assert main([str(campaign_copy)]) == 0
     md = (campaign_copy / "report.md").read_text()
     assert "### Statistics by backend" in md and "| backend | Configurations | Runs |" in md

@@ -65,7 +65,8 @@ def test_partial_campaign_counts_failed_and_pending_jobs(campaign_dir: Path) -> 
     campaign = collect(campaign_dir)
     assert campaign.name == "tiny-batch" and campaign.total == 8
     assert campaign.counts == {"completed": 6, "failed": 1, "pending": 1}
-    assert len(campaign.rows) == 6 and campaign.param_keys == ["backend.batch_size", "backend"]
+    assert len(campaign.rows) == 6 and campaign.param_keys == ["backend.batch_size"]
+    assert campaign.fixed == {"backend": "pytorch"}  # set on every job: a fixed setting, not a swept one
     assert not campaign.problems
 
 

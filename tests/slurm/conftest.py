@@ -45,3 +45,22 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
     finally:
         subprocess.run([sys.executable, str(SCRIPT), "stop", "--state-dir", str(state)], check=False, timeout=120)
+
+
+class _SweepComposer:
+    """Composes every job through the config loader's `load_sweep_config`, Hydra's own path."""
+
+    def __init__(self, config_loader: object, master_config: object) -> None:
+        self.loader, self.master = config_loader, master_config
+
+    def compose(self, overrides: list[str]) -> object:
+        return self.loader.load_sweep_config(self.master, list(overrides))  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def sweep_composer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unit tests' stand-in config loaders answer `load_sweep_config` only, so the launcher composes
+    through it (the real-cluster tests run llem in subprocesses, which this does not touch)."""
+    import llem.launch.slurm.launcher as launcher_module
+
+    monkeypatch.setattr(launcher_module, "JobComposer", _SweepComposer, raising=False)

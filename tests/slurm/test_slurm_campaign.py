@@ -1,8 +1,8 @@
 """Campaigns through `hydra/launcher=llem_slurm` on a real one-node SLURM cluster, with the tiny model.
 
-The node has no GPU, so the jobs say `backend.device=cpu` (a GPU-less partition needs that, or
-`hydra.launcher.gpus_per_task=0`). The two groups are two pytorch precisions: each group is one SLURM
-job that loads its model once.
+The node has no GPU gres. Most jobs say `backend.device=cpu`; the resume test leaves it at `auto`, which
+runs on CPU on such a partition. The two groups are two pytorch precisions: each group is one SLURM job
+that loads its model once.
 """
 
 from __future__ import annotations
@@ -205,3 +205,66 @@ def test_groups_run_in_podman_on_the_node_and_scancel_removes_the_container(tmp_
                                 remove=True, networks=["none"]).strip()
     assert {read_result(Path(j.result_path or "")).environment["python"] for j in m.jobs} == {inside}
     assert _podman_names("llem-slurm-") == []
+
+
+def _db_job(sweep: Path, job_num: int) -> dict[str, Any] | None:
+    """A job as the campaign state holds it now (read-only, beside the running orchestrator)."""
+    import sqlite3
+
+    db = sweep / ".state" / "campaign.db"
+    if not db.exists():
+        return None
+    try:
+        with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5) as conn:
+            row = conn.execute("SELECT data FROM jobs WHERE job_num = ?", (job_num,)).fetchone()
+    except sqlite3.Error:
+        return None
+    return None if row is None else json.loads(row[0])
+
+
+def _slurm_job_state(slurm_id: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", slurm_id, "-o", "%T"], capture_output=True, text=True,
+                          check=False).stdout.strip()
+
+
+def test_a_killed_orchestrator_resumes_into_its_running_group(tmp_path: Path) -> None:
+    """kill -9 of the orchestrator while its group runs, then the same command: the run re-attaches to the SLURM
+    job still running (one SLURM job for the group, one result per job). The jobs leave `backend.device` at
+    `auto` on this GPU-less partition: they run on CPU, with a note, where sbatch would refuse a GPU request.
+    While the group runs, each job's outcome is in the campaign state as soon as the group reports it, and the
+    health checks the group runs are in the campaign's events."""
+    auto = [a for a in FAST if a not in ("backend.device=cpu", "campaign.health_check.enabled=false")]
+    auto += ["backend.device=auto", "campaign.health_check.enabled=true"]
+    cmd = [sys.executable, "-m", "llem", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *auto, *LONGER]
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        first = _wait_for_result(sweep, 0, proc)
+        first_mtime = first.stat().st_mtime_ns
+        slurm_id = _placement(sweep, 0)["slurm_job_id"]
+        deadline = time.monotonic() + 60
+        while (_db_job(sweep, 0) or {}).get("status") != "completed" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (_db_job(sweep, 0) or {}).get("status") == "completed"  # recorded while its group still runs
+        assert _slurm_job_state(slurm_id) == "RUNNING" and not (sweep / "2" / "result.json").exists()
+        proc.kill()  # SIGKILL: no handler runs, the SLURM job goes on
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _slurm_job_state(slurm_id) in ("RUNNING", "COMPLETING", "COMPLETED", "")
+    # a temp file as the live group's atomic write of job 2's result leaves it: no leftover, so it must stay
+    in_flight = sweep / "2" / ".result.json.inflight.tmp"
+    in_flight.parent.mkdir(exist_ok=True)
+    in_flight.write_text("being written")
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_env(), check=False)
+    assert again.returncode == 0, again.stderr[-4000:]
+    m = _no_result_twice(sweep, first, first_mtime)
+    assert len(_submissions(sweep)) == 1  # exactly one SLURM job for the group, across both runs
+    assert {_placement(sweep, n)["slurm_job_id"] for n in (0, 1, 2)} == {slurm_id}
+    assert {j.slurm_job_id for j in m.jobs} == {slurm_id}
+    assert any(e.get("kind") == "slurm_no_gpus" for e in m.events)
+    checks = [e for e in m.events if e.get("kind") == "health_check"]  # run inside the group, recorded here
+    assert checks and all(e["healthy"] for e in checks)
+    assert in_flight.exists()  # the resumed run left the live SLURM job's files alone

@@ -132,7 +132,9 @@ def test_plugin_config_is_registered() -> None:
     overridden = copy.deepcopy(node)
     OmegaConf.update(overridden, "container.image", "llem:1", merge=True, force_add=True)  # as Hydra applies it
     assert options_from({"container": overridden.container}).in_container == SlurmContainerOptions(image="llem:1")
-    assert LlemSlurmLauncher.reports_jobs is False and hasattr(LlemSlurmLauncher, "attach_campaign")
+    from llem.launch.jobs import JobLauncher
+
+    assert issubclass(LlemSlurmLauncher, JobLauncher)  # the campaign hands it planned jobs, and it reports them
 
 
 # ---------------------------------------------------------------- containers
@@ -144,14 +146,14 @@ def test_podman_argv_passes_secrets_by_name_only() -> None:
         opts, image=image_for(opts, "pytorch"), command=["python", "-m", "llem.launch.slurm.job", "p", "o"],
         mounts=[("/sweep", "/sweep", "rw"), ("/hf", "/hf", "ro")], workdir="/sweep", gpus=1,
         env={"HF_HOME": "/hf", "A": "b c; rm -rf /"}, passthrough=["HF_TOKEN", "MISSING"], environ=environ,
-        name="llem-slurm-42-x",
+        name="llem-slurm-42-x", gpu_uuids=["GPU-b"],
     )
     assert argv[:4] == ["podman", "run", "--rm", "--init"]
-    assert ["--device", "nvidia.com/gpu=all"] == argv[argv.index("--device"):argv.index("--device") + 2]
+    assert ["--device", "nvidia.com/gpu=GPU-b"] == argv[argv.index("--device"):argv.index("--device") + 2]
     assert "/sweep:/sweep:rw" in argv and "/hf:/hf:ro" in argv
     assert "A=b c; rm -rf /" in argv  # one argument, never parsed by a shell
     assert "HF_TOKEN" in argv and "s3cret" not in " ".join(argv) and "MISSING" not in argv
-    assert "SLURM_JOB_ID" in argv and "CUDA_VISIBLE_DEVICES" in argv
+    assert "SLURM_JOB_ID" in argv and "CUDA_VISIBLE_DEVICES=GPU-b" in argv and "CUDA_VISIBLE_DEVICES" not in argv
     assert argv[argv.index("llem-pytorch:1") - 2:argv.index("llem-pytorch:1")] == ["--shm-size", "8g"]
     assert argv[argv.index("llem-pytorch:1") + 1:] == ["python", "-m", "llem.launch.slurm.job", "p", "o"]
     assert image_for(opts, "vllm") == "llem:any"
@@ -161,9 +163,9 @@ def test_apptainer_argv() -> None:
     opts = SlurmContainerOptions(engine="apptainer", image="/images/llem.sif")
     argv = container_argv(opts, image="/images/llem.sif", command=["python", "-m", "x"],
                           mounts=[("/sweep", "/sweep", "rw")], workdir="/sweep", gpus=2, env={"K": "v"},
-                          passthrough=["HF_TOKEN"], environ={"HF_TOKEN": "s3cret"})
+                          passthrough=["HF_TOKEN"], environ={"HF_TOKEN": "s3cret"}, gpu_uuids=["GPU-a", "GPU-b"])
     assert argv == ["apptainer", "exec", "--nv", "--bind", "/sweep:/sweep:rw", "--pwd", "/sweep", "--env", "K=v",
-                    "/images/llem.sif", "python", "-m", "x"]
+                    "--env", "CUDA_VISIBLE_DEVICES=GPU-a,GPU-b", "/images/llem.sif", "python", "-m", "x"]
     no_gpu = container_argv(opts, image="i.sif", command=["c"], mounts=[], workdir="/w", gpus=0, env={},
                             passthrough=[], environ={})
     assert "--nv" not in no_gpu
@@ -278,9 +280,36 @@ class _FakeExecutor:
 class _Session:
     def __init__(self) -> None:
         self.calls: list[tuple[int, dict[str, Any]]] = []
+        self.lifecycle: list[tuple[str, int, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.said: list[str] = []
 
     def placed(self, job_num: int, **fields: Any) -> None:
         self.calls.append((job_num, fields))
+
+    def started(self, job_num: int, *, key: str = "", label: str = "", **placement: Any) -> int:
+        self.lifecycle.append(("started", job_num, placement))
+        return 1
+
+    def finished(self, job_num: int, ret: JobReturn, *, overrides: list[str] | None = None) -> dict[str, Any]:
+        self.lifecycle.append(("finished", job_num, ret.status))
+        return {}
+
+    def event(self, **event: Any) -> None:
+        self.events.append(event)
+
+    def say(self, message: str) -> None:
+        self.said.append(message)
+
+
+class _Proc:
+    def __init__(self, rc: int, out: str = "", err: str = "") -> None:
+        self.returncode, self.stdout, self.stderr = rc, out, err
+
+
+def _no_slurm(argv: list[str], **kw: Any) -> _Proc:
+    """SLURM's commands on a machine without SLURM: no answer (the launcher submits as asked)."""
+    return _Proc(1, err="Unable to contact slurm controller")
 
 
 def test_launch_returns_one_job_return_per_job_in_order_and_reports_placement(
@@ -306,7 +335,7 @@ def test_launch_returns_one_job_return_per_job_in_order_and_reports_placement(
     session = _Session()
     monkeypatch.setenv("SLURM_JOB_ID", "fake")
     run = SlurmLaunch(SlurmOptions(poll_interval_s=0), master, context, lambda cfg: None, session=session,
-                      executor_factory=lambda: executor, sleep=lambda s: None)
+                      executor_factory=lambda: executor, sleep=lambda s: None, run=_no_slurm)
     returns = run.run([["0"], ["1"], ["bad"], ["2"]], initial_job_idx=10)
     assert [r.status for r in returns] == [JobStatus.COMPLETED, JobStatus.COMPLETED, JobStatus.FAILED,
                                            JobStatus.COMPLETED]
@@ -335,7 +364,7 @@ def test_launch_without_a_session_just_runs(tmp_path: Path, monkeypatch: pytest.
 
     context = _plain_context(tmp_path)
     run = SlurmLaunch(SlurmOptions(), _config(tmp_path, 0), context, lambda cfg: None,
-                      executor_factory=lambda: _FakeExecutor(tmp_path), sleep=lambda s: None)
+                      executor_factory=lambda: _FakeExecutor(tmp_path), sleep=lambda s: None, run=_no_slurm)
     assert [r.status for r in run.run([["a"]], 0)] == [JobStatus.COMPLETED]
 
 
@@ -355,7 +384,7 @@ def test_a_container_mistake_fails_the_group_once_with_its_reason(
     executor = _FakeExecutor(tmp_path)
     options = options_from({"container": container})
     run = SlurmLaunch(options, _config(tmp_path, 0), context, lambda cfg: None,
-                      executor_factory=lambda: executor, sleep=lambda s: None)
+                      executor_factory=lambda: executor, sleep=lambda s: None, run=_no_slurm)
     (ret,) = run.run([["a"]], 0)
     outcome = job_outcome(ret)
     assert outcome["status"] == "failed" and outcome["retryable"] is False
@@ -368,7 +397,7 @@ def test_a_cancelled_group_fails_its_unfinished_jobs(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(launcher_module, "result_done", _done_by_marker)
     monkeypatch.setattr(job_module, "result_done", _done_by_marker)
-    monkeypatch.setattr(launcher_module, "squeue_states", lambda ids: {i: "CANCELLED" for i in ids})
+    monkeypatch.setattr(launcher_module, "squeue_states", lambda ids, **kw: {i: "CANCELLED" for i in ids})
     specs = [_spec(tmp_path, n) for n in (0, 1)]
     (tmp_path / "0").mkdir()
     (tmp_path / "0" / "result.json").write_text(json.dumps({"config_hash": specs[0].config_hash}))
@@ -376,7 +405,8 @@ def test_a_cancelled_group_fails_its_unfinished_jobs(tmp_path: Path, monkeypatch
                          "stderr": lambda self: "srun: error: job cancelled"})()
     clock = iter(range(0, 1000, 20))
     monkeypatch.setattr(launcher_module.time, "monotonic", lambda: next(clock))
-    run = SlurmLaunch(SlurmOptions(poll_interval_s=0), _config(tmp_path, 0), None, None, sleep=lambda s: None)
+    run = SlurmLaunch(SlurmOptions(poll_interval_s=0), _config(tmp_path, 0), None, None, sleep=lambda s: None,
+                      run=_no_slurm)
     returns: list[Any] = [None, None]
     run._wait([(group_jobs(specs)[0], job)], returns)
     assert returns[0].status == JobStatus.COMPLETED  # its result was written before the cancel

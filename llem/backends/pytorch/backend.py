@@ -18,7 +18,7 @@ from llem.backends.errors import HardwareUnsupported
 from llem.backends.resources import HostPeakRss, MemoryReport
 from llem.backends.stop_tokens import stop_token_ids
 from llem.config import ExperimentConfig, PyTorchConfig
-from llem.measure.flops import architecture_dict
+from llem.models.architecture import architecture_dict
 from llem.models.resolve import resolve_model_path
 from llem.prompts.load import Prompt
 
@@ -222,6 +222,8 @@ class PyTorchBackend(Backend):
         if self._model is None:
             raise RuntimeError("model not loaded")
         b = _pytorch_settings(experiment)
+        # run-time settings do not reload the model, so a reused model records this call's, not its loader's
+        self._settings.update(batch_size=b.batch_size, sort_by_length=b.sort_by_length, use_cache=b.use_cache)
         order = list(range(len(prompts)))
         if b.sort_by_length:
             order.sort(key=lambda i: len(prompts[i].token_ids), reverse=True)

@@ -31,7 +31,7 @@ from llem.backends.sampling import engine_sampling_kwargs
 from llem.backends.resources import HostPeakRss, KvCachePeak, MemoryReport, checkpoint_sizes, report_pooled_engine
 from llem.backends.stop_tokens import stop_token_ids
 from llem.config import ConfigError, ExperimentConfig, TensorRTConfig
-from llem.measure.flops import architecture_dict
+from llem.models.architecture import architecture_dict
 from llem.models.resolve import resolve_model_path
 from llem.models.tiny import default_cache_dir
 from llem.prompts.load import Prompt

@@ -114,6 +114,7 @@ class NvmlDevices:
         self._nvml_index: dict[int, int] = {}
         self._uuids: dict[int, str] = {}
         self._power_sources: dict[int, str] = {}
+        self._refused: dict[int, str] = {}
         self._open = False
 
     # ------------------------------------------------------------------ opening
@@ -177,13 +178,16 @@ class NvmlDevices:
         count = int(nv.nvmlDeviceGetCount())
         if count == 0:
             raise DeviceUnavailable("no NVIDIA GPU visible")
-        all_handles = [nv.nvmlDeviceGetHandleByIndex(n) for n in range(count)]
-        all_uuids = [_text(nv.nvmlDeviceGetUUID(h)) for h in all_handles]
-        visible = _visible_nvml_indices(environ.get("CUDA_VISIBLE_DEVICES"), all_uuids)
+        openable = self._openable(count)
+        if not openable:
+            raise DeviceUnavailable(f"none of the {count} GPU(s) NVML counts can be opened ({self._refused_text()})")
+        uuids = [uuid for _, _, uuid in openable]
+        visible = _visible_nvml_indices(environ.get("CUDA_VISIBLE_DEVICES"), uuids)
+        refused = f"; NVML could not open {self._refused_text()}" if self._refused else ""
         if not visible:
             raise DeviceUnavailable(
                 f"no NVIDIA GPU visible (CUDA_VISIBLE_DEVICES={environ.get('CUDA_VISIBLE_DEVICES')!r} "
-                f"matches none of the {count} GPU(s) NVML sees)"
+                f"matches none of the {len(openable)} GPU(s) NVML can open{refused})"
             )
         wanted = list(range(len(visible))) if indices is None else list(indices)
         if not wanted:
@@ -191,13 +195,48 @@ class NvmlDevices:
         for cuda_index in wanted:
             if not 0 <= cuda_index < len(visible):
                 raise DeviceUnavailable(
-                    f"GPU index {cuda_index} requested but only {len(visible)} GPU(s) are visible"
+                    f"GPU index {cuda_index} requested but only {len(visible)} GPU(s) are visible{refused}"
                 )
         for cuda_index in dict.fromkeys(wanted):
-            n = visible[cuda_index]
-            self._handles[cuda_index] = all_handles[n]
+            n, handle, uuid = openable[visible[cuda_index]]
+            self._handles[cuda_index] = handle
             self._nvml_index[cuda_index] = n
-            self._uuids[cuda_index] = all_uuids[n]
+            self._uuids[cuda_index] = uuid
+
+    def _openable(self, count: int) -> list[tuple[int, Any, str]]:
+        """(NVML index, handle, UUID) of every GPU NVML lets this process open, in NVML order.
+
+        Under device cgroups (SLURM's ConstrainDevices) NVML counts every GPU of the node but
+        refuses handles to the ones the job may not use; those are recorded in `refused` and
+        left out, so the job's own GPUs are still found, by UUID.
+        """
+        nv = self._nvml
+        out: list[tuple[int, Any, str]] = []
+        for n in range(count):
+            try:
+                handle = nv.nvmlDeviceGetHandleByIndex(n)
+                uuid = _text(nv.nvmlDeviceGetUUID(handle))
+            except nv.NVMLError as exc:
+                self._refused[n] = self._refusal(exc)
+                continue
+            out.append((n, handle, uuid))
+        return out
+
+    def _refusal(self, exc: Exception) -> str:
+        nv = self._nvml
+        if isinstance(exc, getattr(nv, "NVMLError_NoPermission", ())):
+            return "insufficient permissions"
+        if isinstance(exc, getattr(nv, "NVMLError_GpuIsLost", ())):
+            return "GPU is lost"
+        return _safe_str(exc)
+
+    def _refused_text(self) -> str:
+        return ", ".join(f"NVML GPU {n}: {reason}" for n, reason in self._refused.items())
+
+    @property
+    def refused(self) -> dict[int, str]:
+        """NVML indices of the GPUs NVML counted but would not open, with the reason."""
+        return dict(self._refused)
 
     def close(self) -> None:
         """Release NVML; safe to call twice."""
@@ -530,11 +569,12 @@ def _safe_str(exc: Exception) -> str:
 
 
 def _visible_nvml_indices(cuda_visible: str | None, uuids: list[str]) -> list[int]:
-    """NVML indices in CUDA order, honouring CUDA_VISIBLE_DEVICES.
+    """Positions in `uuids` (the GPUs NVML can open, in NVML order) in CUDA order, honouring CUDA_VISIBLE_DEVICES.
 
     CUDA accepts integers and (prefixes of) UUIDs and stops at the first entry it
-    cannot resolve; integers are taken as PCI order (NVML's order), which matches
-    CUDA's default order on machines with identical GPUs.
+    cannot resolve; integers are taken as PCI order (NVML's order) among the GPUs
+    this process can open (CUDA, like NVML, cannot use a GPU the device cgroup
+    hides), which matches CUDA's default order on machines with identical GPUs.
     """
     if cuda_visible is None:
         return list(range(len(uuids)))

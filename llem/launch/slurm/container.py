@@ -14,8 +14,9 @@ from pathlib import Path
 from llem.launch.slurm.options import SlurmContainerOptions
 
 ENGINES = ("podman", "apptainer", "singularity")
-# Set inside the container: where the job runs, as SLURM saw it (node, job id, GPUs).
-FORWARDED = ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT", "CUDA_VISIBLE_DEVICES", "LLEM_SLURM_NODE")
+# Set inside the container: where the job runs, as SLURM saw it (node, job id). Not SLURM's CUDA_VISIBLE_DEVICES:
+# its indices are relative to the node, not to the container; the container gets its GPUs' UUIDs instead.
+FORWARDED = ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT", "LLEM_SLURM_NODE")
 
 
 def parse_mount(text: str) -> tuple[str, str, str]:
@@ -75,18 +76,24 @@ def container_argv(
     passthrough: Sequence[str],
     environ: Mapping[str, str],
     name: str | None = None,
+    gpu_uuids: Sequence[str] = (),
 ) -> list[str]:
     """The engine's argv. `env` holds plain values; `passthrough` names variables whose values stay in
-    `environ` (only those set there are passed)."""
+    `environ` (only those set there are passed). With `gpus`, the container gets exactly `gpu_uuids` (the GPUs
+    SLURM gave the job), never the node's others."""
     engine = options.engine
     check_engine(engine)
+    if gpus > 0:
+        if not gpu_uuids:
+            raise ValueError("a container that needs GPUs must be given the job's GPU UUIDs")
+        env = {**env, "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids)}  # CUDA takes UUIDs: the same GPUs by name
     names = [n for n in dict.fromkeys([*passthrough, *FORWARDED]) if n in environ and n not in env]
     if engine == "podman":
         argv = ["podman", "run", "--rm", "--init"]
         if name:
             argv += ["--name", name]
-        if gpus > 0:
-            argv += ["--device", "nvidia.com/gpu=all"]  # CUDA_VISIBLE_DEVICES (forwarded) keeps SLURM's choice
+        for uuid in gpu_uuids if gpus > 0 else ():
+            argv += ["--device", f"nvidia.com/gpu={uuid}"]  # CDI names each GPU by its UUID too
         for source, target, mode in mounts:
             argv += ["--volume", f"{source}:{target}:{mode}"]
         argv += ["--workdir", workdir]
@@ -97,7 +104,7 @@ def container_argv(
     else:
         argv = [engine, "exec"]
         if gpus > 0:
-            argv.append("--nv")
+            argv.append("--nv")  # the GPU libraries; CUDA_VISIBLE_DEVICES (UUIDs) picks the job's GPUs
         for source, target, mode in mounts:
             argv += ["--bind", f"{source}:{target}:{mode}"]
         argv += ["--pwd", workdir]

@@ -27,6 +27,9 @@ class JobSpec:
     gpus: int = 0
     config_hash: str | None = None
     job_dir: str = ""
+    # the GPU need comes from `backend.device=auto` (the job can run on CPU where there is no GPU)
+    gpu_auto: bool = False
+    period: tuple[int | None, int | None] = (None, None)  # (repetition, cycle), for gaps and health checks
 
 
 @dataclass
@@ -50,31 +53,35 @@ def job_dir(config: DictConfig) -> str:
     return str(Path(str(config.hydra.sweep.dir)).absolute() / str(config.hydra.sweep.subdir))
 
 
-def describe(spec: JobSpec, route_by: str) -> JobSpec:
+def describe(spec: JobSpec, route_by: str, experiment: Any = None) -> JobSpec:
     """Fill the spec's routing key, model, GPU need and config hash from its composed config.
 
     The engine is not imported here (the submitting host may not have it); a config that does not
     validate keeps hash None and no GPUs, and fails when the job runs, with the task's own message.
+    `experiment`: the job's settings as a campaign's plan validated them (then not validated again).
     """
     config = spec.config
     spec.key = str(OmegaConf.select(config, route_by, default=None) or "default")
     model_parts = [OmegaConf.select(config, k, default=None) for k in ("model.name", "model.revision", "fp_precision")]
     spec.model = "@".join(str(p) for p in model_parts if p is not None)
     spec.job_dir = job_dir(config)
-    try:
-        from llem.composed import validate_composed
-        from llem.config.hashing import config_hash
-        from llem.measure.job_devices import gpu_need
+    from llem.config.hashing import config_hash
+    from llem.measure.job_devices import gpu_need
 
-        task_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])  # what the task gets
-        experiment = validate_composed(task_cfg).experiment
-    except Exception:  # noqa: BLE001 - not an llem job, or an invalid one
-        return spec
+    if experiment is None:
+        try:
+            from llem.composed import validate_composed
+
+            task_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])  # what the task gets
+            experiment = validate_composed(task_cfg).experiment
+        except Exception:  # noqa: BLE001 - not an llem job, or an invalid one
+            return spec
     spec.config_hash = config_hash(experiment)
     try:
         spec.gpus = gpu_need(experiment)
     except ValueError:
         spec.gpus = 0
+    spec.gpu_auto = spec.gpus > 0 and getattr(experiment.backend, "device", None) == "auto"
     return spec
 
 

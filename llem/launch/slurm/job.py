@@ -3,7 +3,9 @@
 `GroupJob` is checkpointable as submitit defines it (it has a `checkpoint` method): when SLURM preempts
 the job or its time limit comes, submitit requeues it with the same state, and on the new start every
 job whose result.json is already complete (a whole result carrying the job's config hash) is skipped,
-so no result is produced twice. Each job's SLURM job id and node go to `<job dir>/.slurm.json` as the job starts.
+so no result is produced twice. Each job's SLURM job id and node go to `<job dir>/.slurm.json` as the job starts,
+and its outcome to `<sweep dir>/.slurm-outcomes/<SLURM job id>/<job num>.pkl` as it ends, so the submitting
+side records every job as it happens, not when the whole group returns.
 
 With a container configured, the SLURM job starts the container and the group runs in it:
 
@@ -20,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,10 @@ from typing import Any
 # not the submitting side's SLURM client library.
 from llem.launch.slurm.groups import JobSpec
 from llem.launch.slurm.options import SlurmContainerOptions
+from llem.launch.slurm.pacing import GroupHealth, GroupPacing, JobTimedOut, Period, time_limit
 
 PLACEMENT_FILENAME = ".slurm.json"
+OUTCOMES_DIRNAME = ".slurm-outcomes"
 NODE_ENV = "LLEM_SLURM_NODE"
 IN_CONTAINER_ENV = "LLEM_SLURM_IN_CONTAINER"
 
@@ -43,6 +47,8 @@ class JobOutcome:
     slurm_job_id: str | None
     node: str | None
     skipped: bool = False  # its complete result was already there (a requeued or resumed group)
+    # campaign events the group recorded before this job (health checks, releases), for the campaign's state
+    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 def current_placement() -> dict[str, str | None]:
@@ -67,6 +73,60 @@ def read_placement(job_dir: str) -> dict[str, str | None] | None:
     except (OSError, ValueError):
         return None
     return {"slurm_job_id": data.get("slurm_job_id"), "node": data.get("node")} if isinstance(data, dict) else None
+
+
+def outcome_path(sweep_dir: str, slurm_job_id: str | None, job_num: int) -> Path:
+    """Where a group leaves one job's outcome as soon as the job ends (per SLURM job: an older SLURM job's
+    outcome of the same job is never taken for this one's)."""
+    return Path(sweep_dir) / OUTCOMES_DIRNAME / str(slurm_job_id or "local") / f"{job_num}.pkl"
+
+
+def write_outcome(sweep_dir: str, outcome: JobOutcome, slurm_job_id: str | None = None) -> None:
+    """`slurm_job_id`: the SLURM job reporting it (a skipped job's outcome names the one that ran it)."""
+    import cloudpickle
+
+    from llem.atomic import atomic_write
+
+    data = cloudpickle.dumps(outcome)
+    path = outcome_path(sweep_dir, slurm_job_id or outcome.slurm_job_id, outcome.job_num)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def read_outcome(sweep_dir: str, slurm_job_id: str, job_num: int) -> JobOutcome | None:
+    """A job's outcome, once its group has written it (None before, or when it cannot be read)."""
+    import cloudpickle
+
+    try:
+        outcome = cloudpickle.loads(outcome_path(sweep_dir, slurm_job_id, job_num).read_bytes())
+    except Exception:  # noqa: BLE001 - not there yet, or not readable here
+        return None
+    return outcome if isinstance(outcome, JobOutcome) else None
+
+
+def submissions_path(sweep_dir: str) -> Path:
+    return Path(sweep_dir) / OUTCOMES_DIRNAME / "submitted.json"
+
+
+def recorded_submissions(sweep_dir: str) -> dict[int, dict[str, str]]:
+    """The SLURM job each job was last submitted in, by job number: {"slurm_job_id", "job_dir"}."""
+    try:
+        data = json.loads(submissions_path(sweep_dir).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {int(k): v for k, v in data.items() if str(k).isdigit() and isinstance(v, dict) and v.get("slurm_job_id")}
+
+
+def record_submission(sweep_dir: str, slurm_job_id: str, job_dirs: dict[int, str]) -> None:
+    """Record, as soon as sbatch answers, which SLURM job runs which jobs: a run that takes over from a killed
+    one finds a queued group here before the group has written anything (only the orchestrator writes it)."""
+    from llem.atomic import atomic_write_json
+
+    records = recorded_submissions(sweep_dir)
+    for num, job_dir in job_dirs.items():
+        records[num] = {"slurm_job_id": str(slurm_job_id), "job_dir": str(job_dir)}
+    atomic_write_json(submissions_path(sweep_dir), {str(k): v for k, v in sorted(records.items())})
 
 
 def result_done(job_dir: str, config_hash: str | None) -> bool:
@@ -140,6 +200,7 @@ class GroupJob:
         warmup: dict[str, Any] | None = None,
         gap_s: float = 0.0,
         cold_start: bool = False,
+        pacing: GroupPacing | None = None,
     ) -> None:
         self.jobs = jobs
         self.task_function = task_function
@@ -152,7 +213,8 @@ class GroupJob:
         self.image = image
         self.gpus = gpus
         self.warmup = warmup
-        self.gap_s = gap_s
+        self.pacing = pacing or GroupPacing(config_gap_s=gap_s)
+        self.gap_s = self.pacing.config_gap_s
         self.cold_start = cold_start
         self._container_name: str | None = None
 
@@ -182,27 +244,62 @@ class GroupJob:
         protocol.apply_singleton_state(self.singleton_state)
         setup_globals()
         placement = current_placement()
+        health = self._health()
         outcomes: list[JobOutcome] = []
         ran = 0
+        previous: Period | None = None
         for spec in self.jobs:
             if result_done(spec.job_dir, spec.config_hash):
                 where = read_placement(spec.job_dir) or placement
-                outcomes.append(JobOutcome(spec.job_num, completed_return(spec), skipped=True, **where))
+                outcomes.append(self._ended(JobOutcome(spec.job_num, completed_return(spec), skipped=True, **where)))
                 print(f"llem: job {spec.job_num} already has its result; skipped", file=sys.stderr, flush=True)
                 continue
             if ran:
-                if self.gap_s > 0:
-                    time.sleep(self.gap_s)
+                self._gap(spec.period, previous)
                 if self.cold_start:
                     _release_model()
+            previous = spec.period
+            if health is not None and health.disabled_reason is None and health.due(spec.period):
+                health.check(spec.key, spec.job_num, spec.period)
             write_placement(spec.job_dir, placement)
-            if ran == 0 and self.warmup:
-                from llem.launch.worker import _set_campaign_warmup
+            if health is not None and health.disabled_reason is not None:
+                from llem.launch.outcome import JobFailure
 
-                _set_campaign_warmup(self.warmup)
-            outcomes.append(JobOutcome(spec.job_num, self._run_one(spec), **placement))
-            ran += 1
+                ret = failed_return(spec, JobFailure(health.disabled_reason))
+            else:
+                if ran == 0 and self.warmup:
+                    from llem.launch.worker import _set_campaign_warmup
+
+                    _set_campaign_warmup(self.warmup)
+                ret = self._run_one(spec)
+                ran += 1
+            if health is not None:
+                health.since_check += 1
+            events = health.take_events() if health is not None else []
+            outcomes.append(self._ended(JobOutcome(spec.job_num, ret, events=events, **placement)))
         return outcomes
+
+    def _ended(self, outcome: JobOutcome) -> JobOutcome:
+        """Leave the outcome where the submitting side looks for it now, not when the whole group returns."""
+        try:
+            write_outcome(self.sweep_dir, outcome, current_placement()["slurm_job_id"])
+        except Exception as error:  # noqa: BLE001 - the group's final return still carries it
+            print(f"llem: could not write job {outcome.job_num}'s outcome early: {error}", file=sys.stderr, flush=True)
+        return outcome
+
+    def _gap(self, period: Period, previous: Period | None) -> None:
+        """The config gap between two jobs, or the cycle gap when the (repetition, cycle) changes."""
+        new_cycle = period[1] is not None and previous is not None and period != previous
+        seconds = self.pacing.cycle_gap_s if new_cycle else self.pacing.config_gap_s
+        if seconds > 0:
+            print(f"llem: waiting {seconds:g} s ({'cycle' if new_cycle else 'config'} gap)", file=sys.stderr,
+                  flush=True)
+            time.sleep(seconds)
+
+    def _health(self) -> GroupHealth | None:
+        if self.pacing.health is None:
+            return None
+        return GroupHealth(self.pacing.health, probe=_probe_gpus, release=_release_model)
 
     def _run_one(self, spec: JobSpec) -> Any:
         from hydra.core.utils import JobStatus, run_job
@@ -211,14 +308,25 @@ class GroupJob:
         from llem.launch.worker import _safe_exception
 
         print(f"llem: job {spec.job_num}: {' '.join(spec.overrides)}", file=sys.stderr, flush=True)
+        limit = self.pacing.timeout_s
         try:
-            ret = run_job(
-                hydra_context=HydraContext(config_loader=None, callbacks=self.callbacks),
-                task_function=self.task_function,
-                config=spec.config,
-                job_dir_key="hydra.sweep.dir",
-                job_subdir_key="hydra.sweep.subdir",
-            )
+            with time_limit(limit):
+                ret = run_job(
+                    hydra_context=HydraContext(config_loader=None, callbacks=self.callbacks),
+                    task_function=self.task_function,
+                    config=spec.config,
+                    job_dir_key="hydra.sweep.dir",
+                    job_subdir_key="hydra.sweep.subdir",
+                )
+        except JobTimedOut:
+            from llem.launch.outcome import JobFailure
+
+            _release_model()  # it may have stopped mid-generation: the next job loads it afresh
+            if result_done(spec.job_dir, spec.config_hash):  # the limit came as the job was returning
+                return completed_return(spec)
+            return failed_return(spec, JobFailure(
+                f"job {spec.job_num} timed out after {limit:g} s (campaign.execution.experiment_timeout_seconds); "
+                "it was stopped and its model released"))
         except Exception as error:  # noqa: BLE001 - fails this job only
             return failed_return(spec, _safe_exception(error))
         if ret.status == JobStatus.FAILED:
@@ -242,6 +350,14 @@ class GroupJob:
         mounts, cache_env = mounts_for(self.container, self.sweep_dir)
         for source, _, _ in mounts:
             Path(source).mkdir(parents=True, exist_ok=True)
+        gpu_uuids: list[str] = []
+        if self.gpus > 0:
+            from llem.launch.slurm.gpus import SlurmGpuError, job_gpu_uuids
+
+            try:
+                gpu_uuids = job_gpu_uuids(os.environ)
+            except SlurmGpuError as error:
+                return self._all_failed(RuntimeError(f"the group did not start: {error}"))
         environ = {**os.environ, NODE_ENV: socket.gethostname(), IN_CONTAINER_ENV: "1"}
         self._container_name = f"llem-slurm-{os.environ.get('SLURM_JOB_ID', 'local')}-{uuid.uuid4().hex[:6]}"
         argv = container_argv(
@@ -251,6 +367,7 @@ class GroupJob:
             env={**cache_env, **self.env, IN_CONTAINER_ENV: "1"},
             passthrough=self.passthrough, environ=environ,
             name=self._container_name if self.container.engine == "podman" else None,
+            gpu_uuids=gpu_uuids,
         )
         previous = signal.getsignal(signal.SIGTERM)
 
@@ -267,13 +384,17 @@ class GroupJob:
         if out.is_file():
             outcomes: list[JobOutcome] = cloudpickle.loads(out.read_bytes())
             return outcomes
-        error = RuntimeError(f"the {self.container.engine} container exited with code {proc.returncode} "
-                             f"before reporting; see the SLURM job's log")
+        return self._all_failed(RuntimeError(f"the {self.container.engine} container exited with code "
+                                             f"{proc.returncode} before reporting; see the SLURM job's log"))
+
+    def _all_failed(self, error: BaseException) -> list[JobOutcome]:
+        """Every job without a complete result fails with `error` (the group could not run them)."""
         placement = current_placement()
         return [
-            JobOutcome(s.job_num, completed_return(s), skipped=True, **(read_placement(s.job_dir) or placement))
+            self._ended(JobOutcome(s.job_num, completed_return(s), skipped=True,
+                                   **(read_placement(s.job_dir) or placement)))
             if result_done(s.job_dir, s.config_hash)
-            else JobOutcome(s.job_num, failed_return(s, error), **placement)
+            else self._ended(JobOutcome(s.job_num, failed_return(s, error), **placement))
             for s in self.jobs
         ]
 
@@ -281,6 +402,13 @@ class GroupJob:
         name = self._container_name
         if name and self.container is not None and self.container.engine == "podman":
             subprocess.run(["podman", "rm", "--force", "--time", "0", name], check=False, capture_output=True)
+
+
+def _probe_gpus() -> dict[str, Any]:
+    """GPU memory use per device, as a worker's health check reads it."""
+    from llem.launch.worker import _health
+
+    return _health()
 
 
 def _release_model() -> None:

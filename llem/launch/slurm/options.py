@@ -72,12 +72,23 @@ class SlurmOptions:
     # Run each group inside a container on the node (when container.image or container.images is set).
     # null turns containers off as well.
     container: Optional[SlurmContainerOptions] = field(default_factory=SlurmContainerOptions)
+    # Let jobs set gpu.power_limit_w / gpu.sm_clock_mhz / gpu.mem_clock_mhz on the nodes (shared nodes usually
+    # forbid it; off by default).
+    allow_gpu_settings: bool = False
 
     @property
     def in_container(self) -> Optional[SlurmContainerOptions]:
         """The container options when groups run in a container, else None (directly on the node)."""
         c = self.container
         return c if c is not None and (c.image or c.images) else None
+
+
+def gpu_settings_refusal(options: SlurmOptions, keys: List[str]) -> Optional[str]:
+    """Why a job that sets `keys` (gpu.*) may not run under these options, or None when it may."""
+    if options.allow_gpu_settings:
+        return None
+    return (f"{', '.join(keys)} set, but SLURM nodes are usually shared and forbid changing GPU settings; set "
+            "hydra.launcher.allow_gpu_settings=true where the cluster allows it (jobs then need root on the node)")
 
 
 def _plain(value: Any) -> Any:

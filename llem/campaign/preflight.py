@@ -12,36 +12,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from llem.backends.registry import ENGINE_PACKAGES
 from llem.launch.images import image_check_command
+from llem.launch.workers import Workers
 
-Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str] | None"]
-
-
-def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess[str] | None:
-    try:
-        return subprocess.run(list(cmd), capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
-@dataclass
-class Workers:
-    """Where the jobs will run: `local` processes (on `python`), `container`s (`engine` + `images`)."""
-
-    kind: str
-    python: str | None = None
-    engine: str | None = None
-    images: dict[str, str] = field(default_factory=dict)
-    gpu_count: int = 0
-    run: Runner = _run
+__all__ = ["Workers", "preflight", "report"]
 
 
 def _engine_problem(backend: str, workers: Workers, cache: dict[str, str | None]) -> str | None:

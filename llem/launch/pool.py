@@ -1,0 +1,148 @@
+"""The warm workers of one llem launcher: how each is made (a local process or a container), pinned and removed.
+
+`WorkerPool` is the runner (llem.launch.runner) of the local and the container launcher: it makes
+the worker of each routing key (or of each GPU set, side by side), owns their socket dir and cleans
+up at exit, also removing containers a crash of an earlier run of the campaign left behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.singleton import Singleton
+
+from llem.launch.container import ContainerSpec, ContainerWorker, remove_leftovers
+from llem.launch.gpus import Gpu
+from llem.launch.handle import WorkerHandle, WorkerUnkillable
+from llem.launch.local import LocalWorker
+from llem.launch.options import ContainerOptions, LocalOptions
+from llem.launch.runner import CampaignRunner, RunnerOptions
+
+log = logging.getLogger(__name__)
+
+CAMPAIGN_LABEL = "llem.campaign"
+
+
+def campaign_label(sweep_dir: str) -> str:
+    """A label value naming the campaign (its sweep dir), to find containers a crash left behind."""
+    return hashlib.sha256(sweep_dir.encode()).hexdigest()[:16]
+
+
+def _parse_mount(text: str) -> tuple[str, str, str]:
+    parts = text.split(":")
+    if len(parts) == 2:
+        return parts[0], parts[1], "rw"
+    if len(parts) == 3 and parts[2] in ("ro", "rw"):
+        return parts[0], parts[1], parts[2]
+    raise ValueError(f"hydra.launcher.mounts: expected 'host:container[:ro|rw]', got {text!r}")
+
+
+def container_spec(
+    options: ContainerOptions, key: str, sweep_dir: str, socket_dir: Path, gpus: Sequence[Gpu] | None = None
+) -> ContainerSpec:
+    """How the worker container for routing key `key` runs: image, mounts, environment, GPUs
+    (`gpus`: the set a parallel launcher pinned it to; else `options.gpus`)."""
+    if key not in options.images:
+        raise RuntimeError(f"hydra.launcher.images has no image for '{key}' (known: {sorted(options.images)})")
+    mounts = [(sweep_dir, sweep_dir, "rw"), (str(socket_dir), str(socket_dir), "rw")]
+    env = {str(k): str(v) for k, v in options.env.items()}
+    if options.mount_caches:
+        hf_home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
+        llem_cache = os.environ.get("LLEM_CACHE_DIR") or str(Path.home() / ".cache" / "llem")
+        for path, var in ((hf_home, "HF_HOME"), (llem_cache, "LLEM_CACHE_DIR")):
+            Path(path).mkdir(parents=True, exist_ok=True)
+            mounts.append((path, path, "rw"))
+            env.setdefault(var, path)
+    workdir = None
+    if options.mount_cwd:
+        workdir = str(Path.cwd())
+        if workdir != sweep_dir:
+            mounts.append((workdir, workdir, "rw"))
+    mounts += [_parse_mount(str(m)) for m in options.mounts]
+    devices: Any = options.gpus
+    if gpus is not None:
+        devices = [g.index for g in gpus] or None
+    elif devices is not None and not isinstance(devices, str):
+        devices = [int(g) for g in devices]
+    return ContainerSpec(
+        engine=options.engine,
+        image=str(options.images[key]),
+        python=str(options.python or "python"),
+        gpus=devices,
+        network=options.network,
+        mounts=mounts,
+        env=env,
+        env_passthrough=[str(n) for n in options.env_passthrough],
+        shm_size=options.shm_size,
+        labels={CAMPAIGN_LABEL: campaign_label(sweep_dir)},
+        workdir=workdir,
+    )
+
+
+class WorkerPool(CampaignRunner):
+    """A CampaignRunner that makes the launcher's workers, owns their socket dir and cleans up at exit."""
+
+    def __init__(self, kind: str, options: LocalOptions, sweep_dir: Path) -> None:
+        self.kind = kind
+        self.launcher_options = options
+        self.sweep_dir = str(sweep_dir.absolute())
+        if isinstance(options, ContainerOptions):
+            gone = remove_leftovers(options.engine, CAMPAIGN_LABEL, campaign_label(self.sweep_dir))
+            if gone:
+                log.warning("llem: removed containers left by an earlier run of this campaign: %s", ", ".join(gone))
+        super().__init__(self._make_worker, RunnerOptions(route_by=options.route_by, timeout_s=options.timeout_s,
+                                                          gaps_per_worker=options.parallel))
+        # Unix socket paths are limited to ~100 bytes: keep them short, outside the sweep dir.
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="llem-w-"))
+        self.log_dir = Path(self.sweep_dir) / ".workers"
+        self.pins: dict[str, tuple[str, tuple[Gpu, ...]]] = {}  # worker name -> (routing key, pinned GPUs)
+        self._closed = False
+        atexit.register(self.close)
+
+    def pin(self, worker: str, route: str, gpus: tuple[Gpu, ...]) -> None:
+        """Worker `worker` (made on first use) runs jobs of `route` on exactly `gpus`."""
+        self.pins[worker] = (route, gpus)
+
+    def evict(self, worker: str) -> None:
+        """Stop an idle pinned worker so its GPUs can be pinned to another."""
+        state = self.keys.pop(worker, None)
+        self.pins.pop(worker, None)
+        if state is not None and state.worker is not None:
+            try:
+                state.worker.stop()
+            except Exception as error:  # noqa: BLE001 - it is being discarded anyway
+                log.warning("llem: could not stop worker %s: %s", worker, error)
+                try:
+                    state.worker.kill()
+                except WorkerUnkillable as unkillable:
+                    log.warning("llem: %s", unkillable)
+
+    def _make_worker(self, key: str) -> WorkerHandle:
+        state = Singleton.get_state()
+        options = self.launcher_options
+        route, gpus = self.pins.get(key, (key, None))
+        socket_name = key.replace("@", "-")
+        if isinstance(options, ContainerOptions):
+            spec = container_spec(options, route, self.sweep_dir, self.socket_dir, gpus)
+            return ContainerWorker(socket_name, self.socket_dir, state, spec)
+        env = {str(k): str(v) for k, v in options.env.items()}
+        if gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(g.uuid for g in gpus)  # UUIDs: CUDA's order may differ from NVML's
+        return LocalWorker(socket_name, self.socket_dir, self.log_dir, state, python=options.python or sys.executable,
+                           env=env)  # fmt: skip
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.stop_all()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)

@@ -1,0 +1,245 @@
+"""The built-in load generator: an asyncio client that streams `/v1/completions` and times every chunk.
+
+One aiohttp session (HTTP/1.1 keep-alive, no connection limit of its own) carries all
+requests: its connection pool stays cheap with hundreds of connections open, where httpx's
+pool scan made the client itself the bottleneck (benchmarks/serving_client.py). Concurrency
+is limited by a semaphore, as `vllm bench serve` does, so that a
+closed loop and a capped open loop count send times the same way. Each chunk is stamped
+once, when its bytes are read, with the monotonic clock the energy monitor also uses.
+A request that fails in any way, including a server that dies with it in flight, is
+recorded with status "error" and the reason; it is never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from llem.serving.metrics import MetricsSamples, scrape
+from llem.serving.records import OK, RequestRecord
+from llem.serving.schedule import Arrival
+from llem.serving.steady import RUN, SteadyTracker
+
+COMPLETIONS = "/v1/completions"
+ERROR_TEXT_LIMIT = 500
+
+
+def request_body(engine: str | None, *, fixed_length: bool = True, sampling: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """The fields every request of a load point shares.
+
+    `ignore_eos` fixes output lengths at `max_tokens`. vLLM merges tokens into one chunk when
+    the client reads slower than it generates; `return_token_ids` makes each chunk say how many
+    it carries, so tokens are placed in time exactly. Servers that do not know a field may
+    refuse it, so engine-specific fields go only to their engine.
+    """
+    body: dict[str, Any] = dict(sampling or {})
+    if fixed_length:
+        body["ignore_eos"] = True
+    if engine == "vllm":
+        body["return_token_ids"] = True
+    return body
+
+
+@dataclass
+class LoadRun:
+    """Everything one load point produced: the records and the phase boundaries on the client clock."""
+
+    records: list[RequestRecord]
+    warmup_end_s: float
+    measured_start_s: float
+    measured_end_s: float
+    metrics: MetricsSamples = field(default_factory=MetricsSamples)
+
+    @property
+    def measured(self) -> list[RequestRecord]:
+        return [r for r in self.records if not r.warmup]
+
+    @property
+    def duration_s(self) -> float:
+        return self.measured_end_s - self.measured_start_s
+
+
+class ServingClient:
+    """Sends a schedule of completion requests to one server and records each one.
+
+    `body` holds the request fields every request shares (sampling settings, `ignore_eos`);
+    the prompt, `max_tokens` and the streaming options are set per request.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        body: dict[str, Any] | None = None,
+        request_timeout_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.body = dict(body or {})
+        self.request_timeout_s = request_timeout_s
+        self.clock = clock
+
+    def run(self, arrivals: Sequence[Arrival], prompts: Sequence[str], **kw: Any) -> LoadRun:
+        """`run_async` in a fresh event loop."""
+        return asyncio.run(self.run_async(arrivals, prompts, **kw))
+
+    async def run_async(
+        self,
+        arrivals: Sequence[Arrival],
+        prompts: Sequence[str],
+        *,
+        max_concurrency: int | None = None,
+        tracker: SteadyTracker | None = None,
+        metrics_interval_s: float | None = None,
+    ) -> LoadRun:
+        """Warm-up requests first (all answered before measuring starts), then the measured ones on schedule.
+
+        `prompts[i]` is the prompt of `arrivals[i]`. `tracker` is told of every send, first token
+        and finish of a measured request, and of the start of the measured phase; it opens and
+        closes the steady window. `metrics_interval_s` reads `/metrics` that often while measuring.
+        """
+        if len(prompts) != len(arrivals):
+            raise ValueError(f"{len(arrivals)} arrivals but {len(prompts)} prompts")
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=self.request_timeout_s)
+        semaphore = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        records = [RequestRecord(index=a.index, warmup=a.warmup, expected_output_tokens=a.output_tokens)
+                   for a in arrivals]
+        samples = MetricsSamples()
+        hooks = tracker.hooks if tracker is not None else None
+        async with aiohttp.ClientSession(base_url=self.base_url, connector=connector, timeout=timeout) as client:
+            warm = [i for i, a in enumerate(arrivals) if a.warmup]
+            await asyncio.gather(*(self._send(client, arrivals[i], prompts[i], records[i], semaphore, None)
+                                   for i in warm))
+            warmup_end = self.clock()
+            stop = asyncio.Event()
+            scraper = None
+            if metrics_interval_s:
+                scraper = asyncio.create_task(
+                    scrape(client, "/metrics", metrics_interval_s, stop, samples, self.clock))
+            measured = [i for i, a in enumerate(arrivals) if not a.warmup]
+            t0 = self.clock()
+            if hooks is not None:
+                hooks.window_started(RUN, t0)
+            if tracker is not None:
+                tracker.measured_started(t0)
+            tasks = []
+            try:
+                for i in measured:
+                    a = arrivals[i]
+                    delay = t0 + a.offset_s - self.clock()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    records[i].scheduled_s = t0 + a.offset_s
+                    tasks.append(asyncio.create_task(
+                        self._send(client, a, prompts[i], records[i], semaphore, tracker)))
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                end = self.clock()
+                ends = [records[i].end_s for i in measured if records[i].end_s is not None]
+                measured_end = max(ends) if ends else end
+                if tracker is not None:
+                    tracker.abandon()
+                if hooks is not None:
+                    hooks.window_ended(RUN, measured_end)
+                stop.set()
+                if scraper is not None:
+                    await scraper
+        return LoadRun(records, warmup_end, t0, measured_end, samples)
+
+    async def _send(self, client: aiohttp.ClientSession, arrival: Arrival, prompt: str, record: RequestRecord,
+                    semaphore: asyncio.Semaphore | None, tracker: SteadyTracker | None) -> None:
+        if semaphore is None:
+            await self._stream(client, arrival, prompt, record, tracker)
+            return
+        async with semaphore:
+            await self._stream(client, arrival, prompt, record, tracker)
+
+    async def _stream(self, client: aiohttp.ClientSession, arrival: Arrival, prompt: str, record: RequestRecord,
+                      tracker: SteadyTracker | None) -> None:
+        body = {**self.body, "model": self.model, "prompt": prompt, "max_tokens": arrival.output_tokens,
+                "stream": True, "stream_options": {"include_usage": True}}
+        clock = self.clock
+        record.send_s = clock()
+        if tracker is not None:
+            tracker.sent(record.send_s)
+        try:
+            await asyncio.wait_for(self._read(client, body, record, tracker), timeout=self.request_timeout_s)
+        except asyncio.TimeoutError:
+            record.error = f"no complete answer within {self.request_timeout_s:g} s"
+        except aiohttp.ClientError as exc:
+            record.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        except (ValueError, KeyError, TypeError) as exc:  # a chunk that is not the JSON it should be
+            record.error = f"malformed stream: {exc}"
+        except asyncio.CancelledError:
+            record.error = "cancelled before it was answered"
+            record.status = "error"
+            record.end_s = clock()
+            raise
+        record.end_s = clock()
+        if record.error is None and record.first_token_s is None:
+            record.error = "the stream ended without any output"
+        record.status = OK if record.error is None else "error"
+        if tracker is not None:
+            tracker.finished(record.end_s)
+
+    async def _read(self, client: aiohttp.ClientSession, body: dict[str, Any], record: RequestRecord,
+                    tracker: SteadyTracker | None) -> None:
+        clock = self.clock
+        async with client.post(COMPLETIONS, json=body) as response:
+            record.http_status = response.status
+            if response.status != 200:
+                text = (await response.read()).decode("utf-8", "replace")
+                record.error = f"HTTP {response.status}: {text[:ERROR_TEXT_LIMIT]}"
+                return
+            buffer = b""
+            done = False
+            async for data in response.content.iter_any():
+                t = clock()
+                buffer += data
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    for line in event.split(b"\n"):
+                        if not line.startswith(b"data:"):
+                            continue  # SSE comments and other fields
+                        payload = line[5:].strip()
+                        if payload == b"[DONE]":
+                            done = True
+                            continue
+                        self._chunk(json.loads(payload), t, record, tracker)
+            if not done and record.error is None:
+                record.error = "the stream was cut off before [DONE]"
+
+    @staticmethod
+    def _chunk(data: dict[str, Any], t: float, record: RequestRecord, tracker: SteadyTracker | None) -> None:
+        if "error" in data and not data.get("choices"):
+            raise ValueError(f"server error in stream: {str(data['error'])[:ERROR_TEXT_LIMIT]}")
+        choices = data.get("choices")
+        if choices:
+            choice = choices[0]
+            ids = choice.get("token_ids")
+            n = len(ids) if isinstance(ids, list) else 1
+            if record.first_token_s is None:
+                record.first_token_s = t
+                if tracker is not None:
+                    tracker.first_token(t)
+            record.chunk_times.append(t)
+            record.chunk_tokens.append(n)
+            record.output_tokens += n
+            if choice.get("finish_reason"):
+                record.finish_reason = choice["finish_reason"]
+        usage = data.get("usage")
+        if usage:
+            record.server_output_tokens = usage.get("completion_tokens")
+            record.server_prompt_tokens = usage.get("prompt_tokens")
