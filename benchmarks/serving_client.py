@@ -15,14 +15,11 @@ Goals: llem >= 500 requests/s sustained, >= vLLM's client in the same run, times
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The task function every llem job runs: validate, then measure with the process's warm session."""
+"""The task function every llem job runs: validate (unless its campaign did), then measure with the warm session."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ atexit.register(SESSION.release)  # engines with worker processes (vLLM) shut do
 CAMPAIGN_WARMUP: dict[str, Any] = {}
 # Set by a campaign worker before each job a parallel launcher placed: its GPUs and the node's concurrency.
 PLACEMENT: dict[str, Any] = {}
+# Set by a campaign worker before each job its campaign planned: {"experiment": the validated ExperimentConfig}.
+PLANNED: dict[str, Any] = {}
 
 USER_ERRORS = (ConfigError, MeasurementError, HardwareUnsupported, BackendUnavailable)
 
@@ -63,7 +65,26 @@ def summarise(result: ExperimentResult, result_path: Path) -> dict[str, Any]:
     }
 
 
+def _serving_report(s: dict[str, Any]) -> str:
+    def num(value: Any, fmt: str) -> str:
+        return "n/a" if value is None else format(value, fmt)
+
+    e = s["energy"]
+    energy = (f"{num(e['j_per_output_token'], '.5f')} J/token in the steady window" if e["j_per_output_token"]
+              is not None else f"energy not measured ({e['unavailable_reason']})")
+    checks = "all checks passed" if s["valid"] else f"checks failed: {', '.join(s['failed'])}"
+    return (f"serving: {s['completed']}/{s['requests']} requests, {num(s['output_tokens_per_s'], '.1f')} tok/s, "
+            f"TTFT p99 {num(s['ttft_ms']['p99'], '.1f')} ms, TPOT p99 {num(s['tpot_ms']['p99'], '.1f')} ms; "
+            f"{energy}; {checks}")
+
+
 def _report(result: ExperimentResult, path: Path) -> None:
+    if result.serving is not None:
+        print(f"llem: {result.backend} {result.model} {result.fp_precision}: {_serving_report(result.serving)}\n"
+              f"llem: result written to {path}", file=sys.stderr)
+        for warning in result.warnings:
+            print(f"llem: warning: {warning}", file=sys.stderr)
+        return
     e = result.energy
     energy = (
         f"{e.adjusted_j:.3f} J above idle ({e.per_output_token_j:.5f} J/token, {e.source})"
@@ -83,19 +104,23 @@ def _report(result: ExperimentResult, path: Path) -> None:
 def run_task(cfg: DictConfig) -> Any:
     """Validate the composed config and measure it.
 
+    A job a campaign planned comes with its settings already validated (`PLANNED`), from the config it was
+    assembled from: they are not validated again. Any other job validates its config here.
+
     A user mistake (bad config, unavailable engine or hardware) in a single run ends the
     process with a message and no traceback (exit 2 for config, 1 otherwise); in a
     multirun it fails that job only, so the campaign goes on.
     """
     single = _is_single_run()
+    planned = PLANNED.pop("experiment", None)
     try:
-        composed = validate_composed(cfg)
+        experiment = planned if planned is not None else validate_composed(cfg).experiment
         output_dir = _output_dir()
         warmup = dict(CAMPAIGN_WARMUP)
         CAMPAIGN_WARMUP.clear()
         placement = dict(PLACEMENT) or None
         PLACEMENT.clear()
-        result = run_experiment(composed.experiment, output_dir, SESSION, campaign_warmup=warmup or None,
+        result = run_experiment(experiment, output_dir, SESSION, campaign_warmup=warmup or None,
                                 placement=placement)
     except USER_ERRORS as error:
         if single:

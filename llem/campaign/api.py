@@ -18,10 +18,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from llem.campaign.engine import Campaign, CampaignOptions, CampaignOutcome
+from llem.campaign.engine import Campaign, CampaignInterrupted, CampaignOptions, CampaignOutcome
 from llem.campaign.planning import manifest_path, plan_campaign
 from llem.campaign.state import recorded_shuffle_seed
+from llem.launch.interrupts import sigterm_as_interrupt
 from llem.measure.result import RESULT_FILENAME
+from llem.plan.compose import FastComposer
 
 DEFAULT_SUBDIR = "${hydra.job.num}"
 
@@ -44,17 +46,22 @@ def workers_of(launcher: Any) -> Any:
     return launcher.workers() if isinstance(launcher, JobLauncher) else None
 
 
-def job_result_paths(config: DictConfig, config_loader: Any) -> Callable[[int, Sequence[str]], str | None]:
-    """Where a job writes its result.json under a custom `hydra.sweep.subdir`: its config composed and numbered
-    as the llem launchers do, then the subdir resolved (it may use the job's number, id, overrides or values).
-    None for a job whose subdir cannot be resolved before it runs; the launcher reports its dir then."""
-    from llem.launch.job_config import JobComposer, numbered
+def job_result_paths(
+    config: DictConfig, config_loader: Any, planned: FastComposer | None = None
+) -> Callable[[int, Sequence[str]], str | None]:
+    """Where a job writes its result.json under a custom `hydra.sweep.subdir`: its config assembled from the plan's
+    composition (`planned`) and numbered as the llem launchers do, then the subdir resolved (it may use the job's
+    number, id, overrides or values). None for a job whose subdir cannot be resolved before it runs; the launcher
+    reports its dir then."""
+    from llem.launch.job_config import JobComposer
+    from llem.launch.jobs import Job
 
     composer = JobComposer(config_loader, config)
 
     def result_path(job_num: int, overrides: Sequence[str]) -> str | None:
+        composition = None if planned is None else planned.composition(overrides)
         try:
-            job = numbered(composer.compose(list(overrides)), job_num)
+            job = composer.for_job(Job(num=job_num, overrides=tuple(overrides), composition=composition))
             job_dir = Path(str(job.hydra.sweep.dir)).absolute() / str(job.hydra.sweep.subdir)
         except Exception as error:  # noqa: BLE001 - e.g. a subdir that reads the clock: known only when it runs
             log.debug("llem: the output dir of job %d is not known before it runs: %s", job_num, error)
@@ -69,10 +76,15 @@ def campaign_for(
 ) -> Campaign:
     """Plan the campaign a composed multirun config and its sweep arguments describe, on `launcher`."""
     sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
-    planned = plan_campaign(
-        config, config_loader, arguments,
-        recorded_seed=lambda settings: recorded_shuffle_seed(manifest_path(sweep_dir, settings)),
-    )  # fmt: skip
+    try:
+        with sigterm_as_interrupt():
+            planned = plan_campaign(
+                config, config_loader, arguments,
+                recorded_seed=lambda settings: recorded_shuffle_seed(manifest_path(sweep_dir, settings)),
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        # Nothing was recorded or launched yet: no campaign to resume, only a plan to redo.
+        raise CampaignInterrupted("llem: interrupted while planning; nothing was recorded or launched") from None
     subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")  # type: ignore[union-attr]
     custom_subdir = str(subdir) != DEFAULT_SUBDIR
     return Campaign(
@@ -84,7 +96,7 @@ def campaign_for(
         custom_subdir=custom_subdir,
         workers=workers_of(launcher),
         multirun_yaml=OmegaConf.to_yaml(config),
-        job_result_path=job_result_paths(config, config_loader) if custom_subdir else None,
+        job_result_path=job_result_paths(config, config_loader, planned.composer) if custom_subdir else None,
     )
 
 

@@ -223,6 +223,7 @@ class Campaign:
             job.retryable = True  # the environment may have been fixed since; preflight checks again
         manifest.campaign_id = campaign_id(manifest.campaign_name)
         manifest.group_by = list(self.settings.group_by)  # grouping never changes what is measured
+        manifest.report = self.settings.report.model_dump()  # nor do the report's carbon and cost factors
         if not self.options.dry_run:
             manifest.events.append({"at": utc_now(), "kind": "resumed", "pid": os.getpid(), "detail": report.lines()})
             self.state.replace(manifest)
@@ -305,7 +306,9 @@ class Campaign:
         resolved = self.plan.resolved
         jobs = [(j.job_num, resolved[j.config_hash]) for j in todo if j.config_hash in resolved]
         problems = preflight(jobs, self.workers) if self.workers is not None else {}
-        for n, reason in gpu_settings_problems(jobs, launcher=self.launcher, workers=self.workers).items():
+        validated = [(j.job_num, self.plan.experiments[j.config_hash]) for j in todo
+                     if j.config_hash in self.plan.experiments]  # as the plan validated them: not validated again
+        for n, reason in gpu_settings_problems(validated, launcher=self.launcher, workers=self.workers).items():
             problems[n] = f"{problems[n]}; {reason}" if n in problems else reason
         if not problems:
             return
@@ -335,7 +338,8 @@ class Campaign:
             write_job_configs(self.sweep_dir, self.settings.io,
                               {j.config_hash: resolved[j.config_hash] for j in batch if j.config_hash in resolved})
             if isinstance(launcher, JobLauncher):  # it reports each job itself
-                self.returns.append(launcher.run_jobs([job_value(j, self.plan, self._gpu_needs) for j in batch]))
+                values = [job_value(j, self.plan, self._gpu_needs, self.composer) for j in batch]
+                self.returns.append(launcher.run_jobs(values))
                 continue
             for job in batch:
                 session.started(job.job_num, key=job.backend, label=" ".join(job.overrides))

@@ -2,9 +2,9 @@
 
 A job that sets them is refused up front, with the fix, when it runs without a GPU, when a value lies
 outside what the node's GPUs allow (their power limit range, their supported clocks), when this process
-lacks the privilege, under SLURM unless `hydra.launcher.allow_gpu_settings=true`, and in containers
-(whose workers lack the host's privilege). Jobs that set nothing are never affected, and nothing is
-opened when no job sets anything.
+lacks the privilege, and under SLURM unless `hydra.launcher.allow_gpu_settings=true`. Container jobs are
+checked like local ones: their launcher applies the settings from this host, so the privilege needed is
+this process's. Jobs that set nothing are never affected, and nothing is opened when no job sets anything.
 """
 
 from __future__ import annotations
@@ -21,12 +21,6 @@ from llem.energy.devices.gpu_restore import restore_stale
 from llem.launch.protocol import nvml_from_env
 from llem.measure.gpu_settings import GpuSettingsError, no_gpu_problem, resolve
 from llem.measure.job_devices import gpu_need
-
-CONTAINER_REFUSAL = (
-    "{keys} set, but GPU settings are not applied for jobs in containers (the container lacks the host's "
-    "privilege); run these jobs with hydra/launcher=llem_local"
-)
-
 
 def restore_stale_gpus(say: Callable[[str], None], nvml: Any = None) -> None:
     """At campaign start: give GPUs a crashed run left changed their original settings back, and say so."""
@@ -71,7 +65,8 @@ class _Node:
 
 
 def gpu_settings_problems(
-    jobs: Iterable[tuple[int, dict[str, Any]]], *, launcher: Any = None, workers: Any = None, nvml: Any = None
+    jobs: Iterable[tuple[int, dict[str, Any] | ExperimentConfig]], *, launcher: Any = None, workers: Any = None,
+    nvml: Any = None,
 ) -> dict[int, str]:
     """The reason each job that sets `gpu.*` cannot do so where it will run, by job number."""
     from llem.launch.slurm.options import SlurmOptions, gpu_settings_refusal
@@ -81,8 +76,8 @@ def gpu_settings_problems(
     node = _Node(nvml if nvml is not None else nvml_from_env())
     problems: dict[int, str] = {}
     for job_num, data in jobs:
-        try:
-            experiment = ExperimentConfig.model_validate(data)
+        try:  # the plan's validated settings are taken as they are
+            experiment = data if isinstance(data, ExperimentConfig) else ExperimentConfig.model_validate(data)
         except ValidationError:
             continue  # invalid jobs are reported by the planner
         settings = experiment.gpu
@@ -92,11 +87,9 @@ def gpu_settings_problems(
         reason: str | None = None
         if slurm is not None:
             reason = gpu_settings_refusal(slurm, keys)
-        elif workers is not None and getattr(workers, "kind", "local") == "container":
-            reason = CONTAINER_REFUSAL.format(keys=", ".join(keys))
         if reason is None and experiment.energy.devices is None and gpu_need(experiment) == 0:
             reason = no_gpu_problem(experiment, [])
-        if reason is None and slurm is None:  # the GPUs are this machine's: check them now
+        if reason is None and slurm is None:  # the GPUs are this machine's (containers' too): check them now
             reason = _local_problem(experiment, node, keys)
         if reason is not None:
             problems[job_num] = reason

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from llem.config import CampaignSettings, ConfigError
 from llem.launch.jobs import Job
-from llem.plan.campaign_file import CampaignFileError, campaign_group_file, load_settings
+from llem.plan.campaign_file import CampaignFileError, campaign_group_file, load_campaign
 from llem.plan.compose import FastComposer
 from llem.plan.expand import Axis, PlanError
 from llem.plan.manifest import ManifestJob
@@ -84,9 +84,11 @@ class PlannedCampaign:
     composer: FastComposer
 
 
-def job_value(job: ManifestJob, plan: Plan, gpu_needs: dict[str, int] | None = None) -> Job:
-    """What a launcher gets for one job of the state: its plan, validated once (`gpu_needs` caches the GPU need
-    per configuration). A job whose configuration the plan no longer holds validates itself when it runs."""
+def job_value(job: ManifestJob, plan: Plan, gpu_needs: dict[str, int] | None = None,
+              composer: FastComposer | None = None) -> Job:
+    """What a launcher gets for one job of the state: its plan, composed and validated once (`gpu_needs` caches
+    the GPU need per configuration; `composer` holds the compositions the launcher assembles jobs from). A job
+    whose configuration the plan no longer holds is composed by the launcher and validates itself when it runs."""
     from llem.measure.job_devices import gpu_need
 
     experiment = None if job.config_hash is None else plan.experiments.get(job.config_hash)
@@ -96,8 +98,10 @@ def job_value(job: ManifestJob, plan: Plan, gpu_needs: dict[str, int] | None = N
         if job.config_hash not in cache:
             cache[job.config_hash] = gpu_need(experiment)  # type: ignore[index]
         gpus = cache[job.config_hash]  # type: ignore[index]
+    composition = None if experiment is None or composer is None else composer.composition(job.overrides)
     return Job(num=job.job_num, overrides=tuple(job.overrides), cycle=job.cycle, repetition=job.repetition,
-               experiment=experiment, gpus=gpus, result_path=job.result_path, config_hash=job.config_hash)
+               experiment=experiment, gpus=gpus, result_path=job.result_path, config_hash=job.config_hash,
+               composition=composition)
 
 
 def plan_campaign(
@@ -114,8 +118,8 @@ def plan_campaign(
     cwd = Path(str(OmegaConf.select(config, "hydra.runtime.cwd", default=None) or os.getcwd()))
     try:
         # a campaign file sits beneath the command line: its campaign.* overrides are applied again on top
-        settings = load_settings(section, [a.choices[0] for a in campaign_axes], cwd=cwd,  # type: ignore[arg-type]
-                                 group_file=campaign_group_file(config))
+        settings, origin = load_campaign(section, [a.choices[0] for a in campaign_axes], cwd=cwd,  # type: ignore[arg-type]
+                                         group_file=campaign_group_file(config))
     except (ConfigError, CampaignFileError) as error:
         raise CampaignError(str(error)) from None
     execution = settings.execution
@@ -137,6 +141,7 @@ def plan_campaign(
             default_backend=str(OmegaConf.select(config, "backend.name")),
             model_options=_group_options(config_loader, "model"),
             dataset_options=_group_options(config_loader, "dataset"),
+            campaign_origin=origin,
         )
     except PlanError as error:
         raise CampaignError(f"llem: {error}") from None

@@ -33,6 +33,7 @@ __all__ = [
     "CampaignHealthCheckConfig",
     "CampaignIOConfig",
     "CampaignNotificationsConfig",
+    "CampaignReportConfig",
     "CampaignScheduleConfig",
     "CampaignSettings",
     "WEEKDAYS",
@@ -393,6 +394,24 @@ class CampaignNotificationsConfig(StrictModel):
         return self.webhook_url is not None or self.webhook_url_env is not None
 
 
+class CampaignReportConfig(StrictModel):
+    """Factors `python -m llem.report` turns energy into emissions and cost with; no defaults (a guess is no figure).
+
+    A value given on the report's command line wins over the one here; the report names each one's source.
+    """
+
+    carbon_intensity: float | None = Field(
+        None, ge=0.0, allow_inf_nan=False, description="Grid carbon intensity in gCO2e/kWh (null: no emissions shown)."
+    )
+    pue: float | None = Field(
+        None, ge=1.0, allow_inf_nan=False,
+        description="Facility power usage effectiveness applied to device energy (null: device energy only).",
+    )  # fmt: skip
+    price_per_kwh: float | None = Field(
+        None, ge=0.0, allow_inf_nan=False, description="Electricity price per kWh (null: no cost shown)."
+    )
+
+
 class CampaignSettings(StrictModel):
     """How a multirun's jobs run (cycles, gaps, health checks, files), with or without a job definition.
 
@@ -452,8 +471,12 @@ class CampaignSettings(StrictModel):
     notifications: CampaignNotificationsConfig = Field(
         default_factory=CampaignNotificationsConfig, description="Webhook events for jobs and the campaign's end."
     )
+    report: CampaignReportConfig = Field(
+        default_factory=CampaignReportConfig,
+        description="Carbon intensity, PUE and price the report uses when its command line does not give them.",
+    )
 
-    @field_validator("schedule", "notifications", mode="before")
+    @field_validator("schedule", "notifications", "report", mode="before")
     @classmethod
     def _null_is_default(cls, value: Any) -> Any:
         return {} if value is None else value

@@ -139,6 +139,13 @@ class BaselineConfig(StrictModel):
         "it drifts more than drift_threshold.",
     )
     cache_ttl_seconds: float = Field(3600.0, gt=0.0, description="cached/validated: longest reuse of one baseline.")
+    max_age_seconds: float = Field(
+        3600.0,
+        gt=0.0,
+        description="A job whose baseline was measured longer ago than this gets a `baseline_stale` warning "
+        "(docs/validity.md). The default matches cache_ttl_seconds, so only a longer reuse is flagged: idle "
+        "power follows room and device temperature, which drift over hours.",
+    )
     validation_interval: int = Field(5, ge=1, description="validated: re-check the cached baseline every N jobs.")
     validation_duration_seconds: float = Field(
         3.0, gt=0.0, le=600.0, description="validated: length of the short re-check measurement."

@@ -36,7 +36,8 @@ def _without_unset_gpu(data: Any) -> Any:
 LATER_DEFAULTS: dict[str, dict[str, Any]] = {
     "warmup": {"mode": "fixed", "cv_threshold": 0.05, "window": 3, "min_batches": 3, "max_batches": 20},
     "baseline": {"strategy": "validated", "cache_ttl_seconds": 3600.0, "validation_interval": 5,
-                 "validation_duration_seconds": 3.0, "drift_threshold": 0.1},
+                 "validation_duration_seconds": 3.0, "drift_threshold": 0.1,
+                 "max_age_seconds": 3600.0},
 }
 
 

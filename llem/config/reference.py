@@ -26,6 +26,7 @@ from llem.config.campaign import (
     CampaignHealthCheckConfig,
     CampaignIOConfig,
     CampaignNotificationsConfig,
+    CampaignReportConfig,
     CampaignScheduleConfig,
 )
 from llem.config.experiment import (
@@ -73,6 +74,7 @@ SECTIONS: list[tuple[str, str, type[BaseModel]]] = [
     ("Campaign daemon", "campaign.daemon", CampaignDaemonConfig),
     ("Campaign IO", "campaign.io", CampaignIOConfig),
     ("Campaign notifications", "campaign.notifications", CampaignNotificationsConfig),
+    ("Campaign report", "campaign.report", CampaignReportConfig),
 ]
 
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from llem.config._base import StrictModel
 
 SCENARIOS = ("offline", "serving")
-# Engines whose own OpenAI-compatible streaming server llem starts (vLLM's API server, trtllm-serve).
-SERVER_ENGINES = ("vllm", "tensorrt")
+# Engines whose own OpenAI-compatible streaming server llem starts (vLLM's API server).
+SERVER_ENGINES = ("vllm",)
 TRACE_KEYS = ("offset_s", "input_tokens", "output_tokens")
 
 
@@ -71,13 +71,14 @@ class LoadConfig(StrictModel):
 
     rate: float | None = Field(
         None,
-        description="Open loop: requests per second, arrivals drawn from a gamma distribution (`inf`: all at once). "
+        description="Open loop: requests per second (> 0), arrivals drawn from a gamma distribution (`inf`: all "
+        "at once). "
         "null: `inf`, or the trace's own arrival times when `load.trace` is set.",
     )
     burstiness: float = Field(
         1.0,
         description="Gamma shape of the inter-arrival times, as in `vllm bench serve`: 1 is Poisson, larger is "
-        "more regular, smaller is burstier.",
+        "more regular (inf: evenly spaced), smaller is burstier; must be > 0.",
     )
     max_concurrency: int | None = Field(
         None,
@@ -109,8 +110,8 @@ class LoadConfig(StrictModel):
     @field_validator("burstiness")
     @classmethod
     def _positive_burstiness(cls, value: float) -> float:
-        if math.isnan(value) or value <= 0 or math.isinf(value):
-            raise ValueError(f"must be a finite number > 0 (the gamma shape; 1 is Poisson), got {value!r}")
+        if math.isnan(value) or value <= 0:
+            raise ValueError(f"must be > 0 (the gamma shape; 1 is Poisson, inf evenly spaced), got {value!r}")
         return value
 
     @model_validator(mode="after")

@@ -106,6 +106,19 @@ class YamlSource:
         name = dotted(found[0])
         return found[0], name if len(name) >= len(key) else key
 
+    def holds(self, path: Iterable[str | int], value: Any) -> bool:
+        """Whether the file has `value` at key path `path` (a value read elsewhere, such as from a
+        command-line override or another file, is not the file's even where the file has the key)."""
+        current = self.data
+        for part in path:
+            if isinstance(current, dict) and not isinstance(part, int) and part in current:
+                current = current[part]
+            elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+                current = current[part]
+            else:
+                return False
+        return bool(current == value)
+
     def within(self, key: str) -> YamlSource:
         """The source of the mapping under top-level `key`, with key paths relative to it."""
         lines = {p[1:]: n for p, n in self.lines.items() if p[:1] == (key,)}

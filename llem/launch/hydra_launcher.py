@@ -18,7 +18,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from llem.launch.job_config import JobComposer, numbered
+from llem.launch.job_config import JobComposer
 from llem.launch.jobs import Job, numbered_jobs
 from llem.launch.options import ContainerOptions, LocalOptions
 from llem.launch.reporting import JobReporter
@@ -63,7 +63,7 @@ class LlemLauncher(Launcher):
             composer = JobComposer(context.config_loader, config)
             self._warm = WarmLauncher(
                 self.kind, self.options, Path(str(config.hydra.sweep.dir)),
-                compose=lambda job: numbered(composer.compose(job.overrides), job.num),
+                compose=composer.for_job,
                 task_function=self.task_function, hydra_context=context, nvml=self.nvml(),
             )  # fmt: skip
             if self.reporter is not None:
@@ -91,7 +91,7 @@ class LlemLauncher(Launcher):
 
     # ------------------------------------------------------------------ hydra.plugins.launcher.Launcher
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        """Jobs no campaign planned (another sweeper): each is composed and validated when it runs."""
+        """Jobs no campaign planned (another sweeper): each is composed here and validated when it runs."""
         self._logging()
         return self.warm.run(numbered_jobs(job_overrides, initial_job_idx))
 

@@ -1,4 +1,7 @@
-"""Compose each job's full Hydra config (hydra node included) fast, as `load_sweep_config` would.
+"""Each job's full Hydra config (hydra node included), as `load_sweep_config` would give it.
+
+A job a campaign planned is assembled from the plan's composition of it (llem.plan.compose.Composition):
+not composed, and its value overrides not applied, again. Any other job is composed here, fast:
 
 Hydra's config loader builds the defaults tree again for every job (tens of milliseconds).
 Jobs of a campaign share a handful of config-group selections, so the config of a selection
@@ -16,10 +19,12 @@ from typing import Any
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from llem.plan.compose import GroupLookup
+from llem.launch.jobs import Job
+from llem.plan.compose import Composition, GroupLookup
 
 
 class JobComposer:
@@ -39,6 +44,23 @@ class JobComposer:
         self.compositions += 1
         return self._loader.load_sweep_config(self._master, list(overrides))
 
+    def for_job(self, job: Job) -> DictConfig:
+        """The job's config, numbered: assembled from the plan's composition when it has one, else composed."""
+        if job.composition is not None:
+            return numbered(self.assemble(job.composition, job.overrides), job.num)
+        return numbered(self.compose(job.overrides), job.num)
+
+    def assemble(self, composition: Composition, overrides: Sequence[str]) -> DictConfig:
+        """The config `compose(overrides)` gives, built from the plan's composition of those overrides."""
+        parsed = self._parser.parse_overrides(list(overrides))
+        cfg = OmegaConf.create({})
+        # one copy of each node: the `hydra` node keeps its structured type; the job's keys come in as they were planned
+        cfg.hydra = composition.base._get_node("hydra")
+        for key, value in composition.items():
+            cfg[key] = value
+        OmegaConf.set_struct(cfg, True)
+        return self._per_job(cfg, parsed)
+
     def compose(self, overrides: Sequence[str]) -> DictConfig:
         parsed = self._parser.parse_overrides(list(overrides))
         if any(o.is_hydra_override() or o.is_sweep_override() or o.package is not None for o in parsed):
@@ -56,6 +78,10 @@ class JobComposer:
             self._bases[groups] = base
         cfg = copy.deepcopy(base)
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        return self._per_job(cfg, parsed)
+
+    def _per_job(self, cfg: DictConfig, parsed: list[Override]) -> DictConfig:
+        """What `load_sweep_config` sets per job: its overrides, the working dir, the override dirname."""
         with open_dict(cfg.hydra):
             cfg.hydra.overrides.task = [o.input_line for o in parsed]
             cfg.hydra.runtime.cwd = os.getcwd()

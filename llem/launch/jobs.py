@@ -9,7 +9,7 @@ nothing of `llem.campaign`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from llem.config import ExperimentConfig
     from llem.launch.reporting import JobReporter
+    from llem.plan.compose import Composition
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class Job:
     `cycle` and `repetition` are None outside a campaign (a llem launcher under Hydra's basic sweeper): gaps
     and per-cycle health checks then follow the launcher alone. `experiment` is None when the job was not
     validated before it launched (such a job validates itself when it runs, and fails with its own message).
+    `composition` is the plan's composition of its config: the launcher assembles the job from it (None: the
+    launcher composes the job itself). A job assembled from it runs with `experiment` as its validated settings.
     """
 
     num: int
@@ -36,6 +39,16 @@ class Job:
     gpus: int = 0  # GPUs its engine uses (0: none, or not known before it runs)
     result_path: str | None = None  # where its result.json goes (None: known once it runs)
     config_hash: str | None = None  # reuse key: a whole result carrying this hash is this job's, and is kept
+    # how the plan composed its config (shared by many jobs, never changed)
+    composition: Composition | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def planned_experiment(self) -> ExperimentConfig | None:
+        """The settings the job runs with, validated by the plan from the very config it is assembled from
+        (None: the job validates itself; also when its config resolves interpolations as it runs)."""
+        if self.composition is None or self.composition.interpolated:
+            return None
+        return self.experiment
 
     @property
     def period(self) -> tuple[int | None, int | None]:

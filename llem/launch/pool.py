@@ -2,7 +2,9 @@
 
 `WorkerPool` is the runner (llem.launch.runner) of the local and the container launcher: it makes
 the worker of each routing key (or of each GPU set, side by side), owns their socket dir and cleans
-up at exit, also removing containers a crash of an earlier run of the campaign left behind.
+up at exit, also removing containers a crash of an earlier run of the campaign left behind. For
+containers it applies each job's `gpu.*` settings on the host (llem.launch.host_gpu_settings) and
+restores a worker's GPUs when the worker stops.
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
+from omegaconf import DictConfig
 
 from llem.launch.container import ContainerSpec, ContainerWorker, remove_leftovers
 from llem.launch.gpus import Gpu
 from llem.launch.handle import WorkerHandle, WorkerUnkillable
+from llem.launch.host_gpu_settings import HostGpuSettings, job_experiment
+from llem.launch.jobs import Job
 from llem.launch.local import LocalWorker
 from llem.launch.options import ContainerOptions, LocalOptions
 from llem.launch.runner import CampaignRunner, RunnerOptions
+from llem.measure.gpu_settings import HOST_APPLIED_ENV
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,7 @@ def container_spec(
         if workdir != sweep_dir:
             mounts.append((workdir, workdir, "rw"))
     mounts += [_parse_mount(str(m)) for m in options.mounts]
+    env[HOST_APPLIED_ENV] = "1"  # the launcher applies gpu.* on the host: the worker only reads them back
     devices: Any = options.gpus
     if gpus is not None:
         devices = [g.index for g in gpus] or None
@@ -91,7 +98,7 @@ def container_spec(
 class WorkerPool(CampaignRunner):
     """A CampaignRunner that makes the launcher's workers, owns their socket dir and cleans up at exit."""
 
-    def __init__(self, kind: str, options: LocalOptions, sweep_dir: Path) -> None:
+    def __init__(self, kind: str, options: LocalOptions, sweep_dir: Path, *, nvml: Any = None) -> None:
         self.kind = kind
         self.launcher_options = options
         self.sweep_dir = str(sweep_dir.absolute())
@@ -105,6 +112,8 @@ class WorkerPool(CampaignRunner):
         self.socket_dir = Path(tempfile.mkdtemp(prefix="llem-w-"))
         self.log_dir = Path(self.sweep_dir) / ".workers"
         self.pins: dict[str, tuple[str, tuple[Gpu, ...]]] = {}  # worker name -> (routing key, pinned GPUs)
+        # containers: gpu.* applied here, on the host (`nvml`: a scripted NVML in tests)
+        self.host_gpus = HostGpuSettings(nvml) if isinstance(options, ContainerOptions) else None
         self._closed = False
         atexit.register(self.close)
 
@@ -125,6 +134,35 @@ class WorkerPool(CampaignRunner):
                     state.worker.kill()
                 except WorkerUnkillable as unkillable:
                     log.warning("llem: %s", unkillable)
+                    return  # it may still run a job on its GPUs: their settings stay until the campaign ends
+            self._restore_gpus(state.worker)
+
+    def _worker_gpus(self, worker: WorkerHandle) -> list[Gpu]:
+        """The host's GPUs a container worker was given."""
+        assert self.host_gpus is not None
+        if not isinstance(worker, ContainerWorker):
+            return []
+        return self.host_gpus.container_gpus(worker.spec.gpus)
+
+    def _restore_gpus(self, worker: WorkerHandle | None = None) -> None:
+        """Put back the original settings of the GPUs a stopped container worker (None: every one) ran on."""
+        if self.host_gpus is None:
+            return
+        try:
+            gpus = None if worker is None else self._worker_gpus(worker)
+            problems = self.host_gpus.restore(gpus)
+        except Exception as error:  # noqa: BLE001 - say it, keep stopping; the record stays for the next run
+            problems = [str(error)]
+        for problem in problems:
+            log.warning("llem: could not restore GPU settings: %s", problem)
+
+    def before_job(self, key: str, worker: WorkerHandle, job: Job, config: DictConfig) -> dict[str, Any]:
+        """Containers: put the job's `gpu.*` settings in force on its GPUs, from the host; the job is told
+        what was applied (`gpu_settings`), and only reads it back."""
+        if self.host_gpus is None:
+            return {}
+        facts = self.host_gpus.before_job(job_experiment(job, config), self._worker_gpus(worker))
+        return {"gpu_settings": facts}
 
     def _make_worker(self, key: str) -> WorkerHandle:
         state = Singleton.get_state()
@@ -145,4 +183,5 @@ class WorkerPool(CampaignRunner):
             return
         self._closed = True
         self.stop_all()
+        self._restore_gpus()
         shutil.rmtree(self.socket_dir, ignore_errors=True)

@@ -317,7 +317,13 @@ class CampaignRunner:
             except WorkerDied as died:
                 return self._finish(job_num, key, self._failed(config, overrides, JobFailure(str(died))))
 
-        message: dict[str, Any] = {"op": protocol.OP_RUN, "config": protocol.pack(config)}
+        try:
+            extra = self.before_job(key, worker, job, config)
+        except Exception as error:  # noqa: BLE001 - e.g. GPU settings the host cannot apply: fails this job only
+            return self._finish(job_num, key, self._failed(config, overrides, JobFailure(f"job {job_num}: {error}")))
+        message: dict[str, Any] = {"op": protocol.OP_RUN, "config": protocol.pack(config), **extra}
+        if job.planned_experiment is not None:  # validated by the plan, from the config this job was assembled from
+            message["experiment"] = protocol.pack(job.planned_experiment)
         if not worker.context_sent:
             message["task_function"] = protocol.pack(task_function)
             # a job needs the callbacks, not the host's config loader (which may name host-only plugins)
@@ -357,6 +363,11 @@ class CampaignRunner:
         state.experiments_since_check += 1
         state.ran_any = self._ran_any = True
         return self._finish(job_num, key, ret)
+
+    def before_job(self, key: str, worker: WorkerHandle, job: Job, config: DictConfig) -> dict[str, Any]:
+        """Done on the host right before a job is handed to its worker; what the run request carries besides the
+        job (none here: the container pool applies GPU settings). An exception fails the job, unstarted."""
+        return {}
 
     def route_key(self, config: DictConfig) -> str:
         """The value at `route_by` (one warm worker per value, e.g. per backend)."""

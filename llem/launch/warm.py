@@ -49,7 +49,7 @@ class WarmLauncher:
 
     def _pool(self) -> WorkerPool:
         if self.pool is None:
-            self.pool = WorkerPool(self.kind, self.options, self.sweep_dir)
+            self.pool = WorkerPool(self.kind, self.options, self.sweep_dir, nvml=self.nvml)
             if self.reporter is not None:
                 self.pool.attach(self.reporter)
         return self.pool

@@ -49,6 +49,8 @@ def _run(message: dict[str, Any]) -> dict[str, Any]:
     task_function, hydra_context = _CONTEXT["task_function"], _CONTEXT["hydra_context"]
     _set_campaign_warmup(message.get("campaign_warmup"))
     _set_placement(message.get("placement"))
+    _set_planned(message.get("experiment"))
+    _set_host_gpu_settings(message)
     start = time.perf_counter()
     from llem.launch import job_runner
 
@@ -73,6 +75,33 @@ def _set_placement(placement: dict[str, Any] | None) -> None:
     task = importlib.import_module("llem.task")
     task.PLACEMENT.clear()
     task.PLACEMENT.update(placement or {})
+
+
+def _set_host_gpu_settings(message: dict[str, Any]) -> None:
+    """A container worker: hand the `gpu.*` settings the launcher applied on the host for this job to the
+    measure layer, which then only reads them back (it lacks the privilege to change them)."""
+    if "gpu_settings" not in message:
+        return
+    from llem.measure.gpu_settings import set_host_applied
+
+    set_host_applied(message["gpu_settings"])
+
+
+def _set_planned(blob: bytes | None) -> None:
+    """Hand the settings the campaign validated for this job to llem's task, which then does not validate them
+    again. Settings this worker cannot unpickle (another llem in a container image) are left out: the task
+    validates the config itself, as for a job no campaign planned."""
+    if blob is None and "llem.task" not in sys.modules:
+        return
+    task = importlib.import_module("llem.task")
+    task.PLANNED.clear()
+    if blob is None:
+        return
+    try:
+        task.PLANNED["experiment"] = protocol.unpack(blob)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure
+        print(f"llem worker: validating the job here: the planned settings could not be read ({error})",
+              file=sys.stderr)
 
 
 def _install_nvml_factory() -> None:

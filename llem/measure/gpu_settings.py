@@ -5,15 +5,20 @@ and changes them only when the next job's differ; a job with `gpu.*` unset gets 
 values back. Before any change a restore record is written (energy/devices/gpu_restore.py); the
 originals go back at process exit, and a record left by a process that died is restored by the next
 one that touches GPU settings, before it changes anything.
+
+In a container the worker lacks the host's privilege: the launcher applies the settings on the host
+(`HOST_APPLIED_ENV` is set in the container) and hands each job what it applied (`set_host_applied`);
+the job then only reads the effective values back, which needs no privilege.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import statistics
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +32,8 @@ from llem.measure.gpu_settings_result import GpuKnob, GpuSettingsEntry
 log = logging.getLogger(__name__)
 
 POWER_TOLERANCE_W = 1.0
+# Set in a worker's environment when the launcher applies `gpu.*` on the host: the worker never changes them.
+HOST_APPLIED_ENV = "LLEM_GPU_SETTINGS_BY_HOST"
 _CLOCK_NAMES = {"sm": "SM", "mem": "memory"}
 
 
@@ -44,6 +51,13 @@ class Resolved:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Resolved:
+        """The inverse of `as_dict` (what a launcher applied on the host, as the job receives it)."""
+        clocks = {k: (int(data[k][0]), int(data[k][1])) for k in ("sm_clock_mhz", "mem_clock_mhz") if data.get(k)}
+        power = data.get("power_limit_w")
+        return cls(power_limit_w=None if power is None else int(power), **clocks)
 
 
 def _gpu_name(limits: GpuLimits) -> str:
@@ -194,10 +208,12 @@ class GpuSettingsHolder:
 
     # ------------------------------------------------------------------ per job
     def apply(self, experiment: ExperimentConfig, job_gpus: Sequence[int], uuids: dict[int, str],
-              nvml: Any = None) -> JobGpuSettings | None:  # fmt: skip
+              nvml: Any = None, scope: Collection[str] | None = None) -> JobGpuSettings | None:  # fmt: skip
         """Put the job's settings in force on its GPUs (`uuids`: CUDA index -> UUID); None when it sets none.
 
-        Every GPU is checked before any is changed, so a refused value changes nothing.
+        Every GPU is checked before any is changed, so a refused value changes nothing. GPUs held from
+        earlier jobs that this job does not set are restored; with `scope` (UUIDs), only those among them,
+        so a launcher holding the GPUs of jobs that run side by side leaves the others' GPUs alone.
         """
         settings = experiment.gpu
         with self._lock:
@@ -212,7 +228,8 @@ class GpuSettingsHolder:
                 if record is None or not record.is_mine:
                     self.held.pop(uuid)
             siblings = [u for u in uuids.values() if (r := records.read(u)) is not None and r.sibling]
-            if not settings.is_set and not self.held and not siblings:
+            held = [u for u in self.held if scope is None or u in scope]
+            if not settings.is_set and not held and not siblings:
                 return None  # llem touches nothing
             try:
                 control = GpuControl(nvml)
@@ -220,7 +237,7 @@ class GpuSettingsHolder:
                 raise GpuSettingsError(f"{', '.join(settings.set_keys())}: cannot reach the GPUs: {error.reason}")
             try:
                 wanted = set(uuids.values()) if settings.is_set else set()
-                for uuid in dict.fromkeys([*self.held, *siblings]):
+                for uuid in dict.fromkeys([*held, *siblings]):
                     if uuid not in wanted:
                         self._restore(control, uuid)
                 if not settings.is_set:
@@ -319,10 +336,12 @@ class GpuSettingsHolder:
             self._atexit = True
             atexit.register(self.restore_all)
 
-    def restore_all(self) -> list[str]:
-        """Put back the original settings of every GPU this process changed; the problems, if any."""
+    def restore_all(self, uuids: Collection[str] | None = None) -> list[str]:
+        """Put back the original settings of every GPU this holder changed (or of those among `uuids`); the
+        problems, if any."""
         with self._lock:
-            if not self.held:
+            mine = [u for u in self.held if uuids is None or u in uuids]
+            if not mine:
                 return []
             try:
                 control = GpuControl(self._nvml)
@@ -330,7 +349,7 @@ class GpuSettingsHolder:
                 return [f"cannot restore GPU settings: {error.reason}"]
             problems: list[str] = []
             try:
-                for uuid in list(self.held):
+                for uuid in mine:
                     problems += self._restore(control, uuid)
             finally:
                 control.close()
@@ -341,20 +360,12 @@ class GpuSettingsHolder:
 HOLDER = GpuSettingsHolder()
 
 
-def apply_for_job(experiment: ExperimentConfig, nvml: Any = None,
-                  holder: GpuSettingsHolder | None = None) -> JobGpuSettings | None:  # fmt: skip
-    """The harness's entry: find the job's GPUs and put its `gpu.*` settings in force (see `GpuSettingsHolder`).
-
-    Opens nothing when the job sets nothing and this process holds nothing.
-    """
+def job_uuids(experiment: ExperimentConfig, nvml: Any = None) -> tuple[list[int], dict[int, str]]:
+    """The job's CUDA indices and their GPU UUIDs (reading them needs no privilege)."""
     from llem.energy import visible_gpu_count
     from llem.energy.devices.nvml import NvmlDevices
     from llem.measure.job_devices import job_gpu_devices
 
-    holder = HOLDER if holder is None else holder
-    holder.restore_stale_once(nvml)
-    if not experiment.gpu.is_set and not holder.held and not holder.sibling_records():
-        return None
     job_gpus = job_gpu_devices(experiment, visible_gpu_count(nvml_module=nvml))
     uuids: dict[int, str] = {}
     if job_gpus:
@@ -366,4 +377,78 @@ def apply_for_job(experiment: ExperimentConfig, nvml: Any = None,
             uuids = {i: devices.uuid(i) for i in devices.indices}
         finally:
             devices.close()
+    return job_gpus, uuids
+
+
+def apply_for_job(experiment: ExperimentConfig, nvml: Any = None,
+                  holder: GpuSettingsHolder | None = None) -> JobGpuSettings | None:  # fmt: skip
+    """The harness's entry: find the job's GPUs and put its `gpu.*` settings in force (see `GpuSettingsHolder`).
+
+    Opens nothing when the job sets nothing and this process holds nothing. Where the launcher applies
+    them on the host (`HOST_APPLIED_ENV`), only reads them back (`read_host_applied`).
+    """
+    if os.environ.get(HOST_APPLIED_ENV) == "1":
+        return read_host_applied(experiment, nvml)
+    holder = HOLDER if holder is None else holder
+    holder.restore_stale_once(nvml)
+    if not experiment.gpu.is_set and not holder.held and not holder.sibling_records():
+        return None
+    job_gpus, uuids = job_uuids(experiment, nvml)
     return holder.apply(experiment, job_gpus, uuids, nvml)
+
+
+# ---------------------------------------------------------------------- applied on the host
+_HOST_APPLIED: dict[str, Any] = {}
+
+
+def host_applied(job: JobGpuSettings | None) -> dict[str, Any] | None:
+    """What a launcher that applied a job's settings on the host hands the job (see `set_host_applied`)."""
+    if job is None:
+        return None
+    return {"applied": {uuid: r.as_dict() for uuid, r in job.resolved.items()}, "changed": job.changed}
+
+
+def set_host_applied(facts: Mapping[str, Any] | None) -> None:
+    """In a worker whose launcher applies `gpu.*` on the host: what it applied for the next job (None: nothing)."""
+    _HOST_APPLIED.clear()
+    _HOST_APPLIED.update(facts or {})
+
+
+def read_host_applied(experiment: ExperimentConfig, nvml: Any = None) -> JobGpuSettings | None:
+    """The job's settings as the host applied them, with the effective values read back here; changes nothing.
+
+    Fails when the job sets `gpu.*` but the host applied nothing, or applied it on other GPUs than the
+    job's own (a container that numbers its GPUs otherwise than the launcher expects).
+    """
+    facts = dict(_HOST_APPLIED)
+    _HOST_APPLIED.clear()  # for this job only
+    settings = experiment.gpu
+    if not settings.is_set:
+        return None
+    keys = ", ".join(settings.set_keys())
+    applied = facts.get("applied")
+    if not applied:
+        raise GpuSettingsError(f"{keys} set, but the launcher applied no GPU settings on the host for this job; "
+                               f"this worker lacks the privilege to apply them itself")  # fmt: skip
+    job_gpus, uuids = job_uuids(experiment, nvml)
+    problem = no_gpu_problem(experiment, job_gpus)
+    if problem is not None:
+        raise GpuSettingsError(problem)
+    missing = [u for u in uuids.values() if u not in applied]
+    if missing:
+        raise GpuSettingsError(f"{keys}: the launcher applied them on {', '.join(sorted(applied))}, but this job "
+                               f"runs on {', '.join(missing)}")  # fmt: skip
+    try:
+        control = GpuControl(nvml)
+    except DeviceUnavailable as error:
+        raise GpuSettingsError(f"{keys}: cannot read the GPUs back: {error.reason}") from None
+    try:
+        limits = {uuid: control.limits(uuid) for uuid in uuids.values()}
+        resolved = {uuid: Resolved.from_dict(applied[uuid]) for uuid in uuids.values()}
+        job = JobGpuSettings(settings, dict(uuids), resolved, limits, bool(facts.get("changed", True)))
+        for uuid in uuids.values():
+            job.power_read_w[uuid] = control.enforced_power_limit_w(uuid)
+            job.clocks_read_mhz[uuid] = {w: control.clock_mhz(uuid, w) for w in ("sm", "mem")}
+        return job
+    finally:
+        control.close()

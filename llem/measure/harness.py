@@ -353,6 +353,31 @@ def _acquire_baseline(
     return baseline, baseline.unavailable_reason, {**baseline.to_info(), **strategy_info}
 
 
+def _run_serving(
+    experiment: ExperimentConfig,
+    output_dir: Path,
+    session: BackendSession,
+    *,
+    sleep: Callable[[float], None],
+    nvml_module: Any,
+    placement: dict[str, Any] | None,
+    cuda_count: Callable[[], int],
+    server_factory: Any,
+) -> ExperimentResult:
+    """A serving load point, with this module's device, baseline and energy-section rules."""
+    from llem.measure.serving_job import ServingError, run_serving
+
+    def cuda_gpus(exp: ExperimentConfig, nvml: Any) -> list[int]:
+        return job_gpus(exp, visible_gpu_count(nvml_module=nvml), cuda_count)
+
+    try:
+        return run_serving(experiment, output_dir, session, sleep=sleep, nvml_module=nvml_module,
+                           placement=placement, server_factory=server_factory, cuda_gpus=cuda_gpus,
+                           baseline_fn=_baseline, energy_section=_energy_section, now=_now)
+    except ServingError as error:
+        raise MeasurementError(str(error)) from None
+
+
 def run_experiment(
     experiment: ExperimentConfig,
     output_dir: Path,
@@ -364,14 +389,21 @@ def run_experiment(
     campaign_warmup: dict[str, Any] | None = None,
     placement: dict[str, Any] | None = None,
     cuda_count: Callable[[], int] = torch_cuda_device_count,
+    server_factory: Any = None,
 ) -> ExperimentResult:
     """Measure `experiment` and write result.json (and the telemetry Parquet) into `output_dir`.
+
+    `scenario=serving` measures one load point under the engine's own server instead
+    (llem.measure.serving_job); `server_factory` replaces the engine's server there (tests script one).
 
     `nvml_module` replaces `pynvml` (tests use a scripted fake); `cuda_count` tells how many CUDA
     devices the engine can use when NVML sees none (tests script it); `sleep` paces the baseline;
     `campaign_warmup` ({prompts, timeout_s}) is a campaign worker's once-per-worker warmup.
     """
     output_dir = Path(output_dir)
+    if experiment.scenario == "serving":
+        return _run_serving(experiment, output_dir, session, sleep=sleep, nvml_module=nvml_module,
+                            placement=placement, cuda_count=cuda_count, server_factory=server_factory)
     started_at = _now()
     try:  # before the baseline, so idle power is measured under the same settings
         gpu_job = apply_gpu_settings(experiment, nvml_module)

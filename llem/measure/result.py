@@ -183,6 +183,10 @@ class ExperimentResult(_ResultModel):
     verdict: Verdict | None = Field(
         None, description="pass / warn / fail with the rules that tripped (see docs/validity.md); null before schema 2.2."
     )
+    serving: dict[str, Any] | None = Field(
+        None, description="scenario=serving: the load point's latency, throughput, steady window, energy figures "
+        "and checks (see docs/serving.md); null for offline experiments."
+    )
 
 
 def write_result(result: ExperimentResult, output_dir: Path) -> Path:

@@ -261,18 +261,26 @@ def _parse_time(value: Any) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
-def _baseline_stale(ev: Evidence) -> list[Trip]:
-    max_age = _num(ev.get("config", "baseline", "max_age_seconds"))
+def _baseline_age(ev: Evidence) -> float | None:
+    """Seconds since the baseline's full measurement when the job took it: `energy.baseline.age_s` as the harness
+    records it (0 for one measured for this job), else the difference of a recorded `measured_at` and `started_at`."""
+    age = _num(ev.get("energy", "baseline", "age_s"))
+    if age is not None:
+        return age
     measured = _parse_time(ev.get("energy", "baseline", "measured_at") or ev.get("energy", "baseline", "device_state",
                                                                                  "measured_at"))
     started = _parse_time(ev.get("started_at"))
-    if max_age is None or measured is None or started is None:
+    return None if measured is None or started is None else (started - measured).total_seconds()
+
+
+def _baseline_stale(ev: Evidence) -> list[Trip]:
+    max_age = _num(ev.get("config", "baseline", "max_age_seconds"))
+    age = _baseline_age(ev)
+    if max_age is None or age is None or age <= max_age:
         return []
-    age = (started - measured).total_seconds()
-    if age <= max_age:
-        return []
-    return [(round(age, 1), max_age, f"the idle baseline was {age:.0f} s old when the job started "
-             f"(baseline.max_age_seconds = {max_age:g})")]
+    return [(round(age, 1), max_age, f"the idle baseline was {age:.0f} s old when the job took it "
+             f"(baseline.max_age_seconds = {max_age:g}); measure it again (baseline.strategy=fresh or a shorter "
+             "baseline.cache_ttl_seconds)")]
 
 
 def _output_tokens(ev: Evidence) -> list[Trip]:
@@ -361,10 +369,11 @@ RULES: tuple[Rule, ...] = (
          "baseline taken in the job's device state (no model for a cold worker, the model resident for a warm "
          "one)", "A resident model draws power at idle; a baseline from the other state moves energy above idle "
          "by that difference.", _baseline_state),
-    Rule("baseline_stale", WARN, "`energy.baseline.device_state.measured_at` against `started_at` and "
-         "`config.baseline.max_age_seconds`", "age ≤ `baseline.max_age_seconds`", "Idle power drifts with "
-         "temperature; an old baseline may no longer be idle power. Applies where the result records both.",
-         _baseline_stale),
+    Rule("baseline_stale", WARN, "`energy.baseline.age_s` (seconds since the reused baseline was measured in full) "
+         "against `config.baseline.max_age_seconds`", "age ≤ `baseline.max_age_seconds` (default 3600 s, the "
+         "default reuse limit `cache_ttl_seconds`)", "Idle power drifts with room and device temperature; a "
+         "baseline reused for longer (a raised `cache_ttl_seconds`) may no longer be idle power. Applies where the "
+         "result records both.", _baseline_stale),
     Rule("output_tokens_differ", WARN, "`output_tokens` against `max_output_tokens` x `num_prompts` when "
          "`force_output_length`", "exactly as asked", "Energy per token compares configurations only when they "
          "did the same work.", _output_tokens),

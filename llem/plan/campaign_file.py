@@ -7,13 +7,17 @@ again on top with Hydra's semantics. Relative paths in the file (`configs`,
 `experiments[].config`, a `dataset` file) are resolved from the file's own directory.
 
 A file that is not valid YAML, or whose values the schemas reject, is reported with the
-file, the line and the key, one line per problem.
+file, the line and the key, one line per problem. So is a value the file passes into jobs
+(a grid axis, a variant, an experiment's inline override) that the experiment's schema rejects
+when the jobs are planned: `CampaignOrigin` maps it back to the file's line.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ from llem.config.yaml_source import (
     load_yaml,
 )
 from llem.plan.compose import ComposeError, apply_value_override
+from llem.plan.expand import CampaignKey
 from llem.plan.study_file import StudyFileError, is_study, study_to_campaign
 
 CAMPAIGN_PREFIX = "campaign."
@@ -156,6 +161,48 @@ def _locate_problems(error: ConfigError, path: Path, source: YamlSource, overrid
     return ConfigError("\n".join(lines), error.problems, error.details)
 
 
+_REST = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]")
+
+
+def _key_parts(rest: str) -> KeyPath | None:
+    """`.a.b[2]` as `('a', 'b', 2)`; None if it is not a key path."""
+    parts: list[str | int] = []
+    pos = 0
+    for match in _REST.finditer(rest):
+        if match.start() != pos:
+            return None
+        parts.append(match.group(1) if match.group(1) is not None else int(match.group(2)))
+        pos = match.end()
+    return tuple(parts) if pos == len(rest) else None
+
+
+@dataclass(frozen=True)
+class CampaignOrigin:
+    """The campaign file that set the campaign's values, and the command-line `campaign.*` overrides above it:
+    what a job's problem names when the value at fault was written in the file."""
+
+    path: Path
+    source: YamlSource
+    overrides: tuple[str, ...] = ()
+
+    def locate(self, key: CampaignKey, rest: str = "", field: str = "") -> str | None:
+        """`campaign file <path>, line N, key 'k'` for a job value read from `key` of the campaign (`rest`: the
+        part of the job's key below the value, e.g. `.name` inside a mapping); None when the file does not hold
+        that value there, e.g. because the command line or another file set it."""
+        below = _key_parts(rest)
+        if below is None or not self.source.holds(key.path, key.value):
+            return None
+        if _overridden(".".join(str(p) for p in key.path), self.overrides):
+            return None
+        found = self.source.locate((*key.path, *below))
+        if found is None or len(found[0]) < len(key.path):
+            return None
+        shown = dotted(found[0])
+        named = re.sub(r"\[\d+\]", "", shown)
+        also = f" ({field})" if field and named != field and not named.endswith(f".{field}") else ""
+        return f"campaign file {self.path}, line {found[1]}, key '{shown}'{also}"
+
+
 def campaign_group_file(config: Any) -> Path | None:
     """The file behind the `campaign=<name>` selection of a composed Hydra config (with its `hydra` node):
     the first `campaign/<name>.yaml` on the config search path, as Hydra finds it; None if there is none."""
@@ -248,22 +295,33 @@ def load_settings(
     `group_file` is the config-group file the section was composed from (`campaign=<name>`), so that
     its problems name that file's lines. Raises CampaignFileError or ConfigError with a message for the user.
     """
+    return load_campaign(section, overrides, cwd=cwd, group_file=group_file)[0]
+
+
+def load_campaign(
+    section: dict[str, Any] | None, overrides: Sequence[str], *, cwd: Path, group_file: Path | None = None
+) -> tuple[CampaignSettings, CampaignOrigin | None]:
+    """`load_settings`, and the file the settings came from (None without one, or for a LLenergyMeasure
+    study, whose keys are not the campaign's), so that planning can name the line of a value at fault."""
     section = dict(section or {})
     name = section.get("file")
     if not name:
+        source = _group_source(group_file) if group_file is not None else None
         try:
-            return validate_settings(section)
+            settings = validate_settings(section)
         except ConfigError as error:
-            source = _group_source(group_file) if group_file is not None else None
-            if source is None:
+            if source is None or group_file is None:
                 raise
             raise _locate_problems(error, group_file, source, overrides) from None
+        origin = CampaignOrigin(group_file, source, tuple(overrides)) if source and group_file else None
+        return settings, origin
     path = Path(str(name)).expanduser()
     path = path if path.is_absolute() else Path(cwd) / path
     data, source = read_campaign_source(path)
     merged = apply_overrides(merge_campaign(section, data), overrides)
     merged["file"] = str(path)
     try:
-        return validate_settings(merged, context=f"campaign (file {path})")
+        settings = validate_settings(merged, context=f"campaign (file {path})")
     except ConfigError as error:
         raise _locate_problems(error, path, source, overrides) from None
+    return settings, None if is_study(source.data) else CampaignOrigin(path, source, tuple(overrides))

@@ -6,18 +6,22 @@ config for a selection is composed once by Hydra, then each job's value override
 applied to a plain copy with Hydra's override semantics (change needs an existing key,
 `+` adds, `++` adds or changes, `~` deletes). Configs that use interpolations take the
 exact OmegaConf path instead, so resolution matches Hydra's.
+
+Each configuration's composition is kept (`Composition`: its selection's whole config, `hydra`
+included, and its own keys), so the launcher assembles the job from it instead of composing it again.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 DROPPED_KEYS = ("hydra",)
 
@@ -43,6 +47,46 @@ def _copy(node: Any) -> Any:
     if isinstance(node, list):
         return [_copy(v) for v in node]
     return node
+
+
+def _structured(node: Any) -> bool:
+    """Whether a composed node (or one below it) is typed by a structured config, which plain data would lose."""
+    if isinstance(node, DictConfig):
+        return OmegaConf.get_type(node) not in (dict, None) or any(
+            _structured(node._get_node(k)) for k in node.keys())  # fmt: skip
+    if isinstance(node, ListConfig):
+        return any(_structured(node._get_node(i)) for i in range(len(node)))
+    return False
+
+
+def _share(cfg: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` with each top-level value that equals the base's replaced by the base's own: a campaign keeps one
+    composition per configuration, and most of each is its group selection's base."""
+    for key, value in cfg.items():
+        if key in base and value is not base[key] and value == base[key]:
+            cfg[key] = base[key]
+    return cfg
+
+
+@dataclass(frozen=True, eq=False)
+class Composition:
+    """One configuration as the plan composed it, for its jobs to be assembled from without composing again.
+
+    `base` is the whole config of its config-group selection (the `hydra` node included), composed by Hydra
+    once and shared by that selection's jobs; `task` is the configuration's own keys after its value
+    overrides (interpolations kept), shared by its cycles and repetitions. Neither is ever changed.
+    """
+
+    base: DictConfig
+    task: dict[str, Any]
+    dropped: frozenset[str]  # the base's keys the plan left out (`hydra`, `campaign`): the job takes them as they are
+    interpolated: bool  # `task` holds interpolations: they resolve in the job, which then validates itself
+
+    def items(self) -> list[tuple[str, Any]]:
+        """The job's keys other than `hydra`, in Hydra's order: the base's, then those its overrides added."""
+        out = [(k, self.base._get_node(k) if k in self.dropped else self.task[k])
+               for k in self.base.keys() if k != "hydra" and (k in self.dropped or k in self.task)]
+        return out + [(k, v) for k, v in self.task.items() if k not in self.base]
 
 
 def _missing(parent: Any, part: str) -> bool:
@@ -138,6 +182,10 @@ class FastComposer:
         self._parsed: dict[str, Override] = {}
         self.is_group = GroupLookup(config_loader)
         self._bases: dict[tuple[str, ...], tuple[dict[str, Any] | None, DictConfig | None]] = {}
+        # per group selection: the whole composed config (`hydra` included), or None where plain data would lose
+        # a structured config's types (its jobs are then composed by the launcher)
+        self._whole: dict[tuple[str, ...], DictConfig | None] = {}
+        self._compositions: dict[tuple[str, ...], Composition] = {}
         self.compositions = 0
 
     def _parse(self, line: str) -> Override:
@@ -150,23 +198,38 @@ class FastComposer:
     def _base(self, groups: tuple[str, ...]) -> tuple[dict[str, Any] | None, DictConfig | None]:
         base = self._bases.get(groups)
         if base is None:
-            cfg = self._loader.load_configuration(
+            whole = self._loader.load_configuration(
                 config_name=self._config_name,
                 overrides=self._hydra_overrides + list(groups),
                 run_mode=RunMode.RUN,
             )
             self.compositions += 1
-            with_hydra = cfg
-            cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k not in self._drop])
+            cfg = OmegaConf.masked_copy(whole, [k for k in whole.keys() if k not in self._drop])
             plain = OmegaConf.to_container(cfg, resolve=False)
             assert isinstance(plain, dict)
             base = (None, cfg) if _has_interpolation(plain) else (plain, None)
-            del with_hydra
             self._bases[groups] = base
+            self._whole[groups] = None if _structured(cfg) else whole
         return base
 
+    def composition(self, overrides: Sequence[str]) -> Composition | None:
+        """How the plan composed the configuration of these overrides (None: not composed here, or not
+        assemblable from plain data; the launcher composes that job itself)."""
+        return self._compositions.get(tuple(overrides))
+
+    def _keep(self, overrides: Sequence[str], parsed: list[Override], groups: tuple[str, ...],
+              task: dict[str, Any]) -> None:
+        whole = self._whole.get(groups)
+        if whole is None or any(o.is_hydra_override() or o.is_sweep_override() or o.package is not None
+                                for o in parsed):
+            return
+        dropped = frozenset(k for k in whole.keys() if k in self._drop)
+        self._compositions[tuple(overrides)] = Composition(whole, task, dropped, _has_interpolation(task))
+
     def compose(self, overrides: Sequence[str]) -> dict[str, Any]:
-        """The composed config (without `hydra`) for one job; raises ComposeError or Hydra's errors."""
+        """The composed config (without `hydra`) for one job; raises ComposeError or Hydra's errors.
+
+        The composition is kept (`composition`) for the launcher to assemble the job from."""
         parsed = [self._parse(line) for line in overrides]
         groups = tuple(o.input_line for o in parsed if self.is_group(o))
         values = [o for o in parsed if not self.is_group(o)]
@@ -177,6 +240,7 @@ class FastComposer:
             for override in values:
                 apply_value_override(cfg, override)
                 interpolated = interpolated or _has_interpolation(override.value())
+            self._keep(overrides, parsed, groups, _share(cfg, plain))
             if interpolated:  # e.g. experiment_name=${backend.name}-run: plan what the job will run
                 resolved = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
                 assert isinstance(resolved, dict)
@@ -188,6 +252,9 @@ class FastComposer:
         job = copy.deepcopy(omega)
         OmegaConf.set_struct(job, True)
         ConfigLoaderImpl._apply_overrides_to_config(values, job)
+        unresolved = OmegaConf.to_container(job, resolve=False)
+        assert isinstance(unresolved, dict)
+        self._keep(overrides, parsed, groups, unresolved)
         resolved = OmegaConf.to_container(job, resolve=True)
         assert isinstance(resolved, dict)
         return resolved

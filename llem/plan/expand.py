@@ -20,7 +20,7 @@ from typing import Any
 from llem.config.backends import BACKEND_CLASSES, BACKEND_NAMES, backends_with_field
 from llem.config.campaign import CampaignSettings
 from llem.config.errors import Problem, shape_name
-from llem.config.yaml_source import YamlSource, YamlSyntaxError, dotted, load_yaml
+from llem.config.yaml_source import KeyPath, YamlSource, YamlSyntaxError, dotted, load_yaml
 from llem.plan.campaign_defaults import DefaultsError, model_overrides, prompt_overrides
 from llem.plan.experiment_file import experiment_file_overrides, shape_problems
 from llem.plan.values import render_override
@@ -34,12 +34,26 @@ class PlanError(Exception):
     """The campaign or command line cannot be expanded into jobs; the message says why."""
 
 
+@dataclass(frozen=True)
+class CampaignKey:
+    """Where in the campaign's settings a choice's value was written (`grid.shared.fp_precision[1]`), and
+    that value: a job the value makes invalid can then name the campaign file's line of it."""
+
+    path: KeyPath
+    value: Any
+
+
 @dataclass
 class Axis:
-    """One swept (or fixed) key: every choice is a complete override string."""
+    """One swept (or fixed) key: every choice is a complete override string. `origins[i]` says where
+    the campaign holds choice i's value (None, or absent, for the command line and experiment files)."""
 
     key: str
     choices: list[str]
+    origins: list[CampaignKey | None] = field(default_factory=list)
+
+    def origin(self, index: int) -> CampaignKey | None:
+        return self.origins[index] if index < len(self.origins) else None
 
     @property
     def is_backend_scoped(self) -> bool:
@@ -84,6 +98,7 @@ class PlannedConfig:
     origin: str
     params: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     source: ExperimentSource | None = field(default=None, compare=False, hash=False)
+    campaign_keys: dict[str, CampaignKey] = field(default_factory=dict, compare=False, hash=False)
 
 
 def strip_prefix(key: str) -> str:
@@ -106,10 +121,13 @@ def _backend_has(backend: str, key: str) -> bool:
 def _product(
     base: list[str], axes: Sequence[Axis], backend: str, origin: str, source: ExperimentSource | None = None
 ) -> Iterable[PlannedConfig]:
-    for combo in itertools.product(*(a.choices for a in axes)):
+    for picks in itertools.product(*(range(len(a.choices)) for a in axes)):
+        combo = [a.choices[i] for a, i in zip(axes, picks)]
         overrides = tuple(base) + tuple(combo)
         params = {override_key(o): override_value(o) for o in overrides if "=" in o}
-        yield PlannedConfig(overrides=overrides, backend=backend, origin=origin, params=params, source=source)
+        keys = {c: k for c, k in ((c, a.origin(i)) for c, a, i in zip(combo, axes, picks)) if k is not None}
+        yield PlannedConfig(overrides=overrides, backend=backend, origin=origin, params=params, source=source,
+                            campaign_keys=keys)
 
 
 def read_experiment_file(path: str, origin: str) -> YamlSource:
@@ -143,11 +161,11 @@ def _merge_axes(base: list[Axis], top: list[Axis]) -> list[Axis]:
     return [a for a in base if a.key not in keys and not a.key.startswith(groups or ("\0",))] + top
 
 
-def _lines_as_axes(lines: Iterable[str]) -> list[Axis]:
+def _lines_as_axes(lines: Iterable[str], origin: CampaignKey | None = None) -> list[Axis]:
     """Fixed overrides as one-choice axes, later lines replacing earlier ones for the same key."""
     axes: list[Axis] = []
     for line in lines:
-        axes = _merge_axes(axes, [Axis(override_key(line), [line])])
+        axes = _merge_axes(axes, [Axis(override_key(line), [line], [origin])])
     return axes
 
 
@@ -169,7 +187,7 @@ class CampaignDefaults:
             prompts = prompt_overrides(campaign.dataset, campaign.num_samples, dataset_options)
         except DefaultsError as error:
             raise PlanError(str(error)) from None
-        return cls(_lines_as_axes(model), _lines_as_axes(prompts))
+        return cls(_lines_as_axes(model, CampaignKey(("model",), campaign.model)), _lines_as_axes(prompts))
 
     def under(self, axes: list[Axis]) -> list[Axis]:
         """`axes` with the model default beneath them (after a backend choice) when they choose no model."""
@@ -193,13 +211,17 @@ def _check_scoped_keys(axes: list[Axis], backends: list[str]) -> None:
             )
 
 
-def _grid_value_axis(key: str, values: list[Any]) -> Axis:
-    return Axis(key=key, choices=[render_override(key, v) for v in values])
+def _grid_value_axis(key: str, value: Any, path: KeyPath) -> Axis:
+    """The axis of a campaign value at `path`: a list is swept (its items at `path[i]`), anything else fixed."""
+    if isinstance(value, list):
+        origins: list[CampaignKey | None] = [CampaignKey((*path, i), v) for i, v in enumerate(value)]
+        return Axis(key=key, choices=[render_override(key, v) for v in value], origins=origins)
+    return Axis(key=key, choices=[render_override(key, value)], origins=[CampaignKey(path, value)])
 
 
 def _model_axis(models: list[str], model_options: set[str]) -> Axis:
     choices = [f"model={m}" if m in model_options else render_override("model.name", m) for m in models]
-    return Axis(key="model", choices=choices)
+    return Axis(key="model", choices=choices, origins=[CampaignKey(("grid", "models", i), m) for i, m in enumerate(models)])
 
 
 @dataclass
@@ -232,18 +254,20 @@ def _grid_configs(
 ) -> list[PlannedConfig]:
     grid = campaign.grid
     assert grid is not None
-    backends = cli.backend_values() or list(grid.backends)
+    from_cli = cli.backend_values()
+    backends = from_cli or list(grid.backends)
     _check_scoped_keys(cli.scoped, backends)
     out: list[PlannedConfig] = []
-    for backend in backends:
-        axes: list[Axis] = [Axis("backend", [f"backend={backend}"])]
+    for index, backend in enumerate(backends):
+        where = None if from_cli else CampaignKey(("grid", "backends", index), backend)
+        axes: list[Axis] = [Axis("backend", [f"backend={backend}"], [where])]
         axes += [_model_axis(grid.models, model_options)] if grid.models else defaults.model
         axes += defaults.prompts
         grid_axes: list[Axis] = []
         for key, values in grid.shared.items():
             if key.startswith(BACKEND_PREFIX) and not _backend_has(backend, key[len(BACKEND_PREFIX) :]):
                 continue
-            grid_axes.append(_grid_value_axis(key, values))
+            grid_axes.append(_grid_value_axis(key, values, ("grid", "shared", key)))
         for key, values in grid.backend_overrides.get(backend, {}).items():
             full = key if key.startswith(BACKEND_PREFIX) else BACKEND_PREFIX + key
             if not _backend_has(backend, full[len(BACKEND_PREFIX) :]):
@@ -251,7 +275,7 @@ def _grid_configs(
                     f"grid.backend_overrides.{backend}.{key}: '{backend}' has no parameter "
                     f"'{full[len(BACKEND_PREFIX):]}'"
                 )
-            grid_axes.append(_grid_value_axis(full, values if isinstance(values, list) else [values]))
+            grid_axes.append(_grid_value_axis(full, values, ("grid", "backend_overrides", backend, key)))
         variants = _variants_for(grid.variants, backend) if grid.variants else [[]]
         for variant_axes in variants:
             merged = _merge_axes(_merge_axes(axes, grid_axes), variant_axes)
@@ -283,11 +307,11 @@ def _variant_applies(variant: dict[str, Any], backend: str) -> bool:
 def _variants_for(variants: list[dict[str, Any]], backend: str) -> list[list[Axis]]:
     """The axes of each variant that applies to `backend`: a list value is an axis, any other value fixed."""
     out: list[list[Axis]] = []
-    for variant in variants:
+    for index, variant in enumerate(variants):
         if not _variant_applies(variant, backend):
             continue
         out.append([
-            _grid_value_axis(key, value if isinstance(value, list) else [value])
+            _grid_value_axis(key, value, ("grid", "variants", index, key))
             for key, value in variant.items() if key != "backend"
         ])
     return out
@@ -314,17 +338,19 @@ def _explicit_configs(
             "`experiments[].overrides`, or sweep backends with `grid.backends`"
         )
     out: list[PlannedConfig] = []
-    sources: list[tuple[str | None, str, dict[str, Any]]] = [
-        (p, f"configs[{i}]", {}) for i, p in enumerate(campaign.configs)
+    sources: list[tuple[str | None, str, dict[str, Any], KeyPath]] = [
+        (p, f"configs[{i}]", {}, ()) for i, p in enumerate(campaign.configs)
     ]
-    sources += [(e.config, f"experiments[{i}]", e.overrides) for i, e in enumerate(campaign.experiments)]
-    for path, origin, inline in sources:
+    sources += [(e.config, f"experiments[{i}]", e.overrides, ("experiments", i, "overrides"))
+                for i, e in enumerate(campaign.experiments)]
+    for path, origin, inline, inline_at in sources:
         source = read_experiment_file(path, origin) if path is not None else YamlSource(Path(origin), {}, {})
         from_file = experiment_file_overrides(source.data)
         own = _merge_axes(_lines_as_axes(from_file), defaults.prompts)
         # inline overrides come last and replace the file's (and the campaign's) value for their key
-        for line in (render_override(k, v) for k, v in inline.items()):
-            own = _merge_axes(own, [Axis(override_key(line), [line])])
+        for key, value in inline.items():
+            line = render_override(key, value)
+            own = _merge_axes(own, [Axis(override_key(line), [line], [CampaignKey((*inline_at, key), value)])])
         own = defaults.under(own)
         chosen = next((a for a in own if a.key == "backend"), None)
         backend = override_value(chosen.choices[0]) if chosen is not None else default_backend

@@ -84,6 +84,10 @@ class CampaignManifest(_Model):
     group_by: list[str] = Field(
         default_factory=list, description="Keys statistics are grouped by (empty: the swept keys)."
     )
+    report: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="The campaign's report factors (carbon_intensity, pue, price_per_kwh; null: not given).",
+    )
     duplicates: list[Duplicate] = Field(default_factory=list)
     events: list[dict[str, Any]] = Field(default_factory=list, description="Health checks, restarts, interruptions.")
     schedule: dict[str, Any] = Field(default_factory=dict, description="Daemon schedule state.")

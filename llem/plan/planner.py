@@ -14,10 +14,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from llem.config import ConfigError, ExperimentConfig, validate_or_raise
 from llem.config.campaign import CampaignSettings, campaign_id
-from llem.config.errors import invalid_message
+from llem.config.errors import Problem, invalid_message
 from llem.config.hashing import canonical_json, config_hash
+from llem.plan.campaign_file import CampaignOrigin
 from llem.plan.compose import ComposeError
-from llem.plan.expand import Axis, PlannedConfig, expand
+from llem.plan.expand import Axis, PlannedConfig, expand, override_key
 from llem.plan.manifest import CampaignManifest, Duplicate, ManifestJob, utc_now
 from llem.plan.effective import Equivalents, dormant_notes
 from llem.plan.order import order_note, run_order
@@ -71,7 +72,10 @@ class Plan:
 
 
 def _validate(
-    config: PlannedConfig, compose: Callable[[list[str]], dict[str, Any]], label: str
+    config: PlannedConfig,
+    compose: Callable[[list[str]], dict[str, Any]],
+    label: str,
+    campaign: CampaignOrigin | None = None,
 ) -> tuple[str | None, str | None, ExperimentConfig | None]:
     """(config hash, None, validated experiment) for a valid configuration, else (None, error message, None)."""
     try:
@@ -82,19 +86,36 @@ def _validate(
     try:
         validated = validate_or_raise(ExperimentConfig, experiment, context=label)
     except ConfigError as error:
-        return None, _in_file(error, config, label), None
+        return None, _in_file(error, config, label, campaign), None
     return config_hash(validated), None, validated
 
 
-def _in_file(error: ConfigError, config: PlannedConfig, label: str) -> str:
-    """The error's message, naming the experiment file's line and key for values that come from it."""
-    if config.source is None or not error.details:
+def _in_file(error: ConfigError, config: PlannedConfig, label: str, campaign: CampaignOrigin | None = None) -> str:
+    """The error's message, naming the line and key of the experiment file or campaign file a value came from."""
+    if (config.source is None and campaign is None) or not error.details:
         return str(error)
     problems = []
     for problem in error.details:
-        where = config.source.locate(problem, config.overrides)
+        where = config.source.locate(problem, config.overrides) if config.source is not None else None
+        if where is None and campaign is not None:
+            where = _in_campaign(problem, config, campaign)
         problems.append(f"{where}: {problem.message}" if where else str(problem))
     return invalid_message(label, problems)
+
+
+def _in_campaign(problem: Problem, config: PlannedConfig, campaign: CampaignOrigin) -> str | None:
+    """Where the campaign file holds the value at fault: the job's last override of the problem's key (or of
+    a section holding it) must be one the campaign's value made."""
+    setting = [o for o in config.overrides if _holds(override_key(o), problem.key)]
+    if not setting or setting[-1] not in config.campaign_keys:
+        return None
+    rest = problem.key[len(override_key(setting[-1])):]
+    return campaign.locate(config.campaign_keys[setting[-1]], rest, problem.key)
+
+
+def _holds(override: str, key: str) -> bool:
+    """Whether an override of key `override` sets `key` itself or a section holding it."""
+    return bool(key) and (key == override or key.startswith((f"{override}.", f"{override}[")))
 
 
 def _swept_keys(configs: list[PlannedConfig]) -> list[str]:
@@ -113,8 +134,12 @@ def make_plan(
     default_backend: str,
     model_options: set[str],
     dataset_options: Iterable[str] = (),
+    campaign_origin: CampaignOrigin | None = None,
 ) -> Plan:
-    """Expand, compose and validate every configuration, drop duplicates, and order the jobs."""
+    """Expand, compose and validate every configuration, drop duplicates, and order the jobs.
+
+    `campaign_origin` is the campaign file the settings came from: a job a value of it makes invalid
+    names the file's line of that value."""
     configs = expand(
         cli_axes, settings, default_backend=default_backend, model_options=model_options, dataset_options=dataset_options
     )
@@ -128,7 +153,7 @@ def make_plan(
     duplicates: list[Duplicate] = []
     for index, config in enumerate(configs, start=1):
         label = f"configuration {index}/{len(configs)} [{' '.join(config.overrides) or 'defaults'}]"
-        digest, error, validated = _validate(config, compose, label)
+        digest, error, validated = _validate(config, compose, label, campaign_origin)
         if digest is None or validated is None:
             invalid.append((config, error or "invalid"))
             continue
@@ -209,6 +234,7 @@ def build_manifest(plan: Plan, *, campaign_name: str, sweep_dir: Path, result_na
         shuffle_seed=plan.shuffle_seed,
         swept_keys=plan.swept_keys,
         group_by=list(plan.settings.group_by),
+        report=plan.settings.report.model_dump(),
         duplicates=plan.duplicates,
         jobs=jobs,
     )

@@ -2,21 +2,32 @@
 
 There is no built-in grid intensity, PUE or price: a guessed factor would give a
 made-up figure. Each one the user gives (`--carbon-intensity`, `--pue`,
-`--price-per-kwh`) is carried with where it came from, and a figure that needs a
-factor nobody gave is not shown. PUE scales the measured (device) energy to what the
+`--price-per-kwh`, or the campaign's `campaign.report` keys, recorded in its
+manifest) is carried with where it came from, the command line winning, and a figure
+that needs a factor nobody gave is not shown. PUE scales the measured (device) energy to what the
 facility drew; without it, device energy is used as it is and the source says so.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
 from llem.report.frontier import ENERGY, config_points, usable
 
 J_PER_KWH = 3.6e6
+COMMAND_LINE = "command line"
+CAMPAIGN = "campaign settings: campaign.report"
+# campaign.report key -> (command-line option, Factors field, smallest valid value)
+CAMPAIGN_KEYS: dict[str, tuple[str, str, float]] = {
+    "carbon_intensity": ("--carbon-intensity", "carbon_g_per_kwh", 0.0),
+    "pue": ("--pue", "pue", 1.0),
+    "price_per_kwh": ("--price-per-kwh", "price_per_kwh", 0.0),
+}
 
 
 class BadFactor(ValueError):
@@ -39,16 +50,23 @@ class Factors:
 
     @classmethod
     def from_values(cls, carbon: float | None = None, pue: float | None = None, price: float | None = None,
-                    source: str = "command line") -> Factors:  # fmt: skip
-        def make(name: str, value: float | None, minimum: float) -> Factor | None:
-            if value is None:
-                return None
-            if not math.isfinite(value) or value < minimum:
-                raise BadFactor(f"{name} must be a number ≥ {minimum:g}, got {value}")
-            return Factor(float(value), source)
+                    source: str = COMMAND_LINE) -> Factors:  # fmt: skip
+        values = dict(zip(CAMPAIGN_KEYS, (carbon, pue, price)))
+        return cls(**{field: _factor(option, values[key], minimum, source)
+                      for key, (option, field, minimum) in CAMPAIGN_KEYS.items()})  # fmt: skip
 
-        return cls(make("--carbon-intensity", carbon, 0.0), make("--pue", pue, 1.0),
-                   make("--price-per-kwh", price, 0.0))  # fmt: skip
+    @classmethod
+    def from_campaign(cls, report: Mapping[str, Any] | None) -> Factors:
+        """The factors a campaign's `campaign.report` section gave (its manifest's `report`), each sourced to it."""
+        report = report or {}
+        return cls(**{field: _factor(f"campaign.report.{key}", report.get(key), minimum, CAMPAIGN)
+                      for key, (_, field, minimum) in CAMPAIGN_KEYS.items()})  # fmt: skip
+
+    def over(self, fallback: Factors) -> Factors:
+        """These factors, each one not given here taken from `fallback` (the command line over the campaign)."""
+        return Factors(*(mine if mine is not None else theirs for mine, theirs in (
+            (self.carbon_g_per_kwh, fallback.carbon_g_per_kwh), (self.pue, fallback.pue),
+            (self.price_per_kwh, fallback.price_per_kwh))))  # fmt: skip
 
     @property
     def any(self) -> bool:
@@ -62,6 +80,14 @@ class Factors:
         if self.price_per_kwh:
             out.append(f"price {self.price_per_kwh.value:g} per kWh ({self.price_per_kwh.source})")
         return out
+
+
+def _factor(name: str, value: Any, minimum: float, source: str) -> Factor | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+        raise BadFactor(f"{name} must be a number ≥ {minimum:g}, got {value!r}")
+    return Factor(float(value), source)
 
 
 def per_config(frame: pd.DataFrame, factors: Factors) -> pd.DataFrame:

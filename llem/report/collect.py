@@ -118,6 +118,26 @@ def metric_values(result: ExperimentResult) -> dict[str, Any]:
         "memory_reserved_bytes": mem.reserved_bytes,
         "model_reused": result.model_reused,
         "warnings_count": len(result.warnings),
+        **_serving_values(result.serving),
+    }
+
+
+def _serving_values(s: dict[str, Any] | None) -> dict[str, Any]:
+    """The serving section's headline figures; all None for an offline result."""
+    s = s or {}
+    ttft, tpot = s.get("ttft_ms") or {}, s.get("tpot_ms") or {}
+    energy, steady = s.get("energy") or {}, s.get("steady") or {}
+    return {
+        "serving_ttft_ms_p50": ttft.get("p50"),
+        "serving_ttft_ms_p99": ttft.get("p99"),
+        "serving_tpot_ms_p50": tpot.get("p50"),
+        "serving_tpot_ms_p99": tpot.get("p99"),
+        "serving_output_tokens_per_s": s.get("output_tokens_per_s"),
+        "serving_goodput_rps": s.get("goodput_rps"),
+        "serving_steady_s": steady.get("seconds"),
+        "serving_j_per_output_token": energy.get("j_per_output_token"),
+        "serving_j_per_request": energy.get("j_per_request"),
+        "serving_valid": s.get("valid"),
     }
 
 

@@ -55,6 +55,17 @@ METRIC_COLUMNS: dict[str, str] = {
     "memory_reserved_bytes": "Int64",
     "model_reused": "boolean",
     "warnings_count": "Int64",
+    # scenario=serving only (null for offline jobs): the load point's `serving` section
+    "serving_ttft_ms_p50": "float64",
+    "serving_ttft_ms_p99": "float64",
+    "serving_tpot_ms_p50": "float64",
+    "serving_tpot_ms_p99": "float64",
+    "serving_output_tokens_per_s": "float64",
+    "serving_goodput_rps": "float64",
+    "serving_steady_s": "float64",
+    "serving_j_per_output_token": "float64",
+    "serving_j_per_request": "float64",
+    "serving_valid": "boolean",
     **VERDICT_COLUMNS,
 }
 

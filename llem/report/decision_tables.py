@@ -91,8 +91,10 @@ def target_table(frame: pd.DataFrame, answer: TargetAnswer) -> Table:
         roles += [(f"runner-up {i + 1}", c) for i, c in enumerate(answer.runners_up)]
         if answer.fastest is not None and answer.fastest.config_hash != answer.best.config_hash:
             roles.append(("fastest", answer.fastest))
-    else:
+    elif answer.meeting:
         roles += [("meets targets", c) for c in answer.meeting]
+    else:
+        roles += [("misses " + ", ".join(names), c) for c, names in answer.misses]
     for role, choice in roles:
         ci = choice.energy_ci
         energy = _fmt(choice.energy_mean) + (f" ({_fmt(ci[0])}–{_fmt(ci[1])})" if ci else "")
@@ -103,7 +105,9 @@ def target_table(frame: pd.DataFrame, answer: TargetAnswer) -> Table:
     if answer.left_out_fail:
         note += f" {answer.left_out_fail} result(s) with verdict fail left out."
     title = "Cheapest configuration meeting " + ", ".join(f"{k}={v:g}" for k, v in answer.targets.items())
-    return _table(title, ["Role", "Configuration", "Energy/token (J, 95% CI)", *columns], rows, note)
+    # each figure headed by the target names the user gave for it (tpot_p99_ms is the ITL p99 column)
+    names = [" / ".join(k for k in answer.targets if TARGETS[k][0] == c) for c in columns]
+    return _table(title, ["Role", "Configuration", "Energy/token (J, 95% CI)", *names], rows, note)
 
 
 def targets_for(frame: pd.DataFrame, targets: dict[str, float]) -> Table | None:
@@ -114,7 +118,6 @@ def carbon_table(frame: pd.DataFrame, factors: Factors) -> Table | None:
     if not factors.any:
         return None
     table = per_config(frame, factors)
-    table = table[table[ENERGY].notna()]
     headers = ["Configuration", "kWh / 1k tokens", "gCO2e / 1k tokens", "Cost / 1k tokens", "gCO2e / 1k requests",
                "Cost / 1k requests"]  # fmt: skip
     rows = [
@@ -123,8 +126,11 @@ def carbon_table(frame: pd.DataFrame, factors: Factors) -> Table | None:
         for _, r in table.iterrows()
     ]  # fmt: skip
     note = "Energy above idle, means over cycles. Factors: " + "; ".join(factors.sources()) + "."
-    if not rows:
-        note += " No configuration has an energy figure."
+    if not table[ENERGY].notna().any():
+        note += (" No configuration has an energy figure (energy was not measured), so there are no emissions or "
+                 "costs to give.")
+    elif table[ENERGY].isna().any():
+        note += " —: no energy figure for that configuration."
     return _table("Emissions and cost", headers, rows, note)
 
 

@@ -3,8 +3,8 @@
 Each plot is energy per output token against one axis (latency percentiles, throughput):
 one trace per backend (a legend click toggles it), frontier points solid and joined by a
 line, dominated points faded, and hover showing the configuration and its figures. The
-plotly.js bundle is written once into the page (no CDN). Plotly is the `report` extra;
-without it the report says so and keeps its static PNGs.
+plotly.js bundle is written once into the page (no CDN). Plotly is one of llem's dependencies;
+an environment that lacks it gets a note in the page and keeps the static PNGs.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from llem.report.frontier import ENERGY, Frontier, frontiers
 from llem.report.plots import config_label
 from llem.report.summary import param_columns
 
-MISSING = "Interactive plots need Plotly: pip install 'llem[report]'. The static plots below are unaffected."
+MISSING = "Interactive plots need Plotly (pip install plotly). The static plots below are unaffected."
 FADED = 0.3
 
 

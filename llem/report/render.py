@@ -21,7 +21,7 @@ from llem.report import decision_tables as decide
 from llem.report import interactive
 from llem.report.frontier import frontiers
 from llem.report.frontier_plots import frontier_plots
-from llem.report.carbon import Factors
+from llem.report.carbon import BadFactor, Factors
 from llem.report.collect import Campaign, collect
 from llem.report.plots import Plot, config_label, make_plots
 from llem.report.stats import (
@@ -482,9 +482,17 @@ def build_campaign_report(
         except OSError as error:
             campaign.problems.append(f"could not write summary files into {campaign.sweep_dir}: {error}")
     plots = make_plots(frame, plots_dir) + frontier_plots(frame, plots_dir)
-    return CampaignReport(
-        campaign, frame, stats, plots, cv_threshold, keys, summary_paths, dict(targets or {}), factors or Factors()
-    )
+    return CampaignReport(campaign, frame, stats, plots, cv_threshold, keys, summary_paths, dict(targets or {}),
+                          (factors or Factors()).over(_campaign_factors(campaign)))  # fmt: skip
+
+
+def _campaign_factors(campaign: Campaign) -> Factors:
+    """The carbon and cost factors of the campaign's `campaign.report` (in its manifest); a bad one is reported."""
+    try:
+        return Factors.from_campaign(campaign.manifest.report if campaign.manifest is not None else None)
+    except BadFactor as error:
+        campaign.problems.append(f"campaign manifest: {error}; the campaign's factors are not used")
+        return Factors()
 
 
 def _slug(text: str) -> str:

@@ -6,7 +6,8 @@ every target, shown with its confidence interval, the runners-up, and what it gi
 against the fastest configuration that meets the targets. Results whose verdict is
 `fail` are left out. Where no configuration has an energy figure (no readable meter),
 the answer lists the configurations that meet the targets and says energy was not
-measured, rather than picking one on a figure that does not exist.
+measured, rather than picking one on a figure that does not exist. Where no configuration
+meets the targets, the answer shows how far each one misses them, closest first.
 """
 
 from __future__ import annotations
@@ -87,12 +88,26 @@ class TargetAnswer:
     energy_measured: bool = True
     left_out_fail: int = 0
     missing: list[str] = field(default_factory=list)  # targets no configuration has a figure for
+    misses: list[tuple[Choice, list[str]]] = field(default_factory=list)  # none meets: each one's missed targets
+
+    def _missed(self, choice: Choice, names: Sequence[str]) -> str:
+        parts = []
+        for name in names:
+            column, at_most = TARGETS[name]
+            value = choice.figures.get(column)
+            shown = "no figure" if value is None or np.isnan(value) else f"{value:.4g}"
+            parts.append(f"{name} {shown} {'>' if at_most else '<'} {self.targets[name]:g}")
+        return ", ".join(parts)
 
     def summary(self) -> str:
         """One paragraph for people (also printed by `python -m llem.report --slo`)."""
         wanted = ", ".join(f"{k} ≤ {v:g}" if TARGETS[k][1] else f"{k} ≥ {v:g}" for k, v in self.targets.items())
         if not self.meeting:
-            return f"No configuration meets {wanted}."
+            text = f"No configuration meets {wanted}."
+            if self.misses:
+                choice, names = self.misses[0]
+                text += f" Closest: {choice.name} ({self._missed(choice, names)})."
+            return text + ("" if self.energy_measured else " Energy was not measured.")
         if not self.energy_measured:
             names = "; ".join(c.name for c in self.meeting)
             return (f"{len(self.meeting)} configuration(s) meet {wanted}: {names}. Energy was not measured, so "
@@ -142,6 +157,7 @@ def cheapest_meeting(frame: pd.DataFrame, targets: Mapping[str, float]) -> Targe
     by_speed = meeting.sort_values(first[0], ascending=first[1], kind="stable")
     answer.meeting = [_choice(r, rows, columns) for _, r in by_speed.iterrows()]
     if not answer.meeting:
+        answer.misses = _misses(points, rows, columns, targets)
         return answer
     answer.fastest = answer.meeting[0]
     with_energy = meeting[meeting[ENERGY].notna()].sort_values(ENERGY, kind="stable")
@@ -153,6 +169,32 @@ def cheapest_meeting(frame: pd.DataFrame, targets: Mapping[str, float]) -> Targe
             delta = answer.best.figures[column] - answer.fastest.figures[column]
             answer.given_up[name] = delta if at_most else -delta
     return answer
+
+
+def _misses_one(point: pd.Series, name: str, limit: float) -> bool:
+    column, at_most = TARGETS[name]
+    value = float(point[column])
+    return bool(np.isnan(value) or (value > limit if at_most else value < limit))
+
+
+def _shortfall(point: pd.Series, name: str, limit: float) -> float:
+    """How far a figure misses its target, relative to the target (inf: no figure)."""
+    column, at_most = TARGETS[name]
+    value = float(point[column])
+    return float("inf") if np.isnan(value) else max(0.0, (value - limit if at_most else limit - value) / limit)
+
+
+def _misses(points: pd.DataFrame, rows: pd.DataFrame, columns: Sequence[str],
+            targets: Mapping[str, float]) -> list[tuple[Choice, list[str]]]:  # fmt: skip
+    """Every configuration with the targets it misses, closest first: fewest missed, then the smallest relative
+    shortfall on the worst of them."""
+    ranked = []
+    for _, point in points.iterrows():
+        missed = [name for name, limit in targets.items() if _misses_one(point, name, limit)]
+        worst = max((_shortfall(point, name, targets[name]) for name in missed), default=0.0)
+        ranked.append((len(missed), worst, point, missed))
+    ranked.sort(key=lambda item: (item[0], item[1]))
+    return [(_choice(point, rows, columns), missed) for _, _, point, missed in ranked]
 
 
 def cheapest_meeting_dir(sweep_dir: str, targets: Mapping[str, float] | Sequence[str]) -> TargetAnswer:

@@ -1,8 +1,9 @@
 """When each request is sent: gamma-distributed open-loop arrivals, all at once, or a replayed trace.
 
 The arrivals use the convention of `vllm bench serve`: inter-arrival gaps drawn from a gamma
-distribution of shape `burstiness` and mean 1/rate (shape 1 is a Poisson process), the first
-request at offset 0, so the same settings mean the same load in both tools.
+distribution of shape `burstiness` and mean 1/rate (shape 1 is a Poisson process), scaled so
+that n requests arrive over exactly n/rate seconds, so the same settings mean the same load in
+both tools and the throughput of a load point does not depend on the seed.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ class Arrival:
 
 
 def gamma_offsets(n: int, rate: float, burstiness: float, seed: int) -> list[float]:
-    """Arrival offsets of `n` requests at `rate`/s; all 0 for an infinite rate."""
+    """Arrival offsets of `n` requests at `rate`/s: all 0 for an infinite rate, else cumulative gaps.
+
+    Each request waits a gap drawn from Gamma(burstiness, 1 / (rate x burstiness)) (equal gaps of
+    1/rate for an infinite burstiness), and the offsets are then scaled so the last arrival falls
+    at exactly n / rate: the load's mean rate does not depend on the seed.
+    """
     if n < 0:
         raise ValueError("n must not be negative")
     if rate <= 0 or burstiness <= 0:
@@ -40,9 +46,13 @@ def gamma_offsets(n: int, rate: float, burstiness: float, seed: int) -> list[flo
         return []
     if math.isinf(rate):
         return [0.0] * n
-    rng = np.random.default_rng(seed)
-    gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n - 1)
-    return [0.0, *np.cumsum(gaps).tolist()]
+    if math.isinf(burstiness):
+        gaps = np.full(n, 1.0 / rate)
+    else:
+        gaps = np.random.default_rng(seed).gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n)
+    offsets = np.cumsum(gaps)
+    offsets *= (n / rate) / offsets[-1]
+    return offsets.tolist()
 
 
 def open_loop_schedule(

@@ -21,6 +21,7 @@ def _llem(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "llem", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # runs `python -m llem` in a subprocess
 def test_cfg_job_prints_composed_config(tmp_path: Path) -> None:
     proc = _llem("--cfg", "job", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -30,6 +31,7 @@ def test_cfg_job_prints_composed_config(tmp_path: Path) -> None:
     assert cfg["campaign"]["execution"]["cycles"] == 3
 
 
+@pytest.mark.slow  # runs `python -m llem` in a subprocess
 def test_cfg_job_shows_vllm_section(tmp_path: Path) -> None:
     proc = _llem("backend=vllm", "--cfg", "job", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -37,6 +39,7 @@ def test_cfg_job_shows_vllm_section(tmp_path: Path) -> None:
     assert backend["name"] == "vllm" and backend["max_num_seqs"] == 256 and "batch_size" not in backend
 
 
+@pytest.mark.slow  # runs `python -m llem` in a subprocess
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -55,6 +58,7 @@ def test_user_mistakes_exit_nonzero_without_traceback(tmp_path: Path, args: list
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow  # runs `python -m llem` in a subprocess
 def test_hydra_override_errors_are_reported_by_hydra(tmp_path: Path) -> None:
     proc = _llem("backend=onnx", cwd=tmp_path)
     assert proc.returncode != 0

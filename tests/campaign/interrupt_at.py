@@ -1,6 +1,7 @@
 """`python -m tests.campaign.interrupt_at <point> <signal> <llem arguments...>`: the real `python -m llem`, sent a
 signal (by itself, as a user's Ctrl-C or a `kill` would arrive) at one step of the campaign outside the run loop:
 
+- `plan`: as the campaign is planned (before anything is recorded);
 - `state`: inside the first transaction that creates or reconciles the campaign state;
 - `preflight`: as the preflight starts;
 - `finish`: as the finish step starts, after every job ended.
@@ -42,7 +43,17 @@ def main() -> None:
     import llem.campaign.state as state
     from llem.campaign.engine import Campaign
 
-    if point == "state":
+    if point == "plan":
+        import llem.campaign.api as api
+
+        original_plan = api.plan_campaign
+
+        def planning(*args: Any, **kwargs: Any) -> Any:
+            send()
+            return original_plan(*args, **kwargs)
+
+        api.plan_campaign = planning  # type: ignore[assignment]
+    elif point == "state":
         def in_the_transaction(path: Path) -> None:
             if Path(path).name == state.DB_NAME:
                 send()

@@ -18,6 +18,8 @@ from tests.campaign import helpers as h
 
 from .webhook import receiver
 
+pytestmark = [pytest.mark.slow]  # every test runs `python -m llem` in a subprocess, most of them twice
+
 ENV = "LLEM_TEST_WEBHOOK_URL"
 DRY = "hydra.sweeper.dry_run=true"
 SUBDIR = "hydra.sweep.subdir=job_${hydra.job.num}"
@@ -114,3 +116,13 @@ def test_added_repetitions_write_to_the_custom_subdir(tmp_path: Path) -> None:
     assert first.result_path == str(sweep / "job_0" / "result.json") and json.loads(
         Path(first.result_path).read_text())["config_hash"] == first.config_hash  # fmt: skip
     assert not [p for p in sweep.iterdir() if p.name.isdigit()]  # nothing looks for <sweep>/<num>/
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_while_planning_records_nothing_and_says_so(tmp_path: Path, signame: str) -> None:
+    sweep = tmp_path / "sweep"
+    proc, events = _interrupted(sweep, "plan", signame, "backend.batch_size=1,2")
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert "llem: interrupted while planning; nothing was recorded or launched" in proc.stderr
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+    assert h.manifest(sweep) is None and not events

@@ -21,7 +21,6 @@ from llem.energy.devices.gpu_restore import RestoreRecord, RestoreRecords
 from llem.launch.slurm.options import SlurmOptions
 from llem.campaign.gpu_preflight import gpu_settings_problems
 from llem.plan.manifest import read_manifest
-from llem.campaign.preflight import Workers
 from tests.campaign.helpers import FAST, REPO
 from tests.fakes.gpu_settings_store import FileStore
 
@@ -101,7 +100,7 @@ def test_without_privilege_the_jobs_that_set_gpu_settings_are_refused_with_the_f
     assert FileStore(tmp_path / "gpus").calls() == []  # nothing was changed
 
 
-def test_slurm_and_containers_refuse_gpu_settings_and_cpu_jobs_are_named() -> None:
+def test_slurm_refuses_gpu_settings_and_cpu_jobs_are_named() -> None:
     class Launcher:
         def __init__(self, allow: bool) -> None:
             self.options = SlurmOptions(allow_gpu_settings=allow)
@@ -116,8 +115,6 @@ def test_slurm_and_containers_refuse_gpu_settings_and_cpu_jobs_are_named() -> No
     allowed = gpu_settings_problems(jobs, launcher=Launcher(True))
     assert set(allowed) == {2} and "gpu.mem_clock_mhz set, but this job runs without a GPU (backend.device=cpu)" \
         in allowed[2]  # fmt: skip
-    in_containers = gpu_settings_problems(jobs, workers=Workers("container", gpu_count=1))
-    assert set(in_containers) == {0, 2} and "hydra/launcher=llem_local" in in_containers[0]
 
 
 @pytest.mark.slow

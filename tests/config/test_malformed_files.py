@@ -174,6 +174,7 @@ def _assert_short_error(proc: subprocess.CompletedProcess[str], root: Path, *exp
     assert not list(sweep.glob("*/result.json")) if sweep.exists() else True
 
 
+@pytest.mark.slow  # runs `python -m llem` in a subprocess
 def test_cli_campaign_file_not_yaml(tmp_path: Path) -> None:
     path = _write(tmp_path / "c.yaml", "campaign_name: x\ngrid:\n  backends: [pytorch]\n  shared: fp_precision: [a]\n")
     proc = _multirun(tmp_path, "campaign.file=c.yaml")
@@ -181,6 +182,7 @@ def test_cli_campaign_file_not_yaml(tmp_path: Path) -> None:
                         "mapping values are not allowed here")
 
 
+@pytest.mark.slow  # runs `python -m llem` in a subprocess
 def test_cli_campaign_file_wrong_shape_in_llenergymeasure_format(tmp_path: Path) -> None:
     _write(tmp_path / "experiments" / "base.yaml", "backend:\n  name: pytorch\n")
     path = _write(tmp_path / "c.yaml", (
@@ -196,6 +198,7 @@ def test_cli_campaign_file_wrong_shape_in_llenergymeasure_format(tmp_path: Path)
     )
 
 
+@pytest.mark.slow  # runs `python -m llem` in a subprocess
 def test_cli_experiments_given_a_mapping(tmp_path: Path) -> None:
     path = _write(tmp_path / "c.yaml", "campaign_name: x\nexperiments:\n  config: e.yaml\n")
     proc = _multirun(tmp_path, "campaign.file=c.yaml")
@@ -203,6 +206,7 @@ def test_cli_experiments_given_a_mapping(tmp_path: Path) -> None:
                         "expected a list, got a mapping")
 
 
+@pytest.mark.slow  # runs `python -m llem` in a subprocess
 def test_cli_experiment_file_not_yaml(tmp_path: Path) -> None:
     experiment = _write(tmp_path / "exp" / "a.yaml", "backend:\n  name: pytorch\n  batch_size: [1, 2\nmodel: tiny\n")
     _write(tmp_path / "c.yaml", "campaign_name: x\nconfigs:\n  - exp/a.yaml\n")
@@ -211,6 +215,7 @@ def test_cli_experiment_file_not_yaml(tmp_path: Path) -> None:
                         "flow sequence that starts on line 3")
 
 
+@pytest.mark.slow  # runs `python -m llem` in a subprocess
 def test_cli_experiment_file_bad_value(tmp_path: Path) -> None:
     experiment = _write(tmp_path / "a.yaml", "backend:\n  name: pytorch\nfp_precision: float64\n")
     _write(tmp_path / "c.yaml", "campaign_name: x\nconfigs: [a.yaml]\n")
@@ -219,6 +224,7 @@ def test_cli_experiment_file_bad_value(tmp_path: Path) -> None:
                         f"experiment file {experiment}, line 3, key 'fp_precision': Input should be")
 
 
+@pytest.mark.slow  # runs `python -m llem` in a subprocess
 def test_cli_config_group_file_not_yaml(tmp_path: Path) -> None:
     group = _write(tmp_path / "conf" / "campaign" / "foo.yaml",
                    "defaults: [default, _self_]\ncampaign_name: foo\ngrid:\n  backends: [pytorch\n  shared: {}\n")

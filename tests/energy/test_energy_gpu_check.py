@@ -396,6 +396,7 @@ def test_steady_power_fails_when_instant_power_reads_low(tmp_path: Path) -> None
     assert all(r["diff_pct"] == pytest.approx(10.0, abs=1.5) for r in check["rows"])  # instant reads 10 % low
 
 
+@pytest.mark.slow  # six 1 s windows in real time, as the check runs them
 def test_square_wave_counter_is_steady(tmp_path: Path) -> None:
     trace = PowerTrace(100.0)
     work = FakeWork(trace, idle_w=100.0, busy_w=140.0)  # a small swing: a late wake-up moves energy little
@@ -415,6 +416,7 @@ def test_square_wave_counter_is_steady(tmp_path: Path) -> None:
     assert work.loads == [(0.13, 0.5), (0.23, 0.5)]
 
 
+@pytest.mark.slow  # six 1 s windows in real time, as the check runs them
 def test_square_wave_fails_for_a_counter_with_a_constant_bias(tmp_path: Path) -> None:
     trace = PowerTrace(100.0)
     out = tmp_path / "r.json"

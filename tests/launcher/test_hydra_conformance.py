@@ -19,11 +19,13 @@ def test_discovered_by_hydra() -> None:
     assert LlemLocalLauncher.__name__ in names and LlemContainerLauncher.__name__ in names
 
 
+@pytest.mark.slow  # real Hydra multiruns on warm worker processes
 @pytest.mark.parametrize(("launcher_name", "overrides"), [("llem_local", [])])
 class TestLlemLocalLauncher(LauncherTestSuite):
     """Any Hydra app's task runs in a worker process, with Hydra's usual outputs."""
 
 
+@pytest.mark.slow  # whole apps in subprocesses
 @pytest.mark.parametrize(
     ("task_launcher_cfg", "extra_flags"),
     [({}, ["-m", "hydra/launcher=llem_local"])],

@@ -72,3 +72,43 @@ def test_an_override_hydra_refuses_is_refused_the_same_way(loader_and_master: tu
         composer.compose(["no_such_key=1"])
     with pytest.raises(Exception, match="Could not override 'no_such_key'"):
         loader.load_sweep_config(master, ["no_such_key=1"])
+
+
+@pytest.mark.parametrize("overrides", CASES[:-1], ids=lambda c: " ".join(c))
+def test_a_planned_job_is_assembled_into_the_same_config(loader_and_master: tuple[Any, Any], overrides: list[str]
+                                                         ) -> None:
+    """A job a campaign planned is assembled from the plan's composition: the config Hydra gives, not recomposed."""
+    from llem.launch.jobs import Job
+    from llem.plan.compose import FastComposer
+
+    loader, master = loader_and_master
+    planned = FastComposer(loader, "config", list(OmegaConf.to_container(master.hydra.overrides.hydra)),
+                           drop_keys=("campaign",))  # type: ignore[arg-type]
+    planned.compose(["random_seed=0"])
+    planned.compose(overrides)
+    composition = planned.composition(overrides)
+    assert composition is not None
+    composer = JobComposer(loader, master)
+    got = composer.for_job(Job(num=3, overrides=tuple(overrides), composition=composition))
+    expected = loader.load_sweep_config(master, overrides)
+    assert OmegaConf.to_container(got, resolve=False) == {
+        **OmegaConf.to_container(expected, resolve=False),  # type: ignore[dict-item]
+        "hydra": {**OmegaConf.to_container(expected.hydra, resolve=False),  # type: ignore[dict-item]
+                  "job": {**OmegaConf.to_container(expected.hydra.job, resolve=False),  # type: ignore[dict-item]
+                          "id": "llem_3", "num": 3}},
+    }
+    assert list(got.keys()) == list(expected.keys())
+    assert OmegaConf.is_struct(got) and OmegaConf.get_type(got.hydra) is OmegaConf.get_type(expected.hydra)
+    assert _task(got) == _task(expected)
+    assert composer.compositions == 0  # nothing composed again
+    assert composition.interpolated == ("${" in " ".join(overrides))
+
+
+def test_hydra_overrides_are_not_assembled(loader_and_master: tuple[Any, Any]) -> None:
+    """An override of the `hydra` node takes Hydra's own path, as in `compose`."""
+    from llem.plan.compose import FastComposer
+
+    loader, master = loader_and_master
+    planned = FastComposer(loader, "config")
+    planned.compose(["+hydra.job.env_set.FOO=bar", "random_seed=9"])
+    assert planned.composition(["+hydra.job.env_set.FOO=bar", "random_seed=9"]) is None

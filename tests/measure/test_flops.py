@@ -248,6 +248,7 @@ def _masked_pairs(start: int, stop: int, window: int | None) -> int:
     return computed - visible
 
 
+@pytest.mark.slow  # runs a model under torch's FLOP counter
 @needs_transformers
 @pytest.mark.parametrize("case", list(CASES))
 def test_generate_matches_torch_flop_counter(case: str) -> None:
@@ -276,6 +277,7 @@ def test_generate_matches_torch_flop_counter(case: str) -> None:
     assert everything == pytest.approx(total_flops(arch, [(PROMPT, NEW)] * batch) + masked, rel=0.03)
 
 
+@pytest.mark.slow  # runs a model under torch's FLOP counter
 @needs_transformers
 def test_prefix_cached_prompt_matches_torch_flop_counter() -> None:
     config = _llama(False)
@@ -295,6 +297,7 @@ def test_prefix_cached_prompt_matches_torch_flop_counter() -> None:
     assert sequence_flops(arch, PROMPT, NEW, cached) < 0.8 * sequence_flops(arch, PROMPT, NEW)
 
 
+@pytest.mark.slow  # runs a model under torch's FLOP counter
 @needs_transformers
 def test_latent_attention_prefill_matches_torch_flop_counter() -> None:
     # DeepSeek-V3 layout: low-rank q, compressed kv, qk head dim 16+8 != v head dim 12,
@@ -341,6 +344,7 @@ def test_without_a_kv_cache_windows_and_chunks_apply_to_every_step() -> None:
             assert sequence_flops(arch, n, m, kv_cache=False) == steps
 
 
+@pytest.mark.slow  # runs a model under torch's FLOP counter
 @needs_transformers
 def test_uncached_pytorch_backend_matches_torch_flop_counter() -> None:
     from llem.backends.pytorch.backend import PyTorchBackend

@@ -141,10 +141,59 @@ def test_baseline_older_than_max_age() -> None:
     assert got.value == 60.0 and got.limit == 30
     r["config"]["baseline"]["max_age_seconds"] = 120
     assert "baseline_stale" not in _rules(r)
-    # where the harness records it: beside the device state the baseline was taken in
+    # a result that records a time beside the device state the baseline was taken in
     del r["energy"]["baseline"]["measured_at"]
     r["energy"]["baseline"]["device_state"]["measured_at"] = "2026-01-01T00:00:00+00:00"
     assert _rules(r)["baseline_stale"].value == 600.0
+
+
+def test_a_cached_baseline_reused_past_max_age_trips_and_a_fresh_one_does_not() -> None:
+    """What the harness records (the baseline strategy's `age_s`) against the experiment's `baseline.max_age_seconds`,
+    on a scripted clock: the same cached baseline is fine at first and stale 2 h later."""
+    from llem.config.experiment import BaselineConfig
+    from llem.energy.baseline import BaselineResult
+    from llem.energy.baseline_strategy import BaselineCache, acquire
+
+    now = [0.0]
+    cache = BaselineCache(clock=lambda: now[0])
+    settings = BaselineConfig(strategy="cached", cache_ttl_seconds=86400.0)
+    assert settings.max_age_seconds == 3600.0
+    idle = BaselineResult("gpu:0", "nvml", 10.0, 0.0, 50.0, {"gpu": 50.0}, {"gpu0": 50.0},
+                          {"model": "none loaded"})  # fmt: skip
+
+    def result_with(info: dict[str, Any]) -> dict[str, Any]:
+        r = _clean()
+        r["config"]["baseline"] = settings.model_dump(mode="json")
+        r["energy"]["baseline"] = {**info, "device_state": {"model": "none loaded"}}
+        return r
+
+    def take() -> dict[str, Any]:
+        return acquire(settings, cache, "gpu:0", state="none loaded", measure=lambda: idle, check=lambda: idle)[1]
+
+    first = take()
+    assert first["reused"] is False and "baseline_stale" not in _rules(result_with(first))
+    now[0] = 7200.0
+    later = take()
+    assert later["reused"] is True
+    got = _rules(result_with(later))["baseline_stale"]
+    assert got.value == 7200.0 and got.limit == 3600.0 and got.status == "warn"
+    assert judge(result_with(later), _telemetry()).status == "warn"
+    fresh = acquire(BaselineConfig(strategy="fresh"), cache, "gpu:0", state="none loaded", measure=lambda: idle,
+                    check=lambda: idle)[1]  # fmt: skip
+    assert "baseline_stale" not in _rules(result_with(fresh))
+
+
+def test_max_age_at_its_default_keeps_the_config_hash_of_configs_written_before_it() -> None:
+    """A campaign planned before `baseline.max_age_seconds` existed still resumes; a changed value is a new config."""
+    from llem.config import ExperimentConfig
+    from llem.config.hashing import config_hash
+
+    config = ExperimentConfig.model_validate({"model": {"name": "builtin:tiny"}, "backend": {"name": "pytorch"}})
+    before = config.model_dump(mode="json")
+    del before["baseline"]["max_age_seconds"]
+    assert config_hash(config) == config_hash(before)
+    changed = config.model_copy(update={"baseline": config.baseline.model_copy(update={"max_age_seconds": 60.0})})
+    assert config_hash(changed) != config_hash(config)
 
 
 def test_output_tokens_differ_from_what_was_asked() -> None:

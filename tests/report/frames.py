@@ -69,5 +69,7 @@ def hand_frame() -> pd.DataFrame:
                 job += 1
     frame = pd.DataFrame(rows)
     for name, dtype in {**ID_COLUMNS, **METRIC_COLUMNS, **TRAILING_COLUMNS}.items():
+        if name not in frame:  # figures an offline job does not have (the serving_* columns)
+            frame[name] = None
         frame[name] = frame[name].astype(dtype)
     return frame[[*ID_COLUMNS, "batch_size", "fp_precision", *METRIC_COLUMNS, *TRAILING_COLUMNS]]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytest.importorskip("plotly", reason="interactive plots need the report extra: pip install 'llem[report]'")
+pytest.importorskip("plotly", reason="interactive plots need plotly, one of llem's dependencies")
 
 from llem.report.collect import Campaign  # noqa: E402
 from llem.report.render import CampaignReport, render_html  # noqa: E402

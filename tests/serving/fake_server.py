@@ -4,7 +4,7 @@ Each `/v1/completions` request is answered with `max_tokens` tokens, `tokens_per
 (with `token_ids` when asked for `return_token_ids`): the first chunk `ttft_s`
 after the request arrived, the next ones `itl_s` apart, each stamped with the server's
 monotonic time (`t`), then a usage chunk and `[DONE]`. `/metrics` reports the requests in
-flight as `vllm:num_requests_running`, `/health` answers 200. `die_at_s` makes the server
+flight as `vllm:num_requests_running`, `/health` answers 200, `/v1/models` lists `fake`. `die_at_s` makes the server
 drop every connection and stop listening that long after it started, as a crashed server would.
 """
 
@@ -31,7 +31,8 @@ class Served:
 
 class FakeServer:
     def __init__(self, *, ttft_s: float = 0.05, itl_s: float = 0.02, usage_offset: int = 0,
-                 die_at_s: float | None = None, send_usage: bool = True, tokens_per_chunk: int = 1) -> None:
+                 die_at_s: float | None = None, send_usage: bool = True, tokens_per_chunk: int = 1,
+                 port: int = 0) -> None:
         self.ttft_s = ttft_s
         self.itl_s = itl_s
         self.usage_offset = usage_offset
@@ -40,7 +41,7 @@ class FakeServer:
         self.tokens_per_chunk = tokens_per_chunk  # >1: tokens merged into chunks, as a busy vLLM server does
         self.served: list[Served] = []
         self.running = 0
-        self.port = 0
+        self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -67,7 +68,7 @@ class FakeServer:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
-        self._server = loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self._server = loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
         self.port = self._server.sockets[0].getsockname()[1]
         if self.die_at_s is not None:
             loop.call_later(self.die_at_s, self._die)
@@ -103,6 +104,9 @@ class FakeServer:
                 elif path == "/metrics":
                     text = f'vllm:num_requests_running{{model_name="fake"}} {self.running}.0\n'
                     await self._plain(writer, text.encode())
+                elif path == "/v1/models":
+                    data = json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]}).encode()
+                    await self._plain(writer, data)
                 elif method == "POST" and path == "/v1/completions":
                     await self._complete(writer, json.loads(body), received)
                 else:
@@ -153,3 +157,21 @@ class FakeServer:
 
     def _event(self, writer: asyncio.StreamWriter, payload: dict[str, Any]) -> None:
         writer.write(self._chunk(b"data: " + json.dumps(payload).encode() + b"\n\n"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run as a server process (`python -m tests.serving.fake_server --port P`), as an engine's server runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ttft-s", type=float, default=0.05)
+    parser.add_argument("--itl-s", type=float, default=0.02)
+    args = parser.parse_args(argv)
+    with FakeServer(ttft_s=args.ttft_s, itl_s=args.itl_s, port=args.port) as server:
+        print(f"fake server listening on {server.url}", flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

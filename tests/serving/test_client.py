@@ -146,11 +146,15 @@ def test_gamma_offsets_follow_rate_and_burstiness() -> None:
     import numpy as np
 
     for shape in (0.5, 1.0, 4.0):
-        gaps = np.diff(gamma_offsets(20001, 10.0, shape, 7))
-        assert gaps.mean() == pytest.approx(0.1, rel=0.03)
+        offsets = gamma_offsets(20000, 10.0, shape, 7)
+        assert offsets[-1] == pytest.approx(2000.0)  # n requests over exactly n / rate seconds, as vLLM's client
+        gaps = np.diff(offsets)
+        assert gaps.mean() == pytest.approx(0.1, rel=0.01)
         assert gaps.std() / gaps.mean() == pytest.approx(1 / math.sqrt(shape), rel=0.05)
     assert gamma_offsets(5, 10.0, 1.0, 3) == gamma_offsets(5, 10.0, 1.0, 3)
+    assert gamma_offsets(5, 10.0, 1.0, 3) != gamma_offsets(5, 10.0, 1.0, 4)
     assert gamma_offsets(4, math.inf, 1.0, 3) == [0.0] * 4
+    assert gamma_offsets(4, 2.0, math.inf, 3) == pytest.approx([0.5, 1.0, 1.5, 2.0])
 
 
 def test_build_schedule_from_the_load_settings(tmp_path) -> None:

@@ -13,6 +13,8 @@ import pytest
 from llem.measure.result import read_result
 from llem.plan.manifest import read_manifest
 
+pytestmark = [pytest.mark.slow]  # every test runs `python -m llem` in a subprocess
+
 FAST = ["num_input_prompts=2", "max_output_tokens=3", "warmup.num_prompts=0", "max_input_tokens=16",
         "campaign.execution.config_gap_seconds=0", "campaign.execution.cycle_gap_seconds=0"]
 

@@ -30,6 +30,7 @@ class JobSpec:
     # the GPU need comes from `backend.device=auto` (the job can run on CPU where there is no GPU)
     gpu_auto: bool = False
     period: tuple[int | None, int | None] = (None, None)  # (repetition, cycle), for gaps and health checks
+    experiment: Any = None  # the settings the plan validated from this very config (None: the task validates)
 
 
 @dataclass

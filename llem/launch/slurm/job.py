@@ -129,6 +129,18 @@ def record_submission(sweep_dir: str, slurm_job_id: str, job_dirs: dict[int, str
     atomic_write_json(submissions_path(sweep_dir), {str(k): v for k, v in sorted(records.items())})
 
 
+def _set_planned(experiment: Any) -> None:
+    """Hand llem's task the settings the campaign validated for the next job (it then does not validate again)."""
+    if experiment is None and "llem.task" not in sys.modules:
+        return
+    import importlib
+
+    planned = importlib.import_module("llem.task").PLANNED
+    planned.clear()
+    if experiment is not None:
+        planned["experiment"] = experiment
+
+
 def result_done(job_dir: str, config_hash: str | None) -> bool:
     """A whole, valid result.json for this configuration is in the job dir (resume's completeness rule)."""
     if config_hash is None:
@@ -309,6 +321,7 @@ class GroupJob:
 
         print(f"llem: job {spec.job_num}: {' '.join(spec.overrides)}", file=sys.stderr, flush=True)
         limit = self.pacing.timeout_s
+        _set_planned(spec.experiment)
         try:
             with time_limit(limit):
                 ret = run_job(

@@ -134,6 +134,8 @@ class SlurmLaunch:
             planned = self.jobs.get(num)
             spec = describe(JobSpec(idx, num, list(overrides), config), self.options.route_by,
                             None if planned is None else planned.experiment)
+            if planned is not None and tuple(overrides) == planned.overrides:
+                spec.experiment = planned.planned_experiment
             spec.period = self._period(num)
             if result_done(spec.job_dir, spec.config_hash):  # finished by an earlier, interrupted launch
                 returns[idx] = completed_return(spec)
@@ -147,9 +149,13 @@ class SlurmLaunch:
         return returns, group_jobs(specs)
 
     def _compose(self, overrides: Sequence[str], job_num: int) -> DictConfig:
-        """The job's whole Hydra config, as Hydra's `load_sweep_config` gives it, with its number and id."""
+        """The job's whole Hydra config, as Hydra's `load_sweep_config` gives it, with its number and id:
+        assembled from the campaign's composition of it, or composed here for a job no campaign planned."""
         if self._composer is None:
             self._composer = JobComposer(self.hydra_context.config_loader, self.config)
+        planned = self.jobs.get(job_num)
+        if planned is not None and tuple(overrides) == planned.overrides:
+            return self._composer.for_job(planned)
         return numbered(self._composer.compose(overrides), job_num)
 
     def _period(self, job_num: int) -> tuple[int | None, int | None]:
