@@ -23,10 +23,10 @@ from llem.measure.job_devices import job_gpu_devices
 
 
 def job_experiment(job: Job, config: DictConfig) -> Any:
-    """The job's validated settings: as planned, or from its composed config (None if that does not validate:
-    the job then fails on its own, with its own message)."""
-    if job.experiment is not None:
-        return job.experiment
+    """The job's validated settings: as planned from the config it runs with, else from its composed config,
+    else as planned (None if none validates: the job then fails on its own, with its own message)."""
+    if job.planned_experiment is not None:
+        return job.planned_experiment
     from omegaconf import OmegaConf
 
     from llem.composed import validate_composed
@@ -34,8 +34,8 @@ def job_experiment(job: Job, config: DictConfig) -> Any:
     try:
         task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         return validate_composed(task).experiment
-    except Exception:  # noqa: BLE001 - invalid configs are reported by the job itself
-        return None
+    except Exception:  # noqa: BLE001 - e.g. interpolations only the job resolves
+        return job.experiment
 
 
 class HostGpuSettings:

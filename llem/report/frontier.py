@@ -66,8 +66,43 @@ def config_points(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return out.reset_index()
 
 
+# A serving load point is judged on its steady-window figures (scenario=serving), not on the whole run's:
+# decision column -> the summary column that holds it for a load point.
+SERVING_VIEW: dict[str, str] = {
+    ENERGY: "serving_j_per_output_token",
+    "ttft_ms_p50": "serving_ttft_ms_p50",
+    "ttft_ms_p99": "serving_ttft_ms_p99",
+    "itl_ms_p99": "serving_tpot_ms_p99",
+    "throughput_tokens_per_s": "serving_output_tokens_per_s",
+}
+
+
+def serving_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with each serving load point's decision columns taken from its steady window.
+
+    Offline rows are left as they are. For a load point, energy per output token is the steady window's
+    (null where energy was not measured, never the whole run's), TTFT and TPOT are the load's, and
+    throughput is the output-token rate under that load.
+    """
+    marker = SERVING_VIEW["ttft_ms_p50"]
+    if marker not in frame.columns or not len(frame):
+        return frame
+    serving = frame[marker].notna()
+    if not serving.any():
+        return frame
+    out = frame.copy()
+    for column, source in SERVING_VIEW.items():
+        if source in out.columns:
+            values = pd.to_numeric(out[source], errors="coerce").astype(float)
+            base = pd.to_numeric(out[column], errors="coerce").astype(float) if column in out.columns else values
+            out[column] = base.where(~serving, values)
+    return out
+
+
 def usable(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Rows whose verdict is not `fail`, and how many were left out."""
+    """Rows whose verdict is not `fail` (serving load points seen through `serving_view`), and how many were
+    left out."""
+    frame = serving_view(frame)
     if "verdict" not in frame.columns or not len(frame):
         return frame, 0
     failed = frame["verdict"].astype("string").fillna("") == "fail"

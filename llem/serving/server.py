@@ -90,8 +90,10 @@ class ServerProcess:
             raise RuntimeError("server already started")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
+            # tethered: the server ends with this process even if it is killed before it can call stop()
+            tethered = [sys.executable, "-m", "llem.serving.tethered", str(os.getpid()), *self.argv]
             self.process = subprocess.Popen(  # noqa: S603 - an argv list, never a shell string
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                tethered, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                 start_new_session=True,
             )
         t0 = time.monotonic()

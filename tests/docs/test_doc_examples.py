@@ -51,6 +51,7 @@ def test_the_docs_show_commands_and_state_job_counts() -> None:
     assert {e.where.split(":")[0] for e in runnable} >= {"README.md", "docs/campaigns.md", "docs/guide.md"}
 
 
+@pytest.mark.slow  # runs `python -m llem` in a subprocess
 @pytest.mark.parametrize("example", [e for e in EXAMPLES if _skip_reason(e) is None], ids=lambda e: e.where)
 def test_documented_command_plans_as_a_dry_run(example: Example, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # relative paths a command writes stay in the test's dir

@@ -58,9 +58,10 @@ def _experiment(gpu: dict[str, Any] | None = None) -> ExperimentConfig:
     })  # fmt: skip
 
 
-def _config(tmp_path: Path, num: int) -> DictConfig:
+def _config(tmp_path: Path, num: int, experiment: ExperimentConfig) -> DictConfig:
+    """The job's composed config, as its worker receives it."""
     sweep = tmp_path / "sweep"
-    return OmegaConf.create({"backend": {"name": "pytorch"},
+    return OmegaConf.create({**experiment.model_dump(mode="json"),
                              "hydra": {"job": {"num": num, "name": "llem"},
                                        "sweep": {"dir": str(sweep), "subdir": str(num)}}})  # fmt: skip
 
@@ -138,8 +139,9 @@ def _pool(tmp_path: Path, host: FakeNvml, timeline: list[Any], inside: Callable[
 
 
 def _run(pool: WorkerPool, tmp_path: Path, num: int, gpu: dict[str, Any] | None, key: str | None = None) -> JobReturn:
-    job = Job(num=num, overrides=(), experiment=_experiment(gpu))
-    return pool.run_job(job, _config(tmp_path, num), None, SimpleNamespace(callbacks=None), key=key)
+    experiment = _experiment(gpu)
+    job = Job(num=num, overrides=(), experiment=experiment)
+    return pool.run_job(job, _config(tmp_path, num, experiment), None, SimpleNamespace(callbacks=None), key=key)
 
 
 def _power(store: FileStore, uuid: str = UUID0) -> int:
@@ -300,10 +302,12 @@ def test_a_podman_campaign_sets_gpu_settings_from_the_host_and_records_them_insi
            "LLEM_GPU_RESTORE_DIR": str(tmp_path / "restore"), "PYTHONPATH": str(repo)}  # fmt: skip
     cmd = [sys.executable, "-m", "llem", "-m", f"hydra.sweep.dir={sweep}", "num_input_prompts=2", "max_output_tokens=3",
            "max_input_tokens=16", "warmup.num_prompts=0", "baseline.enabled=false", "measure.min_window_seconds=0",
-           "measure.phase_split=false", "campaign.execution.config_gap_seconds=0", "campaign.execution.warmup_prompts=0",
+           "measure.phase_split=false", "campaign.execution.config_gap_seconds=0", "campaign.execution.cycles=1",
+           "campaign.execution.warmup_prompts=0",
            "gpu.power_limit_w=300,null", "hydra/launcher=llem_container", f"hydra.launcher.engine={image.ENGINE}",
            f"hydra.launcher.images.pytorch={ref}", "hydra.launcher.network=none",
-           f"hydra.launcher.mounts=['{repo / 'tests'}:/llemtests/tests:ro']", "+hydra.launcher.env.PYTHONPATH=/llemtests",
+           f"hydra.launcher.mounts=['{repo / 'tests'}:/llemtests/tests:ro']",
+           "+hydra.launcher.env.PYTHONPATH=/llemtests",
            f"+hydra.launcher.env.LLEM_NVML_FACTORY='{factory}'", f"+hydra.launcher.env.LLEM_FAKE_GPU_STATE='{state}'",
            "+hydra.launcher.env.LLEM_FAKE_GPU_UNPRIVILEGED='1'"]  # fmt: skip
     with subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -173,3 +173,25 @@ def test_group_over_cv_threshold_warns() -> None:
     stats = group_stats(frame)
     first = stats[stats["config_hash"] == "py00000000000001"].iloc[0]
     assert first["verdict"] == "fail" and "1 run with verdict fail" in first["verdict_reasons"]
+
+
+def test_serving_load_points_are_judged_on_their_steady_window() -> None:
+    """A load point's whole-run figures (ramp-up, tail) must not decide; its steady-window figures do."""
+    frame = hand_frame()
+    load_point = frame["config_hash"] == "vl00000000000001"
+    # whole-run figures that would put it off every frontier and past every target ...
+    frame.loc[load_point, "energy_per_output_token_j"] = 99.0
+    frame.loc[load_point, "ttft_ms_p99"] = 9999.0
+    frame.loc[load_point, "itl_ms_p99"] = 9999.0
+    # ... and steady-window figures that are the best of all
+    frame.loc[load_point, "serving_ttft_ms_p50"] = 1.0
+    frame.loc[load_point, "serving_ttft_ms_p99"] = 2.0
+    frame.loc[load_point, "serving_tpot_ms_p99"] = 3.0
+    frame.loc[load_point, "serving_output_tokens_per_s"] = 1e6
+    frame.loc[load_point, "serving_j_per_output_token"] = 1e-6
+    found = {f.x: f for f in frontiers(frame)}
+    for axis in ("ttft_ms_p50", "ttft_ms_p99", "itl_ms_p99", "throughput_tokens_per_s"):
+        assert list(found[axis].optimal["config_hash"]) == ["vl00000000000001"], axis
+    answer = cheapest_meeting(frame, parse_targets(["ttft_p99_ms=5", "tpot_p99_ms=5"]))
+    assert answer.best is not None and answer.best.config_hash == "vl00000000000001"
+    assert [c.config_hash for c in answer.meeting] == ["vl00000000000001"]

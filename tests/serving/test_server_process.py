@@ -76,3 +76,44 @@ def test_vllm_argv_is_a_list_of_arguments() -> None:
     argv = vllm_server_argv("/m", 8000, served_name="tiny", engine_args=["--max-num-seqs", 4], python="py")
     assert argv == ["py", "-m", "vllm.entrypoints.openai.api_server", "--model", "/m", "--host", "127.0.0.1",
                     "--port", "8000", "--served-model-name", "tiny", "--max-num-seqs", "4"]
+
+
+# A job that starts a server and then is killed outright (SIGKILL, the OOM killer) before it can stop it.
+JOB = r"""
+import sys, time
+from llem.serving.server import ServerProcess, free_port
+port = free_port()
+server = ServerProcess([sys.executable, "-c", sys.argv[1], str(port), "0"], port=port, log_path=sys.argv[2],
+                       ready_timeout_s=30).start()
+print(server.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_server_ends_when_the_job_that_started_it_is_killed(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+
+    plain = SERVER.replace('subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])\n', "")
+    job = subprocess.Popen([sys.executable, "-c", JOB, plain, str(tmp_path / "s.log")], stdout=subprocess.PIPE,
+                           text=True)  # fmt: skip
+    try:
+        server_pid = int(job.stdout.readline())  # type: ignore[union-attr]
+        assert psutil.pid_exists(server_pid)
+        os.kill(job.pid, signal.SIGKILL)
+        job.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if psutil.Process(server_pid).status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.1)
+        else:
+            os.killpg(server_pid, signal.SIGKILL)
+            pytest.fail("the server outlived the job that started it")
+    finally:
+        if job.poll() is None:
+            job.kill()

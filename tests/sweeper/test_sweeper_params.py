@@ -14,6 +14,7 @@ from llem.campaign import CampaignError
 from llem.plan.manifest import read_manifest
 
 
+@pytest.mark.slow  # runs `python -m llem` in a subprocess
 def test_params_on_the_command_line_become_axes(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "llem", "-m", 'hydra.sweeper.params={backend.batch_size: "1,2"}',
