@@ -114,7 +114,8 @@ def run_campaign(
     on Ctrl-C. Failed jobs do not raise: they are in `outcome.failed`.
 
     It leaves the calling process as it found it: no signal handler is installed off the main thread (a
-    service's worker thread may call it), and nothing stays frozen for the garbage collector.
+    service's worker thread may call it), nothing stays frozen for the garbage collector, and Hydra's global
+    state (its config singleton) is as it was.
     """
     from hydra import initialize_config_module
     from hydra._internal.callbacks import Callbacks
@@ -129,12 +130,19 @@ def run_campaign(
     had_hydra = GlobalHydra.instance().is_initialized()
     if had_hydra:
         raise RuntimeError("run_campaign needs Hydra uninitialised (call it outside hydra.initialize/@hydra.main)")
-    with initialize_config_module(config_module=config_module, version_base="1.3", job_name="llem"):
-        loader = GlobalHydra.instance().config_loader()
-        config = loader.load_configuration(config_name=config_name, overrides=all_overrides, run_mode=RunMode.MULTIRUN)
-        HydraConfig.instance().set_config(config)
-        context = HydraContext(config_loader=loader, callbacks=Callbacks(config))
-        launcher = Plugins.instance().instantiate_launcher(hydra_context=context, task_function=run_task, config=config)
-        arguments = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))  # type: ignore[arg-type]
-        campaign = campaign_for(config, loader, launcher, arguments, options or options_from(config))
-        return campaign.run()
+    hydra_config = HydraConfig.instance()
+    previous_config = hydra_config.cfg  # the singleton outlives the `with`: put back what the caller had
+    try:
+        with initialize_config_module(config_module=config_module, version_base="1.3", job_name="llem"):
+            loader = GlobalHydra.instance().config_loader()
+            config = loader.load_configuration(config_name=config_name, overrides=all_overrides,
+                                               run_mode=RunMode.MULTIRUN)  # fmt: skip
+            hydra_config.set_config(config)
+            context = HydraContext(config_loader=loader, callbacks=Callbacks(config))
+            launcher = Plugins.instance().instantiate_launcher(hydra_context=context, task_function=run_task,
+                                                               config=config)  # fmt: skip
+            arguments = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))  # type: ignore[arg-type]
+            campaign = campaign_for(config, loader, launcher, arguments, options or options_from(config))
+            return campaign.run()
+    finally:
+        hydra_config.cfg = previous_config

@@ -87,3 +87,14 @@ def test_a_campaign_runs_from_a_worker_thread(tmp_path: Path) -> None:
     assert gc.get_freeze_count() == 0
     stored = read_state(outcome.manifest_path)
     assert stored is not None and all(Path(j.result_path or "").is_file() for j in stored.jobs)
+
+
+def test_hydra_global_state_is_as_the_caller_left_it(tmp_path: Path) -> None:
+    """After a campaign, Hydra's own entry points (compose, @hydra.main) in the same process see no leftover."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    assert HydraConfig.instance().cfg is None, "another test left Hydra's config set"
+    run_campaign(DRY, sweep_dir=tmp_path / "sweep")
+    assert HydraConfig.instance().cfg is None
+    assert not GlobalHydra.instance().is_initialized()

@@ -98,6 +98,7 @@ def _llem(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_refuses_pytorch_serving_without_a_traceback(tmp_path: Path) -> None:
     out = _llem("scenario=serving", "backend=pytorch", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert out.returncode != 0
@@ -105,6 +106,7 @@ def test_cli_refuses_pytorch_serving_without_a_traceback(tmp_path: Path) -> None
     assert "Traceback" not in out.stderr + out.stdout
 
 
+@pytest.mark.slow
 def test_cli_dry_run_plans_a_serving_sweep(tmp_path: Path) -> None:
     out = _llem("-m", "scenario=serving", "backend=vllm", "load.rate=1,4,inf", "load.max_concurrency=2",
                 "serving.min_steady_seconds=5", "hydra.sweeper.dry_run=true", f"hydra.sweep.dir={tmp_path}/sweep",
