@@ -158,6 +158,7 @@ class Campaign:
             raise CampaignError(invalid_report(plan, launched=False))
         for job in plan.invalid:
             job.status = "skipped"
+        self._check_distinct_result_dirs()
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         try:
             with sigterm_as_interrupt():
@@ -191,6 +192,30 @@ class Campaign:
                 job.result_path = None  # known once the launcher reports the job's output dir
         attach_config_files(manifest, self.sweep_dir, self.settings.io)
         return manifest
+
+    def _check_distinct_result_dirs(self) -> None:
+        """A custom `hydra.sweep.subdir` must give every job its own directory, or cycles overwrite each other's
+        result.json and a resume takes one job's result for another's. Checked on a sample before anything runs
+        (two cycles of one configuration, two configurations): resolving every job's dir would cost more than
+        the plan. A subdir without the job's number fails the first check, the usual mistake."""
+        if not self.custom_subdir or self.job_result_path is None:
+            return
+        jobs = self.plan.runnable
+        if len(jobs) < 2:
+            return
+        first = jobs[0]
+        pairs = [next((j for j in jobs[1:] if j.config.overrides == first.config.overrides), None),
+                 next((j for j in jobs[1:] if j.config.overrides != first.config.overrides), None)]
+        path = self.job_result_path(first.job_num, first.config.overrides)
+        for other in pairs:
+            if other is None or path is None:
+                continue
+            if self.job_result_path(other.job_num, other.config.overrides) == path:
+                raise CampaignError(
+                    f"llem: hydra.sweep.subdir gives jobs {first.job_num} and {other.job_num} the same directory "
+                    f"({Path(path).parent}), so one result.json would overwrite the other; add ${{hydra.job.num}} "
+                    f"to the subdir (e.g. hydra.sweep.subdir='${{hydra.job.num}}_${{hydra.job.override_dirname}}')"
+                )
 
     def _result_path(self, job_num: int, overrides: Sequence[str]) -> str | None:
         """Where job `job_num` writes its result: the sweep dir's `<num>/`, or the custom hydra.sweep.subdir's dir

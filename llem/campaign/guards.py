@@ -52,13 +52,23 @@ class StopRequest:
         self.thread = thread or threading.current_thread()
         self.event = event
         self.reason: StopReason | None = None
+        self.closed = False
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """No stop after this. A stop being delivered meanwhile completes first (it holds the lock), so its
+        interrupt lands while the campaign still handles interrupts, never after it has ended."""
+        with self._lock:
+            self.closed = True
 
     def __call__(self, reason: StopReason) -> None:
         with self._lock:
-            if self.reason is not None:
-                return  # one stop is enough
+            if self.reason is not None or self.closed:
+                return  # one stop is enough; none once the campaign's run is over
             self.reason = reason
+            self._deliver(reason)
+
+    def _deliver(self, reason: StopReason) -> None:
         log.warning("%s", reason.message)
         try:
             self.event(kind="stopped", by=reason.kind, message=reason.message)
@@ -207,5 +217,6 @@ class CampaignGuards:
     def close(self) -> None:
         if self.clock is not None:
             self.clock.cancel()
+        self.request.close()
         if self.breaker is not None:
             self.breaker.release()

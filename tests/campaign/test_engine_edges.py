@@ -126,3 +126,15 @@ def test_an_interrupt_while_planning_records_nothing_and_says_so(tmp_path: Path,
     assert "llem: interrupted while planning; nothing was recorded or launched" in proc.stderr
     assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
     assert h.manifest(sweep) is None and not events
+
+
+def test_a_subdir_that_gives_two_jobs_one_directory_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    shared = "hydra.sweep.subdir=${hydra.job.override_dirname}"  # a common Hydra idiom, without the job's number
+    proc = _run(sweep, "backend.batch_size=1,2", shared, "campaign.execution.cycles=2", DRY)
+    assert proc.returncode != 0
+    assert "the same directory" in proc.stderr and "${hydra.job.num}" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and h.manifest(sweep) is None
+    ok = _run(sweep, "backend.batch_size=1,2", "hydra.sweep.subdir=${hydra.job.num}_${hydra.job.override_dirname}",
+              "campaign.execution.cycles=2", DRY)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr[-3000:]

@@ -198,3 +198,24 @@ def test_parallel_jobs_wait_for_the_probe() -> None:
     assert not stops and breaker.state == "probing"
     breaker.finished(3, "failed")
     assert breaker.state == "tripped" and [s.kind for s in stops] == ["circuit_breaker"]
+
+
+def test_a_stop_that_comes_after_the_run_is_over_is_dropped() -> None:
+    """The wall clock's timer can fire just as the campaign closes its guards: no interrupt may land after that."""
+    import signal
+    import threading
+
+    from llem.campaign.guards import StopRequest
+
+    events: list[dict[str, Any]] = []
+    request = StopRequest(thread=threading.main_thread(), event=lambda **e: events.append(e))
+    request.close()
+    previous = signal.getsignal(signal.SIGINT)
+    hits: list[int] = []
+    signal.signal(signal.SIGINT, lambda *a: hits.append(1))
+    try:
+        request(StopReason("late", 130, "wall_clock"))
+        time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert request.reason is None and not events and not hits

@@ -174,3 +174,46 @@ def test_the_harness_records_the_strategy(tmp_path: Path, session: Any, strategy
         assert info["remeasured"] == "drift"
     else:
         assert info["age_s"] > 0 and info["last_drift"] is None
+
+
+@pytest.mark.slow
+def test_a_cached_baseline_is_not_used_under_other_gpu_settings(tmp_path: Path, session: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Locked clocks or a power cap change idle power: a baseline cached under one setting must not serve another.
+
+    With `cached` (which never re-checks), a job under locked SM clocks gets a fresh baseline, and a later job
+    back at the driver's settings reuses the one taken under them, not the locked one.
+    """
+    from llem.measure import gpu_settings
+    from llem.measure.gpu_settings import GpuSettingsHolder
+    from llem.measure.harness import run_experiment
+
+    monkeypatch.setenv("LLEM_GPU_RESTORE_DIR", str(tmp_path / "restore"))
+    holder = GpuSettingsHolder()
+    monkeypatch.setattr(gpu_settings, "HOLDER", holder)
+    power = SteppedPower()
+    gpu = FakeGpu(energy_mj=power.energy)
+    gpu.power_mw = lambda t: power.power_mw()
+    fake = FakeNvml([gpu], clock=time.monotonic)
+
+    def idle_w() -> float:  # locked clocks hold the GPU at a higher idle draw
+        return 120.0 if gpu.sm_locked_mhz is not None else 50.0
+
+    power.power_mw = lambda: (idle_w() if power.idle else 200.0) * 1000.0  # type: ignore[method-assign]
+
+    def experiment(**gpu_keys: Any) -> ExperimentConfig:
+        data = _experiment("cached").model_dump(mode="json")
+        data["gpu"] = gpu_keys
+        return ExperimentConfig.model_validate(data)
+
+    try:
+        plain = run_experiment(experiment(), tmp_path / "0", session, nvml_module=fake, sleep=power.sleep)
+        locked = run_experiment(experiment(sm_clock_mhz=1410), tmp_path / "1", session, nvml_module=fake,
+                                sleep=power.sleep)  # fmt: skip
+        back = run_experiment(experiment(), tmp_path / "2", session, nvml_module=fake, sleep=power.sleep)
+    finally:
+        holder.restore_all()
+    w = [r.energy.components["gpu"].baseline_power_w for r in (plain, locked, back)]  # type: ignore[union-attr]
+    reused = [r.energy.baseline["reused"] for r in (plain, locked, back)]  # type: ignore[index]
+    assert reused == [False, False, True]
+    assert w == [pytest.approx(50.0, rel=0.05), pytest.approx(120.0, rel=0.05), pytest.approx(50.0, rel=0.05)]

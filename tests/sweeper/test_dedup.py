@@ -77,7 +77,10 @@ def test_sampling_settings_under_greedy_decoding(loader: Any) -> None:
     assert len(_kept(sampled)) == 2 and not sampled.notes
 
 
-def test_vllm_null_and_the_engine_default_are_the_same(loader: Any) -> None:
+def test_vllm_null_and_the_engine_default_are_the_same(loader: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llem.plan import effective
+
+    monkeypatch.setattr(effective, "_installed_vllm", lambda: "0.32.0")  # a release whose defaults llem checked
     plan = _plan(loader, [_axis("backend", "vllm"), _axis("backend.enable_prefix_caching", "null", "true", "false")],
                  backend="vllm")
     assert [o[-1] for o in _kept(plan)] == ["backend.enable_prefix_caching=null", "backend.enable_prefix_caching=false"]
@@ -96,3 +99,15 @@ def test_dedup_is_a_campaign_setting(value: str) -> None:
     assert CampaignSettings(dedup=value).dedup == value
     with pytest.raises(ValueError):
         CampaignSettings(dedup="all")
+
+
+@pytest.mark.parametrize("version", [None, "0.6.3"])
+def test_vllm_null_is_its_own_job_where_the_engine_default_is_not_known(loader: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                         version: str | None) -> None:  # fmt: skip
+    """No vLLM on the planning host, or a release whose defaults differ: null and true may not be the same work."""
+    from llem.plan import effective
+
+    monkeypatch.setattr(effective, "_installed_vllm", lambda: version)
+    plan = _plan(loader, [_axis("backend", "vllm"), _axis("backend.enable_prefix_caching", "null", "true")],
+                 backend="vllm")
+    assert len(_kept(plan)) == 2 and not plan.duplicates
