@@ -141,6 +141,10 @@ def _wait_for_set(store: FileStore, milliwatts: int, proc: subprocess.Popen[str]
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_job_is_restored_by_the_next_campaign_and_shown_by_the_doctor(tmp_path: Path) -> None:
+    """The whole campaign dies (kill -9 of the orchestrator, its worker going with it) while a job holds a changed
+    limit: nothing of that run can restore it, so the doctor shows it and the next campaign restores it first."""
+    import psutil
+
     store = FileStore(tmp_path / "gpus")
     first = subprocess.Popen(_campaign(tmp_path / "a", "gpu.power_limit_w=300", "hydra.sweeper.max_attempts=1"),
                              cwd=tmp_path, env=_env(tmp_path, LLEM_FAKE_GPU_SET_DELAY_S="120"),
@@ -148,8 +152,17 @@ def test_a_worker_killed_mid_job_is_restored_by_the_next_campaign_and_shown_by_t
     try:
         worker = _wait_for_set(store, 300_000, first)
         assert worker != first.pid
-        os.kill(worker, signal.SIGKILL)  # mid-job, holding the changed limit
+        os.kill(first.pid, signal.SIGKILL)  # mid-job, the worker holding the changed limit
         first.communicate(timeout=180)
+        deadline = time.monotonic() + 30  # the worker dies with its launcher (parent-death signal)
+        while True:
+            try:
+                if psutil.Process(worker).status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            assert time.monotonic() < deadline, "the worker outlived its launcher"
+            time.sleep(0.1)
     finally:
         if first.poll() is None:
             first.kill()
