@@ -17,7 +17,6 @@ from typing import Any, Callable
 
 from llem.backends.base import Backend, LoadInfo
 from llem.config import ExperimentConfig
-from llem.config.hashing import config_hash
 from llem.energy import (
     BaselineResult,
     DeviceUnavailable,
@@ -47,6 +46,8 @@ from llem.measure.gpu_settings import apply_for_job as apply_gpu_settings
 from llem.measure.phases import WindowFigures, split_phases
 from llem.measure.result import (
     TIMESERIES_FILENAME,
+    experiment_fields,
+    judge_and_write,
     Energy,
     EnergyComponent,
     ExperimentResult,
@@ -54,10 +55,9 @@ from llem.measure.result import (
     Latency,
     Memory,
     Quality,
-    write_result,
 )
 from llem.measure.session import BackendSession
-from llem.measure.verdict import Telemetry, judge
+from llem.measure.verdict import Telemetry
 from llem.measure.warmup import converged_warmup, warmup_warnings
 from llem.measure.window import Window, run_window
 from llem.prompts.load import Prompt, load_prompts
@@ -529,12 +529,7 @@ def run_experiment(
         )
     result = ExperimentResult(
         placement=placement,
-        experiment_name=experiment.experiment_name,
-        config_hash=config_hash(experiment),
-        backend=experiment.backend.name,
-        model=experiment.model.name,
-        fp_precision=experiment.fp_precision,
-        config=experiment.model_dump(mode="json"),
+        **experiment_fields(experiment),
         passes=window.passes,
         num_prompts=len(seqs),
         input_tokens=input_tokens,
@@ -570,6 +565,4 @@ def run_experiment(
         quality=Quality(status=quality_status(failures, warnings), failures=failures),
     )
     telemetry = None if devices is None else Telemetry.from_rows(sampler.rows, sampler.interval_s)
-    result.verdict = judge(result.model_dump(mode="json"), telemetry)
-    write_result(result, output_dir)
-    return result
+    return judge_and_write(result, output_dir, telemetry)

@@ -194,6 +194,29 @@ def write_result(result: ExperimentResult, output_dir: Path) -> Path:
     return atomic_write_text(Path(output_dir) / RESULT_FILENAME, result.model_dump_json(indent=2) + "\n")
 
 
+def experiment_fields(experiment: Any) -> dict[str, Any]:
+    """The fields every result takes from its validated experiment, offline or serving alike."""
+    from llem.config.hashing import config_hash
+
+    return {
+        "experiment_name": experiment.experiment_name,
+        "config_hash": config_hash(experiment),
+        "backend": experiment.backend.name,
+        "model": experiment.model.name,
+        "fp_precision": experiment.fp_precision,
+        "config": experiment.model_dump(mode="json"),
+    }
+
+
+def judge_and_write(result: ExperimentResult, output_dir: Path, telemetry: Any = None) -> ExperimentResult:
+    """Give the finished result its verdict (from its own figures and the window's telemetry), then write it."""
+    from llem.measure.verdict import judge
+
+    result.verdict = judge(result.model_dump(mode="json"), telemetry)
+    write_result(result, output_dir)
+    return result
+
+
 def read_result(path: Path) -> ExperimentResult:
     """Load and validate a result.json (raises on a truncated or foreign file)."""
     return ExperimentResult.model_validate_json(Path(path).read_text())

@@ -22,7 +22,6 @@ from typing import Any
 from llem.backends.base import GenerationOutput
 from llem.backends.sampling import engine_sampling_kwargs
 from llem.config import ExperimentConfig
-from llem.config.hashing import config_hash
 from llem.energy import (
     DeviceUnavailable,
     EnergyMonitor,
@@ -40,16 +39,17 @@ from llem.measure.gpu_settings import GpuSettingsError
 from llem.measure.gpu_settings import apply_for_job as apply_gpu_settings
 from llem.measure.result import (
     TIMESERIES_FILENAME,
+    experiment_fields,
+    judge_and_write,
     Energy,
     ExperimentResult,
     Flops,
     Latency,
     Memory,
     Quality,
-    write_result,
 )
 from llem.measure.session import BackendSession
-from llem.measure.verdict import Telemetry, judge
+from llem.measure.verdict import Telemetry
 from llem.measure.window import Window
 from llem.models.resolve import resolve_model_path
 from llem.prompts.load import Prompt, load_prompts
@@ -354,12 +354,7 @@ def run_serving(
     duration = run.duration_s
     result = ExperimentResult(
         placement=placement,
-        experiment_name=experiment.experiment_name,
-        config_hash=config_hash(experiment),
-        backend=experiment.backend.name,
-        model=experiment.model.name,
-        fp_precision=experiment.fp_precision,
-        config=experiment.model_dump(mode="json"),
+        **experiment_fields(experiment),
         passes=1,
         num_prompts=len(measured),
         input_tokens=sum(r.server_prompt_tokens if r.server_prompt_tokens is not None else prompt_tokens[i]
@@ -391,6 +386,4 @@ def run_serving(
         serving=section,
     )
     telemetry = None if devices is None or sampler is None else Telemetry.from_rows(sampler.rows, sampler.interval_s)
-    result.verdict = judge(result.model_dump(mode="json"), telemetry)
-    write_result(result, output_dir)
-    return result
+    return judge_and_write(result, output_dir, telemetry)
