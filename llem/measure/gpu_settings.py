@@ -131,6 +131,13 @@ class JobGpuSettings:
     power_read_w: dict[str, float | None] = field(default_factory=dict)
     clocks_read_mhz: dict[str, dict[str, int | None]] = field(default_factory=dict)
 
+    def read_back(self, control: GpuControl) -> JobGpuSettings:
+        """What each GPU really enforces now (the driver may clamp or ignore a setting), for the result."""
+        for uuid in self.uuids.values():
+            self.power_read_w[uuid] = control.enforced_power_limit_w(uuid)
+            self.clocks_read_mhz[uuid] = {w: control.clock_mhz(uuid, w) for w in ("sm", "mem")}
+        return self
+
     def section(self, telemetry: Iterable[dict[str, Any]] | None) -> tuple[dict[str, GpuSettingsEntry], list[str]]:
         """result.json's `gpu_settings` and the warnings for effective values that differ from what was set.
 
@@ -249,11 +256,7 @@ class GpuSettingsHolder:
                     if self.held.get(uuid) != values:
                         self._set(control, uuid, values)
                         changed = True
-                job = JobGpuSettings(settings, dict(uuids), resolved, limits, changed)
-                for uuid in uuids.values():
-                    job.power_read_w[uuid] = control.enforced_power_limit_w(uuid)
-                    job.clocks_read_mhz[uuid] = {w: control.clock_mhz(uuid, w) for w in ("sm", "mem")}
-                return job
+                return JobGpuSettings(settings, dict(uuids), resolved, limits, changed).read_back(control)
             finally:
                 control.close()
 
@@ -445,10 +448,7 @@ def read_host_applied(experiment: ExperimentConfig, nvml: Any = None) -> JobGpuS
     try:
         limits = {uuid: control.limits(uuid) for uuid in uuids.values()}
         resolved = {uuid: Resolved.from_dict(applied[uuid]) for uuid in uuids.values()}
-        job = JobGpuSettings(settings, dict(uuids), resolved, limits, bool(facts.get("changed", True)))
-        for uuid in uuids.values():
-            job.power_read_w[uuid] = control.enforced_power_limit_w(uuid)
-            job.clocks_read_mhz[uuid] = {w: control.clock_mhz(uuid, w) for w in ("sm", "mem")}
-        return job
+        return JobGpuSettings(settings, dict(uuids), resolved, limits,
+                              bool(facts.get("changed", True))).read_back(control)  # fmt: skip
     finally:
         control.close()
