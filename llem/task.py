@@ -62,7 +62,14 @@ def summarise(result: ExperimentResult, result_path: Path) -> dict[str, Any]:
         "itl_ms_p50": result.latency.itl_ms.p50,
         "model_reused": result.model_reused,
         "warnings": len(result.warnings),
+        **({"server": server_record(result.serving)} if result.serving is not None else {}),
     }
+
+
+def server_record(serving: dict[str, Any]) -> dict[str, Any]:
+    """Which server a serving job ran against and whether it started it: what the manifest keeps of it."""
+    server = serving.get("server") or {}
+    return {k: server.get(k) for k in ("id", "started_by_llem", "reused", "started_at", "ready_s", "url")}
 
 
 def _serving_report(s: dict[str, Any]) -> str:

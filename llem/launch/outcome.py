@@ -55,12 +55,16 @@ def result_path_of(ret: JobReturn) -> str | None:
 
 
 def job_outcome(ret: JobReturn) -> dict[str, Any]:
-    """The manifest fields a job return sets: status, error (type and message), retryable, result path."""
+    """The manifest fields a job return sets: status, error (type and message), retryable, result path, and for a
+    serving job the server it ran against (so the manifest records each server start)."""
     fields: dict[str, Any] = {}
     path = result_path_of(ret)
     if path is not None:
         fields["result_path"] = path
     if ret.status == JobStatus.COMPLETED:
+        value = ret.return_value
+        if isinstance(value, dict) and isinstance(value.get("server"), dict):
+            fields["server"] = value["server"]  # a serving job: the server it started or reused
         return {**fields, "status": "completed", "error": None}
     error = ret._return_value  # the exception a FAILED job carries
     return {**fields, "status": "failed", "error": f"{type(error).__name__}: {error}", "retryable": retryable(error)}

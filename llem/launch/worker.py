@@ -159,7 +159,7 @@ def _own_model_bytes() -> dict[int, int]:
     health check judges the rest: leaks after unloads, other processes, fragmentation.
     """
     task = sys.modules.get("llem.task")
-    if task is None or task.SESSION.loaded_backend() is None:
+    if task is None or (task.SESSION.loaded_backend() is None and task.SESSION.running_server() is None):
         return {}
     try:
         from llem.backends.resources import process_tree_gpu_bytes_by_device

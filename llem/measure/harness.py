@@ -340,6 +340,26 @@ def _acquire_baseline(
     state = "loaded and idle (warm worker)" if will_reuse else "none loaded"
     if not will_reuse:
         session.release()
+    # idle power before any model loaded fits every job on these devices; a loaded model's idle draw only that model's
+    loaded = f"{state}: {session.key_for(experiment)}"
+    fits = ("none loaded", loaded) if will_reuse else ("none loaded",)
+    return _strategy_baseline(experiment, monitor, session, sleep, state, loaded if will_reuse else state, fits,
+                              meter=meter, settings_in_force=settings_in_force)
+
+
+def _strategy_baseline(
+    experiment: ExperimentConfig,
+    monitor: EnergyMonitor,
+    session: BackendSession,
+    sleep: Callable[[float], None],
+    state: str,
+    cache_state: str,
+    fits: tuple[str, ...],
+    *,
+    meter: Any = None,
+    settings_in_force: str = "",
+) -> tuple[BaselineResult | None, str | None, dict[str, Any] | None]:
+    """Measure, reuse or check the baseline as `baseline.strategy` says; reused only where its state `fits`."""
     if not experiment.baseline.enabled or not monitor.measured:
         baseline, reason = _baseline(experiment, monitor, sleep, state)
         return baseline, reason, None if baseline is None else {**baseline.to_info(), "reused": False}
@@ -352,12 +372,8 @@ def _acquire_baseline(
         return measure_baseline(monitor, b.validation_duration_seconds, settle_s=b.settle_seconds, sleep=sleep,
                                 window_name="baseline_check")
 
-    # idle power before any model loaded fits every job on these devices; a loaded model's idle draw only that model's
-    loaded = f"{state}: {session.key_for(experiment)}"
-    fits = ("none loaded", loaded) if will_reuse else ("none loaded",)
     key = f"{monitor.baseline_key} under {settings_in_force}" if settings_in_force else monitor.baseline_key
-    baseline, strategy_info = acquire_baseline(b, baseline_cache_for(session), key,
-                                               state=loaded if will_reuse else state, fits=fits,
+    baseline, strategy_info = acquire_baseline(b, baseline_cache_for(session), key, state=cache_state, fits=fits,
                                                measure=measure, check=check, meter=meter)
     if baseline is None:
         return None, "baseline unavailable", None
@@ -369,6 +385,7 @@ def _run_serving(
     output_dir: Path,
     session: BackendSession,
     *,
+    force_cold_start: bool,
     sleep: Callable[[float], None],
     nvml_module: Any,
     placement: dict[str, Any] | None,
@@ -381,10 +398,16 @@ def _run_serving(
     def cuda_gpus(exp: ExperimentConfig, nvml: Any) -> list[int]:
         return job_gpus(exp, visible_gpu_count(nvml_module=nvml), cuda_count)
 
+    def baseline(exp: ExperimentConfig, monitor: EnergyMonitor, pause: Callable[[float], None], state: str,
+                 gpu_job: Any) -> tuple[BaselineResult | None, str | None, dict[str, Any] | None]:
+        # idle power with this server loaded fits a later load point against the same (reused) server only
+        return _strategy_baseline(exp, monitor, session, pause, state, state, (state,), meter=nvml_module,
+                                  settings_in_force=_settings_in_force(gpu_job))
+
     try:
-        return run_serving(experiment, output_dir, session, sleep=sleep, nvml_module=nvml_module,
-                           placement=placement, server_factory=server_factory, cuda_gpus=cuda_gpus,
-                           baseline_fn=_baseline, energy_section=_energy_section, now=_now)
+        return run_serving(experiment, output_dir, session, force_cold_start=force_cold_start, sleep=sleep,
+                           nvml_module=nvml_module, placement=placement, server_factory=server_factory,
+                           cuda_gpus=cuda_gpus, baseline_fn=baseline, energy_section=_energy_section, now=_now)
     except ServingError as error:
         raise MeasurementError(str(error)) from None
 
@@ -413,8 +436,9 @@ def run_experiment(
     """
     output_dir = Path(output_dir)
     if experiment.scenario == "serving":
-        return _run_serving(experiment, output_dir, session, sleep=sleep, nvml_module=nvml_module,
-                            placement=placement, cuda_count=cuda_count, server_factory=server_factory)
+        return _run_serving(experiment, output_dir, session, force_cold_start=force_cold_start, sleep=sleep,
+                            nvml_module=nvml_module, placement=placement, cuda_count=cuda_count,
+                            server_factory=server_factory)
     started_at = _now()
     try:  # before the baseline, so idle power is measured under the same settings
         gpu_job = apply_gpu_settings(experiment, nvml_module)

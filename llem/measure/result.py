@@ -15,7 +15,7 @@ from llem.atomic import atomic_write_text
 from llem.measure.verdict import Verdict
 from llem.measure.gpu_settings_result import GpuSettingsEntry
 
-SCHEMA_VERSION = "2.2"
+SCHEMA_VERSION = "2.3"  # 2.3: `serving` (scenario=serving)
 RESULT_FILENAME = "result.json"
 TIMESERIES_FILENAME = "timeseries.parquet"
 
@@ -185,7 +185,7 @@ class ExperimentResult(_ResultModel):
     )
     serving: dict[str, Any] | None = Field(
         None, description="scenario=serving: the load point's latency, throughput, steady window, energy figures "
-        "and checks (see docs/serving.md); null for offline experiments."
+        "and checks (see docs/serving.md); null for offline experiments and before schema 2.3."
     )
 
 

@@ -5,14 +5,21 @@ settings, or already running at `serving.url`). Idle power is read with the serv
 idle, as an offline job reads it with the model loaded. The built-in client then sends the
 warm-up requests and the measured load; the steady-window rule opens and closes the energy
 monitor's windows at the instants it names, so the energy and the tokens counted inside the
-window cover the same span. The server llem started is stopped with its whole process group
-whether the job succeeds or fails.
+window cover the same span.
+
+The server llem starts is held by the worker's session, the way a loaded model is: the next job whose
+server settings are equal (model, engine arguments) reuses it, so a load sweep starts it once. Its prefix
+cache is reset between each job's warm-up and measured requests, so no earlier load point shortens the
+measured prefills. A server that died, or any failure of the job using it, stops it with its whole
+process group, and the next job gets a fresh one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -61,6 +68,7 @@ from llem.serving.server import ServerError, ServerProcess, free_port, vllm_serv
 from llem.serving.steady import RUN, STEADY, steady_rule
 
 SERVER_LOG = "server.log"
+SERVER_FACTORY_ENV = "LLEM_SERVER_FACTORY"
 REQUESTS_FILE = "requests.jsonl"
 LATENCY_METHOD = (
     "scenario=serving: client timestamps of the streamed chunks, from each request's send time (see the "
@@ -90,10 +98,43 @@ def vllm_server(experiment: ExperimentConfig, log_path: Path) -> ServerProcess:
     port = free_port()
     argv = vllm_server_argv(path, port, served_name=experiment.model.name, engine_args=args)
     assert experiment.serving is not None
+    # dev mode serves /reset_prefix_cache (on loopback only, like the server itself)
+    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
+    return ServerProcess(argv, port=port, log_path=log_path, env=env,
+                         ready_timeout_s=experiment.serving.ready_timeout_seconds)
+
+
+def trtllm_server(experiment: ExperimentConfig, log_path: Path) -> ServerProcess:
+    """TensorRT-LLM's `trtllm-serve` on a free loopback port; its option file goes beside the job's log."""
+    from llem.backends.tensorrt.serve import trtllm_server_argv
+
+    port = free_port()
+    argv = trtllm_server_argv(experiment, port, options_dir=log_path.parent, served_name=experiment.model.name)
+    assert experiment.serving is not None
     return ServerProcess(argv, port=port, log_path=log_path, ready_timeout_s=experiment.serving.ready_timeout_seconds)
 
 
-SERVERS: dict[str, ServerFactory] = {"vllm": vllm_server}
+SERVERS: dict[str, ServerFactory] = {"vllm": vllm_server, "tensorrt": trtllm_server}
+# What each engine's server is POSTed between a job's warm-up and its measured requests.
+PREFIX_CACHE_RESET: dict[str, str] = {"vllm": "/reset_prefix_cache"}
+EXTERNAL_NO_RESET = "a server llem did not start keeps its prefix cache (llem resets only its own servers')"
+
+
+def _factory_from_env() -> ServerFactory | None:
+    """A scripted server named by LLEM_SERVER_FACTORY (`module:function`) in place of the engine's (tests: a whole
+    campaign against a fake server, in worker processes no test can reach)."""
+    spec = os.environ.get(SERVER_FACTORY_ENV)
+    if not spec:
+        return None
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
+def server_key(experiment: ExperimentConfig, session: BackendSession) -> str:
+    """Equal keys, same server: the backend's load key (model, precision, every engine argument)."""
+    return "server|" + session.key_for(experiment)
 
 
 def _served_model(url: str, timeout_s: float = 10.0) -> str:
@@ -203,6 +244,7 @@ def run_serving(
     output_dir: Path,
     session: BackendSession,
     *,
+    force_cold_start: bool = False,
     sleep: Callable[[float], None] = time.sleep,
     nvml_module: Any = None,
     placement: dict[str, Any] | None = None,
@@ -216,6 +258,8 @@ def run_serving(
 
     `server_factory` builds the engine's server (tests give a scripted one); the harness passes its own
     device, baseline and energy-section helpers, so both scenarios measure and report energy alike.
+    The server is taken from `session` when one with equal settings runs there (not with
+    `force_cold_start`), and left running there for the next job unless it died or this job failed.
     """
     load, serving, slo = experiment.load, experiment.serving, experiment.slo
     assert load is not None and serving is not None
@@ -228,7 +272,7 @@ def run_serving(
                            "starts, not to one at serving.url")
     factory = server_factory
     if not external and factory is None:
-        factory = SERVERS.get(experiment.backend.name)
+        factory = _factory_from_env() or SERVERS.get(experiment.backend.name)
         if factory is None:
             raise ServingError(f"scenario=serving: llem cannot start backend '{experiment.backend.name}''s server "
                                f"yet (it starts {', '.join(SERVERS)}); point serving.url at a running server")
@@ -248,7 +292,9 @@ def run_serving(
     no_energy = None if monitor is not None else URL_NO_GPUS
     devices = monitor.nvml_devices if monitor is not None else None
     server: ServerProcess | None = None
+    reused = False
     sampler: TelemetrySampler | None = None
+    ok = False
     try:
         gpus_info = list(devices.describe_all().values()) if devices is not None else []
         if external:
@@ -256,18 +302,25 @@ def run_serving(
             url, model_name = serving.url, _served_model(serving.url)
             state = "a running server llem did not start, idle"
         else:
-            session.release()  # a warm worker's offline model would hold the devices the server needs
             assert factory is not None
-            server = factory(experiment, output_dir / SERVER_LOG)
-            try:
-                server.start()
+            key = server_key(experiment, session)
+
+            def make() -> ServerProcess:
+                built = factory(experiment, output_dir / SERVER_LOG)
+                built.server_id, built.started_at = uuid.uuid4().hex[:12], now()
+                return built
+
+            try:  # a warm worker's offline model, or a server with other settings, is released first
+                server, reused = session.acquire_server(key, make, force_cold_start=force_cold_start)
             except ServerError as error:
                 raise ServingError(f"scenario=serving: {error}") from None
-            url, model_name, state = server.url, experiment.model.name, "server loaded and idle"
+            if reused:
+                server.log_to(output_dir / SERVER_LOG)
+            url, model_name = server.url, experiment.model.name
+            state = f"server loaded and idle: {key}"
         baseline, baseline_reason, baseline_info = None, no_energy or "baseline not taken", None
         if monitor is not None:
-            baseline, baseline_reason = baseline_fn(experiment, monitor, sleep, state)
-            baseline_info = None if baseline is None else {**baseline.to_info(), "reused": False}
+            baseline, baseline_reason, baseline_info = baseline_fn(experiment, monitor, sleep, state, gpu_job)
 
         path = resolve_model_path(experiment.model)
         from transformers import AutoTokenizer
@@ -289,18 +342,20 @@ def run_serving(
         if monitor is not None:
             sampler = TelemetrySampler(monitor.nvml_devices, experiment.energy.sample_interval_ms / 1000.0)
             sampler.start()
+        reset = None if external else PREFIX_CACHE_RESET.get(experiment.backend.name)
         try:
             run: LoadRun = client.run(arrivals, texts, max_concurrency=load.max_concurrency, tracker=tracker,
-                                      metrics_interval_s=serving.metrics_interval_seconds)
+                                      metrics_interval_s=serving.metrics_interval_seconds, post_after_warmup=reset)
         finally:
             if sampler is not None:
                 sampler.stop()
         server_died = server is not None and not server.alive()
+        ok = not server_died
     finally:
         if monitor is not None:
             monitor.close()
-        if server is not None:
-            server.stop()
+        if server is not None and not ok:  # the next job gets a fresh server
+            session.stop_server()
 
     write_records(output_dir / REQUESTS_FILE, run.records)
     steady_e = _window_energy(hooks, STEADY, monitor, baseline, no_energy)
@@ -310,17 +365,27 @@ def run_serving(
                               run_energy=run_e)
     section["server"] = {
         "started_by_llem": not external,
+        "id": None if server is None else server.server_id,
+        "reused": reused,
+        "started_at": None if server is None else server.started_at,
+        "pid": None if server is None else server.pid,
         "url": url,
         "model": model_name,
         "argv": None if server is None else list(server.argv),
         "ready_s": None if server is None else server.ready_s,
         "log": None if server is None else SERVER_LOG,
         "requests_file": REQUESTS_FILE,
+        "prefix_cache_reset": run.between_phases if run.between_phases is not None else {
+            "passed": None, "detail": EXTERNAL_NO_RESET if external else
+            f"llem does not know how to reset {experiment.backend.name}'s prefix cache"},
     }
     measured = run.measured
     warnings: list[str] = []
     if server_died:
         warnings.append(f"the server exited during the load; see {SERVER_LOG}")
+    if run.between_phases is not None and not run.between_phases["passed"]:
+        warnings.append(f"the server's prefix cache could not be reset after the warm-up "
+                        f"({run.between_phases['detail']}): measured prompts may hit prefixes cached before")
     timeseries = None
     if sampler is not None and sampler.rows:
         sampler.to_parquet(output_dir / TIMESERIES_FILENAME)
@@ -370,8 +435,8 @@ def run_serving(
                       unavailable={k: NO_MEMORY for k in ("weights_bytes", "kv_cache_peak_bytes",
                                                           "peak_allocated_bytes", "reserved_bytes")}),
         phase_split={"enabled": False},
-        model_load_s=None if server is None else server.ready_s,
-        model_reused=False,
+        model_load_s=None if server is None or reused else server.ready_s,
+        model_reused=reused,
         warmup={"mode": "requests", "requests": load.warmup_requests,
                 "duration_s": run.warmup_end_s - run.records[0].send_s
                 if run.records and run.records[0].warmup and run.records[0].send_s is not None else None},

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MANIFEST_SCHEMA_VERSION = "1.0"
+MANIFEST_SCHEMA_VERSION = "1.1"  # 1.1: jobs[].server (scenario=serving)
 
 JobStatus = Literal["pending", "running", "completed", "failed", "interrupted", "invalid", "skipped"]
 FINISHED: frozenset[str] = frozenset({"completed", "invalid", "skipped"})
@@ -55,6 +55,11 @@ class ManifestJob(_Model):
     slurm_job_id: str | None = Field(None, description="SLURM job that ran this job (llem_slurm launcher).")
     node: str | None = Field(None, description="Host that ran this job, where the launcher knows it.")
     gpus: list[str] | None = Field(None, description="UUIDs of the GPUs a parallel launcher pinned this job to.")
+    server: dict[str, Any] | None = Field(
+        None,
+        description="scenario=serving: the engine server the job ran against: its `id`, `reused` (false: this job "
+        "started it), `started_by_llem`, `started_at`, `ready_s`, `url`. Each start is one job with reused=false.",
+    )
 
 
 class Duplicate(_Model):

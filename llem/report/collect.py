@@ -133,6 +133,7 @@ def _serving_values(s: dict[str, Any] | None) -> dict[str, Any]:
         "serving_tpot_ms_p50": tpot.get("p50"),
         "serving_tpot_ms_p99": tpot.get("p99"),
         "serving_output_tokens_per_s": s.get("output_tokens_per_s"),
+        "serving_requests_per_s": s.get("requests_per_s"),
         "serving_goodput_rps": s.get("goodput_rps"),
         "serving_steady_s": steady.get("seconds"),
         "serving_j_per_output_token": energy.get("j_per_output_token"),

@@ -61,6 +61,7 @@ METRIC_COLUMNS: dict[str, str] = {
     "serving_tpot_ms_p50": "float64",
     "serving_tpot_ms_p99": "float64",
     "serving_output_tokens_per_s": "float64",
+    "serving_requests_per_s": "float64",
     "serving_goodput_rps": "float64",
     "serving_steady_s": "float64",
     "serving_j_per_output_token": "float64",

@@ -24,6 +24,7 @@ from llem.report.frontier_plots import frontier_plots
 from llem.report.carbon import BadFactor, Factors
 from llem.report.collect import Campaign, collect
 from llem.report.plots import Plot, config_label, make_plots
+from llem.report.serving_plots import serving_plots
 from llem.report.stats import (
     DEFAULT_BOOTSTRAP_MIN_N,
     DEFAULT_CV_THRESHOLD,
@@ -345,6 +346,8 @@ def _campaign_markdown(report: CampaignReport, out_dir: Path, heading: str) -> s
             parts.append(f"> {plot.note}\n")
         else:
             parts.append(f"![{plot.title}]({Path(os.path.relpath(plot.path, out_dir)).as_posix()})\n")
+            if plot.note:
+                parts.append(f"> {plot.note}\n")
     return "\n".join(parts)
 
 
@@ -420,6 +423,7 @@ def _campaign_html(report: CampaignReport, heading: str, anchor: str) -> str:
             out.append(
                 f'<figure><img src="{_data_uri(plot.path)}" alt="{_e(plot.title)}">'
                 f"<figcaption>{_e(plot.title)}</figcaption></figure>"
+                + (f'<p class="note">{_e(plot.note)}</p>' if plot.note else "")
             )
     out.append("</section>")
     return "\n".join(out)
@@ -481,7 +485,7 @@ def build_campaign_report(
             write_stats(stats, campaign.sweep_dir)
         except OSError as error:
             campaign.problems.append(f"could not write summary files into {campaign.sweep_dir}: {error}")
-    plots = make_plots(frame, plots_dir) + frontier_plots(frame, plots_dir)
+    plots = make_plots(frame, plots_dir) + serving_plots(frame, plots_dir) + frontier_plots(frame, plots_dir)
     return CampaignReport(campaign, frame, stats, plots, cv_threshold, keys, summary_paths, dict(targets or {}),
                           (factors or Factors()).over(_campaign_factors(campaign)))  # fmt: skip
 

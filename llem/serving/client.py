@@ -56,6 +56,8 @@ class LoadRun:
     measured_start_s: float
     measured_end_s: float
     metrics: MetricsSamples = field(default_factory=MetricsSamples)
+    # the POST made between the warm-up and the measured requests (a prefix-cache reset): path, passed, detail
+    between_phases: dict[str, Any] | None = None
 
     @property
     def measured(self) -> list[RequestRecord]:
@@ -100,12 +102,16 @@ class ServingClient:
         max_concurrency: int | None = None,
         tracker: SteadyTracker | None = None,
         metrics_interval_s: float | None = None,
+        post_after_warmup: str | None = None,
     ) -> LoadRun:
         """Warm-up requests first (all answered before measuring starts), then the measured ones on schedule.
 
         `prompts[i]` is the prompt of `arrivals[i]`. `tracker` is told of every send, first token
         and finish of a measured request, and of the start of the measured phase; it opens and
         closes the steady window. `metrics_interval_s` reads `/metrics` that often while measuring.
+        `post_after_warmup` is a path POSTed once the warm-up is answered, before the measured requests
+        (vLLM's `/reset_prefix_cache`, so neither the warm-up nor an earlier load point on a reused
+        server has cached the measured prompts' prefixes); its outcome is kept in `between_phases`.
         """
         if len(prompts) != len(arrivals):
             raise ValueError(f"{len(arrivals)} arrivals but {len(prompts)} prompts")
@@ -120,6 +126,7 @@ class ServingClient:
             warm = [i for i, a in enumerate(arrivals) if a.warmup]
             await asyncio.gather(*(self._send(client, arrivals[i], prompts[i], records[i], semaphore, None)
                                    for i in warm))
+            between = None if post_after_warmup is None else await self._post(client, post_after_warmup)
             warmup_end = self.clock()
             stop = asyncio.Event()
             scraper = None
@@ -156,7 +163,23 @@ class ServingClient:
                 stop.set()
                 if scraper is not None:
                     await scraper
-        return LoadRun(records, warmup_end, t0, measured_end, samples)
+        return LoadRun(records, warmup_end, t0, measured_end, samples, between)
+
+    async def _post(self, client: aiohttp.ClientSession, path: str) -> dict[str, Any]:
+        """POST `path`; passed only on a 200 whose JSON, if any, does not say `"success": false`."""
+        try:
+            async with client.post(path, timeout=aiohttp.ClientTimeout(total=60)) as response:
+                text = (await response.read()).decode("utf-8", "replace")
+                passed = response.status == 200
+                try:
+                    data = json.loads(text) if text.strip() else None
+                except ValueError:
+                    data = None
+                if passed and isinstance(data, dict) and data.get("success") is False:
+                    passed = False
+                return {"path": path, "passed": passed, "detail": f"HTTP {response.status}: {text[:200]}".strip()}
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            return {"path": path, "passed": False, "detail": f"{type(exc).__name__}: {exc}"}
 
     async def _send(self, client: aiohttp.ClientSession, arrival: Arrival, prompt: str, record: RequestRecord,
                     semaphore: asyncio.Semaphore | None, tracker: SteadyTracker | None) -> None:

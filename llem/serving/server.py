@@ -5,6 +5,10 @@ engine spawned, and nothing is left holding the GPU for the next job. The comman
 argv list; nothing goes through a shell. Readiness is the server answering `/health`
 (or `/v1/models`) with 200 within the timeout; a server that exits or never answers fails
 with the last lines of its log.
+
+A server outlives the job that started it when the next job reuses it, so its output goes
+through a pipe that a thread copies into the log of whichever job is running (`log_to`):
+each job's log holds what the server printed while that job ran.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 
 LOOPBACK = "127.0.0.1"
@@ -72,6 +78,11 @@ class ServerProcess:
         self.stop_timeout_s = stop_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.ready_s: float | None = None  # seconds from launch to ready
+        self.server_id: str | None = None  # set by whoever starts it, to name this start in results
+        self.started_at: str | None = None
+        self._log_lock = threading.Lock()
+        self._log_file: Any = None
+        self._pump: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -88,14 +99,17 @@ class ServerProcess:
         """Launch and wait until ready; on failure the process group is stopped and ServerError raised."""
         if self.process is not None:
             raise RuntimeError("server already started")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            # tethered: the server ends with this process even if it is killed before it can call stop()
-            tethered = [sys.executable, "-m", "llem.serving.tethered", str(os.getpid()), *self.argv]
-            self.process = subprocess.Popen(  # noqa: S603 - an argv list, never a shell string
-                tethered, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                start_new_session=True,
-            )
+        self.log_to(self.log_path)
+        # tethered: the server ends with this process even if it is killed before it can call stop()
+        tethered = [sys.executable, "-m", "llem.serving.tethered", str(os.getpid()), *self.argv]
+        self.process = subprocess.Popen(  # noqa: S603 - an argv list, never a shell string
+            tethered, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env,
+            start_new_session=True,
+        )
+        assert self.process.stdout is not None
+        self._pump = threading.Thread(target=self._copy_log, args=(self.process.stdout,), daemon=True,
+                                      name=f"server-log-{self.port}")
+        self._pump.start()
         t0 = time.monotonic()
         try:
             self._wait_ready(t0)
@@ -104,6 +118,28 @@ class ServerProcess:
             raise
         self.ready_s = time.monotonic() - t0
         return self
+
+    def log_to(self, path: str | Path) -> None:
+        """From now on, the server's output goes to `path` (appended): the log of the job now using it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = open(path, "ab")  # noqa: SIM115 - closed when replaced or when the server's output ends
+        with self._log_lock:
+            old, self._log_file, self.log_path = self._log_file, new, path
+        if old is not None:
+            old.close()
+
+    def _copy_log(self, stream: IO[bytes]) -> None:
+        for line in iter(stream.readline, b""):
+            with self._log_lock:
+                if self._log_file is not None:
+                    self._log_file.write(line)
+                    self._log_file.flush()
+        stream.close()
+        with self._log_lock:
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
 
     def _wait_ready(self, t0: float) -> None:
         deadline = t0 + self.ready_timeout_s
@@ -136,6 +172,8 @@ class ServerProcess:
                 _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=self.stop_timeout_s)
         _signal_group(proc.pid, signal.SIGKILL)  # workers the engine left behind in its group
+        if self._pump is not None:
+            self._pump.join(timeout=5)  # the last lines reach the log before anyone reads it
         return proc.returncode
 
     def __enter__(self) -> ServerProcess:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Collection
 from typing import Any
 
 import pytest
@@ -21,16 +22,25 @@ VLLM_CPU_BACKEND: dict[str, Any] = {
 }
 
 
-def engine_children() -> list[Any]:
-    """Live child processes of this one, other than multiprocessing's resource tracker."""
+def engine_children(*, ignore: Collection[int] = (), settle_s: float = 0.0) -> list[Any]:
+    """Live child processes of this one, other than multiprocessing's resource tracker and the pids in
+    `ignore` (children that were there before the test began). A SIGKILL is delivered asynchronously,
+    so with `settle_s` the list is read again until it is empty or that many seconds have passed."""
+    import time
+
     import psutil
 
-    alive = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() == psutil.STATUS_ZOMBIE or "resource_tracker" in " ".join(child.cmdline()):
+    deadline = time.monotonic() + settle_s
+    while True:
+        alive = []
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if (child.pid in ignore or child.status() == psutil.STATUS_ZOMBIE
+                        or "resource_tracker" in " ".join(child.cmdline())):
+                    continue
+                alive.append(child)
+            except psutil.NoSuchProcess:
                 continue
-            alive.append(child)
-        except psutil.NoSuchProcess:
-            continue
-    return alive
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.2)

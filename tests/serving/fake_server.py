@@ -4,7 +4,7 @@ Each `/v1/completions` request is answered with `max_tokens` tokens, `tokens_per
 (with `token_ids` when asked for `return_token_ids`): the first chunk `ttft_s`
 after the request arrived, the next ones `itl_s` apart, each stamped with the server's
 monotonic time (`t`), then a usage chunk and `[DONE]`. `/metrics` reports the requests in
-flight as `vllm:num_requests_running`, `/health` answers 200, `/v1/models` lists `fake`. `die_at_s` makes the server
+flight as `vllm:num_requests_running`, `/health` answers 200, `/v1/models` lists `fake`, `POST /reset_prefix_cache` is counted. `die_at_s` makes the server
 drop every connection and stop listening that long after it started, as a crashed server would.
 """
 
@@ -40,6 +40,8 @@ class FakeServer:
         self.send_usage = send_usage
         self.tokens_per_chunk = tokens_per_chunk  # >1: tokens merged into chunks, as a busy vLLM server does
         self.served: list[Served] = []
+        self.resets: list[float] = []  # when /reset_prefix_cache was POSTed
+        self.log_requests = False  # print a line per completion and reset (a server's log)
         self.running = 0
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -109,6 +111,11 @@ class FakeServer:
                     await self._plain(writer, data)
                 elif method == "POST" and path == "/v1/completions":
                     await self._complete(writer, json.loads(body), received)
+                elif method == "POST" and path == "/reset_prefix_cache":
+                    self.resets.append(received)
+                    if self.log_requests:
+                        print(f"reset_prefix_cache at {received:.6f}", flush=True)
+                    await self._plain(writer, b'{"success": true}')
                 else:
                     writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
                     await writer.drain()
@@ -127,6 +134,8 @@ class FakeServer:
         n = int(body["max_tokens"])
         served = Served(body["prompt"], n, body, received)
         self.served.append(served)
+        if self.log_requests:
+            print(f"completion {len(self.served)} at {received:.6f}", flush=True)
         self.running += 1
         try:
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
@@ -169,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--itl-s", type=float, default=0.02)
     args = parser.parse_args(argv)
     with FakeServer(ttft_s=args.ttft_s, itl_s=args.itl_s, port=args.port) as server:
+        server.log_requests = True
         print(f"fake server listening on {server.url}", flush=True)
         threading.Event().wait()
 

@@ -81,8 +81,8 @@ def test_missing_and_malformed_traces(tmp_path: Path) -> None:
 def test_an_engine_without_a_server_is_refused_unless_a_server_is_given() -> None:
     text = _problems(scenario="serving", backend={"name": "pytorch"})
     assert "backend 'pytorch' has no server llem can start" in text
-    assert "backend 'tensorrt' has no server llem can start" in _problems(scenario="serving",
-                                                                         backend={"name": "tensorrt"})
+    trt = _validate(scenario="serving", backend={"name": "tensorrt"}, fp_precision="float16")  # trtllm-serve
+    assert trt.backend.name == "tensorrt" and trt.serving is not None
     ok = _validate(scenario="serving", backend={"name": "pytorch"}, serving={"url": "http://127.0.0.1:9"})
     assert ok.serving is not None and ok.serving.url == "http://127.0.0.1:9"
 

@@ -72,7 +72,7 @@ def _group_gone(pid: int) -> bool:
     return False
 
 
-def test_a_serving_job_starts_measures_and_stops_its_server(tmp_path: Path) -> None:
+def test_a_serving_job_starts_measures_and_leaves_its_server_to_the_session(tmp_path: Path) -> None:
     ScriptedServer.built.clear()
     step_at = [float("inf")]  # the fake GPU draws LOAD_W from shortly after the baseline on
 
@@ -94,6 +94,8 @@ def test_a_serving_job_starts_measures_and_stops_its_server(tmp_path: Path) -> N
     result = run_experiment(_experiment(), tmp_path, session, nvml_module=nv, server_factory=SteppedServer)
 
     (server,) = ScriptedServer.built
+    assert server.alive() and session.running_server() is server  # kept for the next job with its settings
+    session.release()  # what a worker does when it stops
     assert not server.alive() and server.pid is not None and _group_gone(server.pid)
     assert (tmp_path / "server.log").read_text().startswith("fake server listening on")
     on_disk = read_result(tmp_path / "result.json")
@@ -132,6 +134,7 @@ def test_a_serving_job_starts_measures_and_stops_its_server(tmp_path: Path) -> N
     assert result.verdict is not None
     assert "serving_check_failed" not in json.dumps(result.verdict.model_dump())
     assert s["server"]["started_by_llem"] is True and s["server"]["log"] == "server.log"
+    assert s["server"]["reused"] is False and s["server"]["id"] and result.model_reused is False
     assert result.model_load_s is not None and result.model_load_s > 0
     assert result.latency.ttft_ms.count == N and result.latency.itl_ms.count == N * (TOKENS - 1)
     row = metric_values(on_disk)  # summary.csv's serving columns
@@ -158,13 +161,23 @@ def test_a_server_that_never_gets_ready_fails_the_job_with_its_log(tmp_path: Pat
     def factory(experiment: ExperimentConfig, log_path: Path) -> ScriptedServer:
         return ScriptedServer(experiment, log_path, argv=crash)
 
+    session = BackendSession()
     with pytest.raises(MeasurementError) as info:
-        run_experiment(_experiment(energy={"source": "none"}), tmp_path, BackendSession(), server_factory=factory)
+        run_experiment(_experiment(energy={"source": "none"}), tmp_path, session, server_factory=factory)
     text = str(info.value)
     assert "exited with code 3" in text and "no memory for the KV cache" in text
     assert not (tmp_path / "result.json").exists()
     (server,) = ScriptedServer.built
-    assert not server.alive()
+    assert not server.alive() and session.running_server() is None
+    # the next job, in the same worker, gets a fresh server of its own
+    result = run_experiment(_experiment(energy={"source": "none"}), tmp_path / "next", session,
+                            server_factory=ScriptedServer)
+    try:
+        assert len(ScriptedServer.built) == 2 and ScriptedServer.built[1].alive()
+        assert result.serving is not None and result.serving["completed"] == N
+        assert result.serving["server"]["reused"] is False and session.server_starts == 1
+    finally:
+        session.release()
 
 
 def test_a_running_server_at_serving_url_is_loaded_and_its_energy_is_null_with_the_reason(tmp_path: Path) -> None:
@@ -179,3 +192,63 @@ def test_a_running_server_at_serving_url_is_loaded_and_its_energy_is_null_with_t
     assert s["energy"]["j_per_output_token"] is None
     assert "serving.gpus" in s["energy"]["unavailable_reason"]
     assert result.energy.total_j is None and "serving.gpus" in (result.energy.unavailable_reason or "")
+
+
+def _completions_in(log: Path) -> int:
+    return sum(1 for line in log.read_text().splitlines() if line.startswith("completion "))
+
+
+def test_load_points_with_equal_server_settings_share_one_server(tmp_path: Path) -> None:
+    """Three load points, one server: the second and third reuse it, its prefix cache is reset after each
+    warm-up, each job's log holds the server's own lines for that job; a changed engine setting starts a new
+    server and stops the old one."""
+    ScriptedServer.built.clear()
+    session = BackendSession()
+    first, second = tmp_path / "1", tmp_path / "2"
+    try:
+        a = run_experiment(_experiment(energy={"source": "none"}), first, session, server_factory=ScriptedServer)
+        b = run_experiment(_experiment(energy={"source": "none"}, load={"rate": 50.0, "num_requests": N,
+                                                                          "warmup_requests": WARMUP}),
+                           second, session, server_factory=ScriptedServer)
+        assert len(ScriptedServer.built) == 1 and session.server_starts == 1
+        sa, sb = a.serving["server"], b.serving["server"]  # type: ignore[index]
+        assert sa["reused"] is False and sb["reused"] is True and sa["id"] == sb["id"] and sa["pid"] == sb["pid"]
+        assert b.model_reused is True and b.model_load_s is None and a.model_load_s is not None
+        # each job's log: the server's lines while that job ran, its reset and all its requests
+        for job in (first, second):
+            log = job / "server.log"
+            assert _completions_in(log) == N + WARMUP
+            assert sum(line.startswith("reset_prefix_cache") for line in log.read_text().splitlines()) == 1
+        for result, job in ((a, first), (b, second)):
+            reset = result.serving["server"]["prefix_cache_reset"]  # type: ignore[index]
+            assert reset["passed"] is True and reset["path"] == "/reset_prefix_cache"
+            records = [json.loads(line) for line in (job / "requests.jsonl").read_text().splitlines()]
+            reset_at = float(next(line for line in (job / "server.log").read_text().splitlines()
+                                  if line.startswith("reset_prefix_cache")).split()[-1])
+            # after every warm-up answer, before any measured request was sent
+            assert max(r["end_s"] for r in records if r["warmup"]) <= reset_at
+            assert reset_at <= min(r["send_s"] for r in records if not r["warmup"])
+        old = ScriptedServer.built[0]
+        c = run_experiment(_experiment(energy={"source": "none"}, backend={"name": "vllm", "max_num_seqs": B + 1}),
+                           tmp_path / "3", session, server_factory=ScriptedServer)
+        assert len(ScriptedServer.built) == 2 and session.server_starts == 2
+        assert c.serving["server"]["reused"] is False and c.serving["server"]["id"] != sa["id"]  # type: ignore[index]
+        assert not old.alive() and _group_gone(old.pid)  # type: ignore[arg-type]
+    finally:
+        session.release()
+    assert all(not s.alive() for s in ScriptedServer.built)
+
+
+def test_a_server_that_died_is_not_reused(tmp_path: Path) -> None:
+    ScriptedServer.built.clear()
+    session = BackendSession()
+    try:
+        run_experiment(_experiment(energy={"source": "none"}), tmp_path / "1", session, server_factory=ScriptedServer)
+        (server,) = ScriptedServer.built
+        server.stop()  # it dies between jobs (as an OOM kill would end it)
+        again = run_experiment(_experiment(energy={"source": "none"}), tmp_path / "2", session,
+                               server_factory=ScriptedServer)
+        assert len(ScriptedServer.built) == 2 and again.serving["server"]["reused"] is False  # type: ignore[index]
+        assert again.serving["completed"] == N  # type: ignore[index]
+    finally:
+        session.release()
