@@ -6,10 +6,18 @@ same absolute paths, so job dirs and results need no translation. Environment va
 (secrets such as HF_TOKEN, and the worker's auth key) are passed by name: the engine
 reads them from this process's environment, so they never appear in a command line
 or in any file llem writes.
+
+A serving job's engine server runs in the container too, as the worker's child. On a network with
+published ports (the engine's default bridge, or a named network), the container gets one port
+published on the host's loopback only, the same number inside and out, and the server listens there
+(LLEM_SERVER_PORT, LLEM_SERVER_BIND): the job's client reaches it inside the container, and a person
+on the host at 127.0.0.1:<port>. With network `host` or `none` nothing is published: the server binds
+loopback, as on the host.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -20,8 +28,12 @@ from typing import Any
 
 from llem.launch import protocol
 from llem.launch.handle import WorkerHandle
+from llem.serving.server import BIND_ENV, LOOPBACK, PORT_ENV, free_port
+
+log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 30
+PUBLISH_ATTEMPTS = 3  # a port found free can be taken before the engine binds it
 
 
 @dataclass
@@ -61,6 +73,14 @@ def gpu_args(engine: str, gpus: str | list[int] | None) -> list[str]:
     return ["--gpus", "device=" + ",".join(str(g) for g in gpus)]  # type: ignore[union-attr]
 
 
+def publishes_ports(network: str | None) -> bool:
+    """Whether a container on `network` can have ports published (not on the host's network, none, or another
+    container's or a given namespace's)."""
+    if network is None:
+        return True
+    return network not in ("host", "none") and not network.startswith(("container:", "ns:"))
+
+
 def remove_leftovers(engine: str, label: str, value: str) -> list[str]:
     """Remove containers a crashed launcher of the same campaign left behind (matched by label)."""
     from python_on_whales import DockerClient
@@ -86,13 +106,19 @@ class ContainerWorker(WorkerHandle):
         self.client = DockerClient(client_call=[spec.engine])
         self.name = f"llem-{key}-{uuid.uuid4().hex[:8]}"
         self.container_id: str | None = None
+        self.server_port: int | None = None  # published on the host's loopback; None when not published
 
     def run_command(self) -> list[str]:
-        """The engine command line, as an argument list (never a shell string)."""
+        """The engine command line, as an argument list (never a shell string). On a network that publishes
+        ports, the first call picks the server's port (kept in `server_port`)."""
         s = self.spec
         cmd = [*self.client.client_config.client_call, "run", "--detach", "--name", self.name]
         if s.network:
             cmd += ["--network", s.network]
+        if self.server_port is None and publishes_ports(s.network):
+            self.server_port = free_port(LOOPBACK)
+        if self.server_port is not None:
+            cmd += ["--publish", f"{LOOPBACK}:{self.server_port}:{self.server_port}"]
         if s.shm_size:
             cmd += ["--shm-size", s.shm_size]
         for key, value in {"llem.worker": self.key, **s.labels}.items():
@@ -109,6 +135,8 @@ class ContainerWorker(WorkerHandle):
             cmd += ["--volume", f"{source}:{target}:{mode}"]
         for key, value in s.env.items():
             cmd += ["--env", f"{key}={value}"]
+        if self.server_port is not None:  # a published port does not reach the container's loopback
+            cmd += ["--env", f"{PORT_ENV}={self.server_port}", "--env", f"{BIND_ENV}=0.0.0.0"]
         for name in [*s.env_passthrough, protocol.AUTHKEY_ENV]:
             cmd += ["--env", name]  # name only: the value comes from our environment
         cmd += s.extra_args
@@ -124,14 +152,21 @@ class ContainerWorker(WorkerHandle):
         missing = [n for n in self.spec.env_passthrough if n not in env]
         for name in missing:
             env.pop(name, None)  # an unset secret is simply not passed
-        proc = subprocess.run(self.run_command(), env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            self.server_port = None  # a new container: a port free now
+            proc = subprocess.run(self.run_command(), env=env, capture_output=True, text=True)
+            if proc.returncode == 0:
+                break
             self._remove_by_name()  # a start can fail after the container was created (e.g. a GPU it cannot get)
-            raise RuntimeError(
-                f"{self.spec.engine} could not start the '{self.key}' worker from image {self.spec.image}: "
-                f"{proc.stderr.strip() or proc.stdout.strip()}"
-            )
+            error = proc.stderr.strip() or proc.stdout.strip()
+            if self.server_port is None or "address already in use" not in error.lower() or attempt == PUBLISH_ATTEMPTS:
+                raise RuntimeError(
+                    f"{self.spec.engine} could not start the '{self.key}' worker from image {self.spec.image}: {error}"
+                )
         self.container_id = proc.stdout.strip().splitlines()[-1]
+        if self.server_port is not None:
+            log.info("llem: worker '%s' (container %s): server port published on %s:%d",
+                     self.key, self.name, LOOPBACK, self.server_port)
 
     def _remove_by_name(self) -> None:
         try:

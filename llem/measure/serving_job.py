@@ -64,7 +64,7 @@ from llem.serving import LoadRun, ServingClient, SteadyTracker, build_schedule, 
 from llem.serving.energy import MonitorWindows, WindowEnergy, window_energy
 from llem.serving.records import RequestRecord, write_records
 from llem.serving.schedule import Arrival
-from llem.serving.server import ServerError, ServerProcess, free_port, vllm_server_argv
+from llem.serving.server import ServerError, ServerProcess, bind_host, server_port, vllm_server_argv
 from llem.serving.steady import RUN, STEADY, steady_rule
 
 SERVER_LOG = "server.log"
@@ -95,8 +95,8 @@ def vllm_server(experiment: ExperimentConfig, log_path: Path) -> ServerProcess:
     from llem.backends.vllm.serve import server_engine_args
 
     path, args = server_engine_args(experiment)
-    port = free_port()
-    argv = vllm_server_argv(path, port, served_name=experiment.model.name, engine_args=args)
+    port = server_port()
+    argv = vllm_server_argv(path, port, host=bind_host(), served_name=experiment.model.name, engine_args=args)
     assert experiment.serving is not None
     # dev mode serves /reset_prefix_cache (on loopback only, like the server itself)
     env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
@@ -108,8 +108,9 @@ def trtllm_server(experiment: ExperimentConfig, log_path: Path) -> ServerProcess
     """TensorRT-LLM's `trtllm-serve` on a free loopback port; its option file goes beside the job's log."""
     from llem.backends.tensorrt.serve import trtllm_server_argv
 
-    port = free_port()
-    argv = trtllm_server_argv(experiment, port, options_dir=log_path.parent, served_name=experiment.model.name)
+    port = server_port()
+    argv = trtllm_server_argv(experiment, port, host=bind_host(), options_dir=log_path.parent,
+                              served_name=experiment.model.name)
     assert experiment.serving is not None
     return ServerProcess(argv, port=port, log_path=log_path, ready_timeout_s=experiment.serving.ready_timeout_seconds)
 

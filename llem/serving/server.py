@@ -28,6 +28,10 @@ from typing import IO, Any
 
 
 LOOPBACK = "127.0.0.1"
+# Set by a container launcher that published one port of the container on the host's loopback: the server
+# listens on that port, on every interface of the container (a published port does not reach its loopback).
+PORT_ENV = "LLEM_SERVER_PORT"
+BIND_ENV = "LLEM_SERVER_BIND"
 READY_PATHS = ("/health", "/v1/models")
 LOG_TAIL_LINES = 30
 
@@ -41,6 +45,17 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def server_port() -> int:
+    """The port the next server listens on: the one published for it ($LLEM_SERVER_PORT), else a free one."""
+    fixed = os.environ.get(PORT_ENV)
+    return int(fixed) if fixed else free_port()
+
+
+def bind_host() -> str:
+    """The address the server listens on: loopback, unless a container launcher published its port."""
+    return os.environ.get(BIND_ENV) or LOOPBACK
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -54,6 +54,82 @@ def test_container_command_is_an_argument_list_with_secrets_by_name(tmp_path: Pa
     assert ["--device", "nvidia.com/gpu=all"] == cmd[cmd.index("--device"): cmd.index("--device") + 2]
 
 
+def _envs(cmd: list[str]) -> list[str]:
+    return [cmd[i + 1] for i, a in enumerate(cmd) if a == "--env"]
+
+
+def test_a_bridged_container_publishes_one_server_port_on_the_hosts_loopback(tmp_path: Path) -> None:
+    """The serving server's port: picked free on the host, published on 127.0.0.1 only, same number inside."""
+    worker = ContainerWorker("vllm", tmp_path, {}, ContainerSpec(engine="podman", image="img:1", network=None))
+    cmd = worker.run_command()
+    port = worker.server_port
+    assert isinstance(port, int) and 0 < port < 65536
+    publish = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--publish"]
+    assert publish == [f"127.0.0.1:{port}:{port}"]
+    assert _envs(cmd)[-3:] == [f"LLEM_SERVER_PORT={port}", "LLEM_SERVER_BIND=0.0.0.0", protocol.AUTHKEY_ENV]
+    assert cmd.index("--publish") < cmd.index("img:1")  # an engine option, not the worker's
+    with socket.socket() as s:  # the host port was free when picked
+        s.bind(("127.0.0.1", port))
+    assert worker.run_command() == cmd  # kept for the container's lifetime (a restart starts the same one)
+
+
+@pytest.mark.parametrize("network", ["host", "none", "container:other", "ns:/run/netns/x"])
+def test_no_port_is_published_where_the_network_cannot_publish(tmp_path: Path, network: str) -> None:
+    worker = ContainerWorker("vllm", tmp_path, {}, ContainerSpec(engine="docker", image="img:1", network=network))
+    cmd = worker.run_command()
+    assert worker.server_port is None and "--publish" not in cmd
+    assert not [e for e in _envs(cmd) if e.startswith(("LLEM_SERVER_PORT", "LLEM_SERVER_BIND"))]
+    assert ["--network", network] == cmd[cmd.index("--network"): cmd.index("--network") + 2]
+
+
+def test_a_named_network_publishes_too(tmp_path: Path) -> None:
+    worker = ContainerWorker("vllm", tmp_path, {}, ContainerSpec(engine="docker", image="img:1", network="llemnet"))
+    cmd = worker.run_command()
+    assert cmd[cmd.index("--publish") + 1] == f"127.0.0.1:{worker.server_port}:{worker.server_port}"
+
+
+def test_a_port_taken_before_the_engine_binds_it_is_picked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The engine refuses a port something else took meanwhile: the start is retried on a new one, and the
+    published address is logged."""
+    import subprocess
+
+    calls: list[list[str]] = []
+
+    def run(cmd: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        if len(calls) == 1:
+            return subprocess.CompletedProcess(cmd, 126, "", "rootlessport listen tcp 127.0.0.1:1: bind: "
+                                                              "address already in use")
+        return subprocess.CompletedProcess(cmd, 0, "abc123\n", "")
+
+    worker = ContainerWorker("vllm", tmp_path, {}, ContainerSpec(engine="podman", image="img:1"))
+    monkeypatch.setattr("llem.launch.container.subprocess.run", run)
+    monkeypatch.setattr(worker, "_remove_by_name", lambda: None)
+    with caplog.at_level("INFO", logger="llem.launch.container"):
+        worker._launch()
+    assert len(calls) == 2 and worker.container_id == "abc123"
+    assert calls[1][calls[1].index("--publish") + 1] == f"127.0.0.1:{worker.server_port}:{worker.server_port}"
+    assert f"server port published on 127.0.0.1:{worker.server_port}" in caplog.text
+
+
+def test_a_start_that_fails_for_another_reason_is_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    calls: list[list[str]] = []
+
+    def run(cmd: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 125, "", "no such image")
+
+    worker = ContainerWorker("vllm", tmp_path, {}, ContainerSpec(engine="podman", image="img:1"))
+    monkeypatch.setattr("llem.launch.container.subprocess.run", run)
+    monkeypatch.setattr(worker, "_remove_by_name", lambda: None)
+    with pytest.raises(RuntimeError, match="no such image"):
+        worker._launch()
+    assert len(calls) == 1
+
+
 def test_worker_answers_ping_and_unknown_ops() -> None:
     assert handle({"op": protocol.OP_PING})["ok"]
     reply = handle({"op": "bogus"})

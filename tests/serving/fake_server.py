@@ -32,7 +32,7 @@ class Served:
 class FakeServer:
     def __init__(self, *, ttft_s: float = 0.05, itl_s: float = 0.02, usage_offset: int = 0,
                  die_at_s: float | None = None, send_usage: bool = True, tokens_per_chunk: int = 1,
-                 port: int = 0) -> None:
+                 port: int = 0, host: str = "127.0.0.1") -> None:
         self.ttft_s = ttft_s
         self.itl_s = itl_s
         self.usage_offset = usage_offset
@@ -44,6 +44,7 @@ class FakeServer:
         self.log_requests = False  # print a line per completion and reset (a server's log)
         self.running = 0
         self.port = port
+        self.host = host
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -70,7 +71,7 @@ class FakeServer:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
-        self._server = loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+        self._server = loop.run_until_complete(asyncio.start_server(self._handle, self.host, self.port))
         self.port = self._server.sockets[0].getsockname()[1]
         if self.die_at_s is not None:
             loop.call_later(self.die_at_s, self._die)
@@ -174,10 +175,11 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--ttft-s", type=float, default=0.05)
     parser.add_argument("--itl-s", type=float, default=0.02)
     args = parser.parse_args(argv)
-    with FakeServer(ttft_s=args.ttft_s, itl_s=args.itl_s, port=args.port) as server:
+    with FakeServer(ttft_s=args.ttft_s, itl_s=args.itl_s, port=args.port, host=args.host) as server:
         server.log_requests = True
         print(f"fake server listening on {server.url}", flush=True)
         threading.Event().wait()

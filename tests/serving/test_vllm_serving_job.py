@@ -1,5 +1,6 @@
-"""`python -m llem scenario=serving backend=vllm` end to end on CPU: llem starts vLLM's OpenAI server from the
-experiment's engine settings, loads it, writes a complete `serving` section and stops the server."""
+"""`python -m llem -m scenario=serving backend=vllm load.rate=...` end to end on CPU: llem starts vLLM's OpenAI
+server from the experiment's engine settings once, loads it at each load point, writes complete `serving`
+sections, and stops the server when the campaign ends."""
 
 from __future__ import annotations
 
@@ -29,22 +30,37 @@ def _alive_with(argv: list[str]) -> list[psutil.Process]:
     return out
 
 
-def test_python_m_llem_serving_on_vllm_cpu(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
+def test_a_vllm_load_sweep_on_cpu_starts_one_server(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run_dir = sweep / "0"
     backend = [f"backend.{k}={str(v).lower() if isinstance(v, bool) else v}"
                for k, v in VLLM_CPU_BACKEND.items() if k != "name"]
-    argv = [sys.executable, "-m", "llem", "scenario=serving", "backend=vllm", *backend, f"hydra.run.dir={run_dir}",
-            "num_input_prompts=8", "max_input_tokens=32", f"max_output_tokens={TOKENS}", "baseline.duration_seconds=1",
-            "baseline.settle_seconds=0", f"load.rate={RATE}", f"load.num_requests={N}",
-            f"load.warmup_requests={WARMUP}", "serving.min_steady_seconds=0.5", "serving.ready_timeout_seconds=300"]
+    argv = [sys.executable, "-m", "llem", "-m", "scenario=serving", "backend=vllm", *backend,
+            f"hydra.sweep.dir={sweep}", "num_input_prompts=8", "max_input_tokens=32", f"max_output_tokens={TOKENS}",
+            "baseline.duration_seconds=1", "baseline.settle_seconds=0", f"load.rate={RATE},inf",
+            f"load.num_requests={N}", f"load.warmup_requests={WARMUP}", "serving.min_steady_seconds=0.5",
+            "serving.ready_timeout_seconds=300", "campaign.execution.config_gap_seconds=0",
+            "campaign.execution.cycle_gap_seconds=0", "campaign.execution.cycles=1",
+            "campaign.execution.warmup_prompts=0"]
     done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     log = run_dir / "server.log"
     assert done.returncode == 0, done.stderr[-4000:] + (log.read_text()[-3000:] if log.exists() else "")
     result = json.loads((run_dir / "result.json").read_text())
+
+    # one server for both load points: the second reused it (and its prefix cache was reset after each warm-up)
+    manifest = json.loads((sweep / ".state" / "campaign_manifest.json").read_text())
+    starts = [j["server"] for j in manifest["jobs"]]
+    assert [s["reused"] for s in starts] == [False, True] and starts[0]["id"] == starts[1]["id"]
+    second = json.loads((sweep / "1" / "result.json").read_text())
+    assert second["model_reused"] is True and second["serving"]["completed"] == N
+    assert second["serving"]["steady"]["unavailable_reason"] is None
+    for r in (result, second):
+        assert r["serving"]["server"]["prefix_cache_reset"]["passed"] is True, r["serving"]["server"]
+    assert (sweep / "1" / "server.log").stat().st_size > 0  # the server's lines while the second job ran
     s = result["serving"]
     assert s is not None and result["config"]["scenario"] == "serving"
 
-    # the server llem started: vLLM's API server with the experiment's engine settings, stopped afterwards
+    # the server llem started: vLLM's API server with the experiment's engine settings, stopped at the end
     server = s["server"]
     assert server["started_by_llem"] is True and "vllm.entrypoints.openai.api_server" in server["argv"]
     for flag in ("--enforce-eager", "--dtype", "float32", "--max-num-seqs", "4", "--max-model-len", "256"):
@@ -84,4 +100,3 @@ def test_python_m_llem_serving_on_vllm_cpu(tmp_path: Path) -> None:
     assert s["output_tokens_per_s"] == pytest.approx(s["requests_per_s"] * TOKENS)
     # no energy source on this machine: the energy figures are null with a reason, never 0
     assert s["energy"]["j_per_output_token"] is None and s["energy"]["unavailable_reason"]
-    assert "serving" in done.stderr  # the one-line summary names the scenario
