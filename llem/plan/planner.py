@@ -174,6 +174,7 @@ def make_plan(
         resolved_configs[digest] = data
         experiments[digest] = validated
 
+    valid = servers_adjacent(valid, experiments)
     execution = settings.execution
     seed = execution.shuffle_seed
     if execution.structure == "shuffled" and seed is None:
@@ -203,6 +204,31 @@ def make_plan(
         experiments=experiments,
         notes=notes,
     )
+
+
+def servers_adjacent(valid: list[tuple[PlannedConfig, str]], experiments: dict[str, ExperimentConfig]
+                     ) -> list[tuple[PlannedConfig, str]]:
+    """Serving configurations that share a server (equal backend load key: model and every engine argument) made
+    adjacent, each group where its first member was, load points in the order given; offline configurations
+    keep their places. A warm worker then starts each server once per cycle, not once per load point, as a grid
+    like `load.rate=1,2,4 backend.max_num_seqs=4,8` would otherwise alternate the server settings."""
+    from llem.backends.registry import backend_class
+
+    def server(digest: str) -> str | None:
+        experiment = experiments[digest]
+        if experiment.scenario != "serving" or (experiment.serving is not None and experiment.serving.url):
+            return None
+        return backend_class(experiment.backend.name).load_key(experiment)
+
+    keys = [server(digest) for _, digest in valid]
+    if all(k is None for k in keys):
+        return valid
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key is not None:
+            first.setdefault(key, i)
+    rank = [i if key is None else first[key] for i, key in enumerate(keys)]
+    return [valid[i] for i in sorted(range(len(valid)), key=lambda i: (rank[i], i))]
 
 
 def build_manifest(plan: Plan, *, campaign_name: str, sweep_dir: Path, result_name: str = "result.json") -> CampaignManifest:

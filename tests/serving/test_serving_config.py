@@ -119,3 +119,22 @@ def test_cli_dry_run_plans_a_serving_sweep(tmp_path: Path) -> None:
                 "hydra.sweeper.dry_run=true", f"hydra.sweep.dir={tmp_path}/bad", cwd=tmp_path)
     assert bad.returncode != 0 and "load.burstiness" in bad.stderr + bad.stdout
     assert "Traceback" not in bad.stderr + bad.stdout
+
+
+def test_load_points_sharing_a_server_are_planned_next_to_each_other() -> None:
+    """`load.rate=50,inf backend.max_num_seqs=2,3` in grid order alternates the server settings; the plan puts the
+    load points of one server together (in the order given) and leaves offline configurations where they were."""
+    from llem.plan.expand import PlannedConfig
+    from llem.plan.planner import servers_adjacent
+
+    grid = [("50", 2), ("50", 3), ("inf", 2), ("inf", 3)]
+    experiments = {f"s{rate}-{seqs}": _validate(scenario="serving", backend={"name": "vllm", "max_num_seqs": seqs},
+                                                load={"rate": float(rate)})
+                   for rate, seqs in grid}
+    experiments["offline"] = _validate(backend={"name": "vllm", "max_num_seqs": 3})
+    valid = [(PlannedConfig(overrides=(d,), backend="vllm", origin="cli"), d)
+             for d in ["s50-2", "offline", "s50-3", "sinf-2", "sinf-3"]]
+    ordered = [d for _, d in servers_adjacent(valid, experiments)]
+    assert ordered == ["s50-2", "sinf-2", "offline", "s50-3", "sinf-3"]
+    offline_only = [(c, d) for c, d in valid if d == "offline"]
+    assert servers_adjacent(offline_only, experiments) == offline_only

@@ -7,6 +7,10 @@ so no result is produced twice. Each job's SLURM job id and node go to `<job dir
 and its outcome to `<sweep dir>/.slurm-outcomes/<SLURM job id>/<job num>.pkl` as it ends, so the submitting
 side records every job as it happens, not when the whole group returns.
 
+A serving group's jobs share the engine server the session keeps (one start per server settings); it is
+stopped before the group returns. A cancelled SLURM job's signals reach the server too (it is a child of the
+group's process, in its own session), and its parent-death signal ends it if the group's process is killed.
+
 With a container configured, the SLURM job starts the container and the group runs in it:
 
     python -m llem.launch.slurm.job PAYLOAD OUTCOMES
@@ -248,6 +252,12 @@ class GroupJob:
 
     # ------------------------------------------------------------------ in this process
     def run(self) -> list[JobOutcome]:
+        try:
+            return self._run_jobs()
+        finally:
+            _stop_server()
+
+    def _run_jobs(self) -> list[JobOutcome]:
         from hydra.core.utils import setup_globals
 
         from llem.launch import protocol
@@ -428,6 +438,19 @@ def _release_model() -> None:
     task = sys.modules.get("llem.task")
     if task is not None:
         task.SESSION.release()
+
+
+def _stop_server() -> None:
+    """Stop the engine server the group's serving jobs shared, before the group returns: the launcher sees the
+    SLURM job end only then, so no server of the group is left on the node after it (and none outlives the
+    group's own process, which would otherwise stop it only at interpreter exit, after reporting)."""
+    task = sys.modules.get("llem.task")
+    if task is None:
+        return
+    try:
+        task.SESSION.stop_server()
+    except Exception as error:  # noqa: BLE001 - the outcomes are already written; the tether still ends it
+        print(f"llem: could not stop the group's server: {error}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
