@@ -53,6 +53,7 @@ def _now() -> str:
 
 def job_figures(result_path: str | Path | None) -> dict[str, float | None]:
     """Energy per output token, throughput and TTFT p50 from a job's result.json; null when not measured.
+    A serving load point adds its steady-window J per token, TTFT and TPOT p99 and output-token throughput.
 
     A missing or unreadable result gives nulls too: a figure nobody measured is never 0.
     """
@@ -70,6 +71,12 @@ def job_figures(result_path: str | Path | None) -> dict[str, float | None]:
         figures["energy_per_output_token_j"] = result.energy.per_output_token_j
         figures["throughput_tokens_per_s"] = result.throughput_tokens_per_s
         figures["ttft_ms_p50"] = result.latency.ttft_ms.p50
+        if result.serving is not None:  # a load point: its steady-window energy and tail latencies
+            s = result.serving
+            figures["serving_j_per_output_token"] = (s.get("energy") or {}).get("j_per_output_token")
+            figures["serving_ttft_ms_p99"] = (s.get("ttft_ms") or {}).get("p99")
+            figures["serving_tpot_ms_p99"] = (s.get("tpot_ms") or {}).get("p99")
+            figures["serving_output_tokens_per_s"] = s.get("output_tokens_per_s")
     except Exception as error:  # noqa: BLE001 - a result another schema wrote still gets its event
         log.debug("llem: cannot read figures from %s: %s", result_path, error)
     return figures

@@ -100,7 +100,8 @@ def test_jobs_no_campaign_planned_validate_in_the_worker(tmp_path: Path) -> None
     python, log = _counting_python(tmp_path)
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
-        [*h.command(sweep, "hydra/sweeper=basic", "backend.batch_size=1,2", f"hydra.launcher.python={python}")],
+        [*h.command(sweep, "hydra/sweeper=basic", "backend.batch_size=1,2", "campaign.execution.config_gap_seconds=0",
+                    f"hydra.launcher.python={python}")],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={**os.environ, "LLEM_TEST_VALIDATIONS": str(log)},
     )

@@ -146,9 +146,11 @@ def test_a_worker_killed_mid_job_is_restored_by_the_next_campaign_and_shown_by_t
     import psutil
 
     store = FileStore(tmp_path / "gpus")
-    first = subprocess.Popen(_campaign(tmp_path / "a", "gpu.power_limit_w=300", "hydra.sweeper.max_attempts=1"),
-                             cwd=tmp_path, env=_env(tmp_path, LLEM_FAKE_GPU_SET_DELAY_S="120"),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # slow set calls in the worker only (the orchestrator's permission probe also sets): it is killed holding 300 W
+    first = subprocess.Popen(_campaign(tmp_path / "a", "gpu.power_limit_w=300", "hydra.sweeper.max_attempts=1",
+                                       "+hydra.launcher.env.LLEM_FAKE_GPU_SET_DELAY_S=120"),
+                             cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
     try:
         worker = _wait_for_set(store, 300_000, first)
         assert worker != first.pid
@@ -217,8 +219,10 @@ def test_the_doctor_restores_a_stale_record(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_parallel_jobs_on_different_gpus_each_restore_only_their_own(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc, pid = _run(_campaign(sweep, "hydra.launcher.parallel=true", "gpu.power_limit_w=300,400"), tmp_path,
-                     _env(tmp_path, LLEM_FAKE_GPUS="2", LLEM_FAKE_GPU_SET_DELAY_S="4"))
+    # slow set calls keep both jobs running at once; in the workers only, not in the orchestrator's permission probe
+    proc, pid = _run(_campaign(sweep, "hydra.launcher.parallel=true", "gpu.power_limit_w=300,400",
+                               "+hydra.launcher.env.LLEM_FAKE_GPU_SET_DELAY_S=1"), tmp_path,
+                     _env(tmp_path, LLEM_FAKE_GPUS="2"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = _results(sweep)
     gpus = {n: (r[2]["placement"]["gpus"], r[2]["gpu_settings"]["gpu0"]) for n, r in jobs.items()}

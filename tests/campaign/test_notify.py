@@ -139,3 +139,21 @@ def test_figures_of_a_missing_or_foreign_result_are_null(tmp_path) -> None:  # t
     foreign = tmp_path / "result.json"
     foreign.write_text('{"schema_version": "0.1", "throughput": 5}')
     assert job_figures(foreign) == nulls
+
+
+def test_a_serving_load_point_sends_its_steady_window_figures(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The serving figures come from the result's `serving` section; one not measured stays null."""
+    import json
+
+    from tests.report.test_serving_plots import _result
+
+    serving = {"ttft_ms": {"p50": 10.0, "p99": 42.0}, "tpot_ms": {"p50": 3.0, "p99": 7.5},
+               "output_tokens_per_s": 512.0, "energy": {"j_per_output_token": None, "unavailable_reason": "no GPU"}}
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(_result("h", {"backend.max_num_seqs": "4", "load.rate": "2"}, serving,
+                                       "2026-12-01T00:00:00+00:00")))
+    figures = job_figures(path)
+    assert figures["serving_ttft_ms_p99"] == 42.0 and figures["serving_tpot_ms_p99"] == 7.5
+    assert figures["serving_output_tokens_per_s"] == 512.0
+    assert "serving_j_per_output_token" in figures and figures["serving_j_per_output_token"] is None
+    assert figures["energy_per_output_token_j"] is None  # nothing measured: null, never 0

@@ -3,7 +3,8 @@
 The engine's server is the scripted OpenAI-compatible fake (LLEM_SERVER_FACTORY, given to the groups through
 `hydra.launcher.env`, not through the submitting environment). Two load points of one model are one group:
 one SLURM job, one server start, reused by the second job; the server runs inside that SLURM job and is gone
-when the group ends, and when the SLURM job is cancelled.
+when the group ends, and when the SLURM job is cancelled. One test, without SLURM, checks that a group stops
+its server before it returns.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from llem.launch.slurm.job import GroupJob
 from llem.measure.result import read_result
 from llem.plan.manifest import read_manifest
+from tests.slurm.test_slurm_units import _fake_run, _group
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 REPO = Path(__file__).resolve().parents[2]
 FAKE = "tests.serving.fake_server"
 SERVING = ["scenario=serving", "backend=vllm", "model=tiny", "load.num_requests=16", "load.warmup_requests=2",
@@ -71,6 +73,40 @@ def _job_pids(slurm_id: str) -> set[int]:
     return {int(line.split()[0]) for line in out.splitlines()[1:] if line.split() and line.split()[0].isdigit()}
 
 
+class _Session:
+    """The worker's session as a group's jobs leave it: a server still running after the last job."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def stop_server(self) -> None:
+        self.events.append("server stopped")
+
+
+def test_a_group_stops_its_server_before_it_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without SLURM: the launcher sees a group end when its return is written, so the server must be gone
+    by then (also when a job raises out of the group)."""
+    events: list[str] = []
+    monkeypatch.setitem(sys.modules, "llem.task", types.SimpleNamespace(SESSION=_Session(events)))
+    ran: list[int] = []
+    monkeypatch.setattr(GroupJob, "_run_one", _fake_run(ran))
+    outcomes = _group(tmp_path, [0, 1])()
+    events.append("returned")
+    assert ran == [0, 1] and len(outcomes) == 2
+    assert events == ["server stopped", "returned"]
+
+    def broken(self: GroupJob, spec: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GroupJob, "_run_one", broken)
+    with pytest.raises(KeyboardInterrupt):
+        _group(tmp_path / "again", [0])()
+    assert events[-1] == "server stopped"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.usefixtures("slurm_cluster")
 def test_a_serving_group_starts_its_server_once_on_the_node_and_stops_it(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     started = time.monotonic()
@@ -89,7 +125,8 @@ def test_a_serving_group_starts_its_server_once_on_the_node_and_stops_it(tmp_pat
     assert len({j.server["id"] for j in m.jobs if j.server}) == 1 and m.jobs[0].server["id"] == served[0]["id"]
     assert len({s["pid"] for s in served}) == 1
     placements = [json.loads((sweep / str(j.job_num) / ".slurm.json").read_text()) for j in m.jobs]
-    assert len({p["slurm_job_id"] for p in placements}) == 1 and len(list((sweep / ".slurm").glob("*_submission.sh"))) == 1
+    assert len({p["slurm_job_id"] for p in placements}) == 1
+    assert len(list((sweep / ".slurm").glob("*_submission.sh"))) == 1
     # on the SLURM node: the job that ran it is there, and the server answered on that node's loopback
     assert {j.node for j in m.jobs} == {placements[0]["node"]} and placements[0]["node"] in _slurm_nodes()
     assert all(s["url"].startswith("http://127.0.0.1:") for s in served)
@@ -99,20 +136,24 @@ def test_a_serving_group_starts_its_server_once_on_the_node_and_stops_it(tmp_pat
     assert not _is_fake_server(served[0]["pid"])
 
 
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.usefixtures("slurm_cluster")
 def test_scancel_of_a_serving_group_ends_its_server(tmp_path: Path) -> None:
     """The server runs in its own session, a child of the group's process: SLURM counts it as the job's, and
     cancelling the job ends it (the group's own process ignores SIGTERM under submitit until SIGKILL)."""
     sweep = tmp_path / "sweep"
     slow = ["load.rate=2", "max_output_tokens=32", "+hydra.launcher.env.LLEM_FAKE_ITL_S='0.3'",
             "hydra.sweeper.max_attempts=1"]
-    proc = subprocess.Popen(_cmd(sweep, *slow), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    err = tmp_path / "llem.err"
+    with err.open("w") as sink:
+        proc = subprocess.Popen(_cmd(sweep, *slow), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=sink)
+    server: list[int] = []
+    slurm_id = ""
     try:
         deadline = time.monotonic() + 240
-        server: list[int] = []
-        slurm_id = ""
         while not server and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.communicate()[1][-4000:]
+            assert proc.poll() is None, err.read_text()[-4000:]
             placement = sweep / "0" / ".slurm.json"
             if placement.exists() and (sweep / "0" / "server.log").exists():
                 slurm_id = json.loads(placement.read_text())["slurm_job_id"]
@@ -122,6 +163,9 @@ def test_scancel_of_a_serving_group_ends_its_server(tmp_path: Path) -> None:
         assert not (sweep / "0" / "result.json").exists()  # cancelled mid-load
         subprocess.run(["scancel", slurm_id], check=True)
         assert _gone(server[0], within_s=30)
+        print(f"server {server[0]} of SLURM job {slurm_id} ended after scancel", file=sys.stderr)
     finally:
+        if slurm_id:
+            subprocess.run(["scancel", slurm_id], check=False)  # also when an assertion came first
         proc.kill()  # the orchestrator would only wait out its grace period to fail the job
-        proc.communicate(timeout=60)
+        proc.wait(timeout=60)
