@@ -18,9 +18,9 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from llem.config._base import StrictModel
 
 SCENARIOS = ("offline", "serving")
-# Engines whose own OpenAI-compatible streaming server llem starts (vLLM's API server, trtllm-serve). PyTorch has
-# none: transformers' `serve` cannot fix output lengths (no ignore_eos), so its load points would not compare.
-SERVER_ENGINES = ("vllm", "tensorrt")
+# Engines whose own OpenAI-compatible streaming server llem starts: vLLM's API server, trtllm-serve, and for PyTorch
+# transformers' `serve` with continuous batching.
+SERVER_ENGINES = ("vllm", "tensorrt", "pytorch")
 TRACE_KEYS = ("offset_s", "input_tokens", "output_tokens")
 
 
@@ -230,6 +230,6 @@ def check_scenario(scenario: str, backend_name: str, load: Any, serving: Serving
     if serving is not None and serving.url is None and backend_name not in SERVER_ENGINES:
         raise ValueError(
             f"scenario=serving: backend '{backend_name}' has no server llem can start (it starts "
-            f"{' or '.join(SERVER_ENGINES)}'s own OpenAI-compatible server); use backend=vllm or backend=tensorrt, or point "
+            f"{', '.join(SERVER_ENGINES)}'s own OpenAI-compatible server); use one of those backends, or point "
             "serving.url at a server that is already running"
         )

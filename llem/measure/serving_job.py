@@ -60,6 +60,7 @@ from llem.measure.verdict import Telemetry
 from llem.measure.window import Window
 from llem.models.resolve import resolve_model_path
 from llem.prompts.load import Prompt, load_prompts
+from llem.serving.client import LENGTH_BY_GENERATION_CONFIG
 from llem.serving import LoadRun, ServingClient, SteadyTracker, build_schedule, request_body, serving_section
 from llem.serving.energy import MonitorWindows, WindowEnergy, window_energy
 from llem.serving.records import RequestRecord, write_records
@@ -115,7 +116,22 @@ def trtllm_server(experiment: ExperimentConfig, log_path: Path) -> ServerProcess
     return ServerProcess(argv, port=port, log_path=log_path, ready_timeout_s=experiment.serving.ready_timeout_seconds)
 
 
-SERVERS: dict[str, ServerFactory] = {"vllm": vllm_server, "tensorrt": trtllm_server}
+def transformers_server(experiment: ExperimentConfig, log_path: Path) -> ServerProcess:
+    """transformers' own server (`transformers serve --continuous-batching`) for backend=pytorch."""
+    from llem.backends.pytorch.serve import TransformersServeUnavailable, transformers_server_argv
+
+    port = server_port()
+    try:
+        argv, served = transformers_server_argv(experiment, port, host=bind_host())
+    except TransformersServeUnavailable as error:
+        raise ServingError(str(error)) from None
+    assert experiment.serving is not None
+    server = ServerProcess(argv, port=port, log_path=log_path, ready_timeout_s=experiment.serving.ready_timeout_seconds)
+    server.served_model = served  # it serves the model under the path it loaded it from
+    return server
+
+
+SERVERS: dict[str, ServerFactory] = {"vllm": vllm_server, "tensorrt": trtllm_server, "pytorch": transformers_server}
 # What each engine's server is POSTed between a job's warm-up and its measured requests.
 PREFIX_CACHE_RESET: dict[str, str] = {"vllm": "/reset_prefix_cache"}
 EXTERNAL_NO_RESET = "a server llem did not start keeps its prefix cache (llem resets only its own servers')"
@@ -183,12 +199,20 @@ def _open_monitor(experiment: ExperimentConfig, gpus: list[int], nvml_module: An
         raise ServingError(f"energy.source={e.source} is not available here: {error}") from None
 
 
-def _sampling(experiment: ExperimentConfig) -> dict[str, Any]:
-    """The experiment's decoder as completion request fields; lengths are set per request by the client."""
+# Request fields transformers' server takes; the rest of the decoder goes into each request's generation_config.
+TRANSFORMERS_FIELDS = frozenset({"temperature", "top_p", "seed", "stop"})
+
+
+def _sampling(experiment: ExperimentConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The experiment's decoder as completion request fields, and (transformers' server) as generation-config
+    fields; lengths are set per request by the client."""
     kwargs = engine_sampling_kwargs(experiment, greedy={"temperature": 0.0})
     for key in ("n", "max_tokens", "min_tokens", "ignore_eos", "stop_token_ids"):
         kwargs.pop(key, None)
-    return kwargs
+    if experiment.backend.name not in LENGTH_BY_GENERATION_CONFIG:
+        return kwargs, {}
+    return ({k: v for k, v in kwargs.items() if k in TRANSFORMERS_FIELDS},
+            {k: v for k, v in kwargs.items() if k not in TRANSFORMERS_FIELDS})
 
 
 def _prompt_texts(arrivals: Sequence[Arrival], prompts: Sequence[Prompt], tokenizer: Any
@@ -317,7 +341,7 @@ def run_serving(
                 raise ServingError(f"scenario=serving: {error}") from None
             if reused:
                 server.log_to(output_dir / SERVER_LOG)
-            url, model_name = server.url, experiment.model.name
+            url, model_name = server.url, server.served_model or experiment.model.name
             state = f"server loaded and idle: {key}"
         baseline, baseline_reason, baseline_info = None, no_energy or "baseline not taken", None
         if monitor is not None:
@@ -338,8 +362,11 @@ def run_serving(
                            trace=load.trace is not None, num_requests=measured_n, server_batch=server_batch)
         hooks = MonitorWindows(monitor) if monitor is not None else None
         tracker = SteadyTracker(rule, hooks)
-        client = ServingClient(url, model_name, body=request_body(experiment.backend.name, sampling=_sampling(
-            experiment)), request_timeout_s=serving.request_timeout_seconds)
+        fields, generation = _sampling(experiment)
+        by_config = not external and experiment.backend.name in LENGTH_BY_GENERATION_CONFIG
+        client = ServingClient(url, model_name, body=request_body(experiment.backend.name, sampling=fields),
+                               request_timeout_s=serving.request_timeout_seconds,
+                               generation_config=generation if by_config else None, text_chunks=by_config)
         if monitor is not None:
             sampler = TelemetrySampler(monitor.nvml_devices, experiment.energy.sample_interval_ms / 1000.0)
             sampler.start()
@@ -384,6 +411,11 @@ def run_serving(
     warnings: list[str] = []
     if server_died:
         warnings.append(f"the server exited during the load; see {SERVER_LOG}")
+    merged = sum(r.merged_tokens for r in measured)
+    section["merged_tokens"] = merged
+    if merged:
+        warnings.append(f"{merged} output tokens arrived merged into other chunks (the server streams text pieces); "
+                        "their count is the server's and their time that of the request's last chunk")
     if run.between_phases is not None and not run.between_phases["passed"]:
         warnings.append(f"the server's prefix cache could not be reset after the warm-up "
                         f"({run.between_phases['detail']}): measured prompts may hit prefixes cached before")

@@ -27,6 +27,9 @@ from llem.serving.schedule import Arrival
 from llem.serving.steady import RUN, SteadyTracker
 
 COMPLETIONS = "/v1/completions"
+# Servers without `ignore_eos` whose requests may carry a `generation_config` (transformers serve): each request's
+# output length is fixed there, with min_new_tokens = max_new_tokens.
+LENGTH_BY_GENERATION_CONFIG = frozenset({"pytorch"})
 ERROR_TEXT_LIMIT = 500
 
 
@@ -40,7 +43,7 @@ def request_body(engine: str | None, *, fixed_length: bool = True, sampling: dic
     refuse it, so engine-specific fields go only to their engine.
     """
     body: dict[str, Any] = dict(sampling or {})
-    if fixed_length:
+    if fixed_length and engine not in LENGTH_BY_GENERATION_CONFIG:
         body["ignore_eos"] = True
     if engine == "vllm":
         body["return_token_ids"] = True
@@ -83,8 +86,15 @@ class ServingClient:
         body: dict[str, Any] | None = None,
         request_timeout_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        generation_config: dict[str, Any] | None = None,
+        text_chunks: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # not None: each request carries a generation_config with these fields and its length fixed (transformers)
+        self.generation_config = generation_config
+        # the server streams text pieces, not tokens (transformers serve): tokens it holds back until they decode
+        # to whole characters arrive merged, and its usage count is the one to keep
+        self.text_chunks = text_chunks
         self.model = model
         self.body = dict(body or {})
         self.request_timeout_s = request_timeout_s
@@ -193,6 +203,9 @@ class ServingClient:
                       tracker: SteadyTracker | None) -> None:
         body = {**self.body, "model": self.model, "prompt": prompt, "max_tokens": arrival.output_tokens,
                 "stream": True, "stream_options": {"include_usage": True}}
+        if self.generation_config is not None:
+            n = arrival.output_tokens
+            body["generation_config"] = json.dumps({**self.generation_config, "min_new_tokens": n, "max_new_tokens": n})
         clock = self.clock
         record.send_s = clock()
         if tracker is not None:
@@ -211,6 +224,12 @@ class ServingClient:
             record.end_s = clock()
             raise
         record.end_s = clock()
+        if self.text_chunks and record.error is None and record.chunk_tokens:
+            missing = (record.server_output_tokens or 0) - record.output_tokens
+            if missing > 0:
+                record.chunk_tokens[-1] += missing
+                record.output_tokens += missing
+                record.merged_tokens = missing
         if record.error is None and record.first_token_s is None:
             record.error = "the stream ended without any output"
         record.status = OK if record.error is None else "error"
@@ -241,7 +260,8 @@ class ServingClient:
                             done = True
                             continue
                         self._chunk(json.loads(payload), t, record, tracker)
-            if not done and record.error is None:
+            if not done and record.error is None and record.finish_reason is None:
+                # a stream may end without [DONE] (transformers serve) once a choice has finished, never before
                 record.error = "the stream was cut off before [DONE]"
 
     @staticmethod
@@ -251,17 +271,21 @@ class ServingClient:
         choices = data.get("choices")
         if choices:
             choice = choices[0]
+            if choice.get("finish_reason"):
+                record.finish_reason = choice["finish_reason"]
             ids = choice.get("token_ids")
-            n = len(ids) if isinstance(ids, list) else 1
-            if record.first_token_s is None:
+            if isinstance(ids, list):
+                n = len(ids)
+            else:  # one token per chunk, except a closing chunk with no text (transformers serve sends one)
+                n = 0 if choice.get("finish_reason") and choice.get("text") == "" else 1
+            if n and record.first_token_s is None:
                 record.first_token_s = t
                 if tracker is not None:
                     tracker.first_token(t)
-            record.chunk_times.append(t)
-            record.chunk_tokens.append(n)
-            record.output_tokens += n
-            if choice.get("finish_reason"):
-                record.finish_reason = choice["finish_reason"]
+            if n:
+                record.chunk_times.append(t)
+                record.chunk_tokens.append(n)
+                record.output_tokens += n
         usage = data.get("usage")
         if usage:
             record.server_output_tokens = usage.get("completion_tokens")

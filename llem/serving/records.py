@@ -42,6 +42,9 @@ class RequestRecord:
     http_status: int | None = None
     error: str | None = None
     finish_reason: str | None = None
+    # tokens the server counted that no chunk carried on its own (a server streaming text pieces merges tokens that
+    # do not decode to whole characters); put on the last chunk, so the count is the server's and the place a guess
+    merged_tokens: int = 0
 
     @property
     def ok(self) -> bool:

@@ -95,6 +95,7 @@ class ServerProcess:
         self.ready_s: float | None = None  # seconds from launch to ready
         self.server_id: str | None = None  # set by whoever starts it, to name this start in results
         self.started_at: str | None = None
+        self.served_model: str | None = None  # the model name requests must send, where it is not model.name
         self._log_lock = threading.Lock()
         self._log_file: Any = None
         self._pump: threading.Thread | None = None
@@ -166,6 +167,10 @@ class ServerProcess:
             for path in READY_PATHS:
                 status = _status(self.url + path)
                 if status == 200:
+                    foreign = _foreign_listener(self.port, self.process.pid if self.process is not None else -1)
+                    if foreign is not None:  # another server took the port first (free_port() is a guess)
+                        raise ServerError(f"port {self.port} answers, but from process {foreign}, not this server "
+                                          f"(another server took the port first); see {self.log_path}")
                     return
                 if status is None:
                     break  # not listening yet
@@ -207,6 +212,22 @@ def _status(url: str, timeout_s: float = 5.0) -> int | None:
         return int(exc.code)
     except (urllib.error.URLError, OSError):
         return None
+
+
+def _foreign_listener(port: int, root_pid: int) -> int | None:
+    """The pid of a process outside the server's own process tree listening on `port`, if one can be seen."""
+    import psutil
+
+    try:
+        listeners = [c for c in psutil.net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid is not None]
+        if not listeners:
+            return None
+        root = psutil.Process(root_pid)
+        ours = {root_pid, *(p.pid for p in root.children(recursive=True))}
+    except (psutil.Error, OSError):
+        return None  # not allowed to see it: nothing to say
+    return next((c.pid for c in listeners if c.pid not in ours), None)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -26,7 +26,7 @@ FAST = ["num_input_prompts=2", "max_output_tokens=3", "max_input_tokens=16", "wa
         "campaign.execution.warmup_prompts=0", "campaign.execution.cycles=1"]
 # with a (scripted) GPU visible, a measured window lasts at least 10 s by default; health tests need one pass
 ONE_PASS = ["measure.min_window_seconds=0"]
-LONG = ["max_output_tokens=256", "max_input_tokens=256", "num_input_prompts=64,2",  # a long job, then a short one
+LONG = ["max_output_tokens=32", "max_input_tokens=256", "num_input_prompts=400,2",  # a long job, then a short one
         "hydra.sweeper.max_attempts=1"]
 
 
@@ -132,14 +132,15 @@ def test_worker_killed_mid_job_fails_that_job_and_the_campaign_goes_on(tmp_path:
 
 
 def test_job_timeout_kills_the_job_only(tmp_path: Path) -> None:
-    proc = _run(tmp_path, "campaign.execution.experiment_timeout_seconds=20", "num_input_prompts=1,400",
-                "hydra.sweeper.max_attempts=1",
-                "max_output_tokens=200", "max_input_tokens=256")
+    # the first job's time includes the worker's imports and model load, then about a second for its one prompt;
+    # 400 prompts take minutes, far past the timeout
+    proc = _run(tmp_path, "campaign.execution.experiment_timeout_seconds=15", "num_input_prompts=1,400",
+                "hydra.sweeper.max_attempts=1", "max_output_tokens=32", "max_input_tokens=256")
     m = _manifest(tmp_path)
     assert proc.returncode != 0
     statuses = {j.params["num_input_prompts"]: (j.status, j.error) for j in m.jobs}
     assert statuses["1"][0] == "completed"
-    assert statuses["400"][0] == "failed" and "timed out after 20 s" in (statuses["400"][1] or "")
+    assert statuses["400"][0] == "failed" and "timed out after 15 s" in (statuses["400"][1] or "")
 
 
 def test_unhealthy_worker_is_restarted_then_its_jobs_fail(tmp_path: Path) -> None:

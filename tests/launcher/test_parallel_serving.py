@@ -77,6 +77,8 @@ def _watch(campaign: subprocess.Popen[str], lock_dir: str, timeout_s: float) -> 
                 argv, env = proc.cmdline(), proc.environ()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
+            if "--port" not in argv:  # it exited between the scan and this read
+                continue
             alive += 1
             seen[proc.pid] = (int(argv[argv.index("--port") + 1]), env.get("CUDA_VISIBLE_DEVICES", ""))
         most = max(most, alive)

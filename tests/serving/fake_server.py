@@ -32,7 +32,7 @@ class Served:
 class FakeServer:
     def __init__(self, *, ttft_s: float = 0.05, itl_s: float = 0.02, usage_offset: int = 0,
                  die_at_s: float | None = None, send_usage: bool = True, tokens_per_chunk: int = 1,
-                 port: int = 0, host: str = "127.0.0.1") -> None:
+                 port: int = 0, host: str = "127.0.0.1", transformers_style: bool = False) -> None:
         self.ttft_s = ttft_s
         self.itl_s = itl_s
         self.usage_offset = usage_offset
@@ -45,6 +45,9 @@ class FakeServer:
         self.running = 0
         self.port = port
         self.host = host
+        # as transformers serve streams: no finish_reason on token chunks, then an empty closing chunk with the
+        # finish_reason and the usage, and no [DONE]
+        self.transformers_style = transformers_style
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -147,16 +150,21 @@ class FakeServer:
                     await asyncio.sleep(delay)
                 t = time.monotonic()
                 served.chunk_s.append(t)
-                last = k == len(sizes) - 1
+                last = k == len(sizes) - 1 and not self.transformers_style
                 choice: dict[str, Any] = {"index": 0, "text": " w" * size, "finish_reason": "length" if last else None}
                 if body.get("return_token_ids"):
                     choice["token_ids"] = list(range(size))
                 self._event(writer, {"choices": [choice], "t": t})
                 await writer.drain()
-            if self.send_usage:
-                usage = {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": n + self.usage_offset}
-                self._event(writer, {"choices": [], "usage": usage})
-            writer.write(self._chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            usage = {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": n + self.usage_offset}
+            if self.transformers_style:
+                closing = {"index": 0, "text": "", "finish_reason": "length"}
+                self._event(writer, {"choices": [closing], **({"usage": usage} if self.send_usage else {})})
+                writer.write(b"0\r\n\r\n")
+            else:
+                if self.send_usage:
+                    self._event(writer, {"choices": [], "usage": usage})
+                writer.write(self._chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
             await writer.drain()
         finally:
             self.running -= 1

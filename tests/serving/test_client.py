@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -140,6 +141,31 @@ def test_fixed_output_lengths_and_trace_lengths_reach_the_server() -> None:
     assert sorted(s.max_tokens for s in server.served) == [2, 3, 5]
     assert all(s.body["ignore_eos"] is True and s.body["stream"] is True for s in server.served)
     assert [r.output_tokens for r in run.records] == [2, 3, 5]
+
+
+def test_a_transformers_style_stream_counts_tokens_and_lengths_by_generation_config() -> None:
+    """transformers serve: per-request generation_config fixes the length, the closing chunk carries no token and
+    the stream ends without [DONE]; a stream cut before any choice finished is still an error."""
+    from llem.serving import request_body
+
+    assert "ignore_eos" not in request_body("pytorch") and request_body("vllm")["ignore_eos"] is True
+    arrivals = open_loop_schedule(4, 0, 6, rate=float("inf"), burstiness=1.0, seed=0)
+    with FakeServer(ttft_s=0.01, itl_s=0.005, transformers_style=True) as server:
+        client = ServingClient(server.url, "fake", body={"temperature": 0.0}, generation_config={"top_k": 5})
+        run = client.run(arrivals, ["a b c"] * 4)
+    assert all(r.ok and r.output_tokens == 6 == r.server_output_tokens and len(r.chunk_times) == 6
+               for r in run.records), run.records
+    assert all(r.finish_reason == "length" for r in run.records)
+    assert all(json.loads(s.body["generation_config"]) == {"top_k": 5, "min_new_tokens": 6, "max_new_tokens": 6}
+               and "ignore_eos" not in s.body for s in server.served)
+    # text pieces that merge tokens: the server's count is kept, the surplus placed on the last chunk and said
+    with FakeServer(ttft_s=0.01, itl_s=0.005, transformers_style=True, tokens_per_chunk=4) as server:
+        merged = ServingClient(server.url, "fake", generation_config={}, text_chunks=True).run(arrivals, ["a"] * 4)
+    assert all(r.ok and r.output_tokens == 6 == r.server_output_tokens and r.chunk_tokens == [1, 5]
+               and r.merged_tokens == 4 for r in merged.records), merged.records
+    with FakeServer(ttft_s=0.02, itl_s=0.05, die_at_s=0.15, transformers_style=True) as server:
+        cut = ServingClient(server.url, "fake").run(arrivals[:1], ["a b c"])
+    assert cut.records[0].status == "error" and cut.records[0].error
 
 
 def test_gamma_offsets_follow_rate_and_burstiness() -> None:

@@ -117,3 +117,16 @@ def test_a_server_ends_when_the_job_that_started_it_is_killed(tmp_path: Path) ->
     finally:
         if job.poll() is None:
             job.kill()
+
+
+def test_a_server_whose_port_another_server_holds_is_not_taken_for_ready(tmp_path: Path) -> None:
+    """Two servers picked the same free port: the second must not measure the first one's answers."""
+    port = free_port()
+    with ServerProcess([sys.executable, "-c", SERVER, str(port), "0"], port=port, log_path=tmp_path / "a.log",
+                       ready_timeout_s=30):
+        # a second "server" that never binds (the port is taken) but lives long enough to be polled
+        late = ServerProcess([sys.executable, "-c", "import time; time.sleep(30)"], port=port,
+                             log_path=tmp_path / "b.log", ready_timeout_s=10)
+        with pytest.raises(ServerError, match="not this server"):
+            late.start()
+        assert not late.alive()

@@ -78,11 +78,16 @@ def test_missing_and_malformed_traces(tmp_path: Path) -> None:
     assert "input_tokens must be a whole number >= 1" in _problems(**serving, load={"trace": str(bad)})
 
 
-def test_an_engine_without_a_server_is_refused_unless_a_server_is_given() -> None:
-    text = _problems(scenario="serving", backend={"name": "pytorch"})
-    assert "backend 'pytorch' has no server llem can start" in text
+def test_an_engine_without_a_server_is_refused_unless_a_server_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every backend has a server llem starts; one without (here: PyTorch's taken away) is refused at plan time."""
+    import llem.config.serving as serving_config
+
     trt = _validate(scenario="serving", backend={"name": "tensorrt"}, fp_precision="float16")  # trtllm-serve
-    assert trt.backend.name == "tensorrt" and trt.serving is not None
+    pt = _validate(scenario="serving", backend={"name": "pytorch"})  # transformers serve
+    assert trt.serving is not None and pt.serving is not None
+    monkeypatch.setattr(serving_config, "SERVER_ENGINES", ("vllm", "tensorrt"))
+    text = _problems(scenario="serving", backend={"name": "pytorch"})
+    assert "backend 'pytorch' has no server llem can start" in text and "serving.url" in text
     ok = _validate(scenario="serving", backend={"name": "pytorch"}, serving={"url": "http://127.0.0.1:9"})
     assert ok.serving is not None and ok.serving.url == "http://127.0.0.1:9"
 
@@ -99,11 +104,11 @@ def _llem(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_cli_refuses_pytorch_serving_without_a_traceback(tmp_path: Path) -> None:
-    out = _llem("scenario=serving", "backend=pytorch", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
-    assert out.returncode != 0
-    assert "backend 'pytorch' has no server llem can start" in out.stderr + out.stdout
-    assert "Traceback" not in out.stderr + out.stdout
+def test_cli_refuses_a_bad_rate_without_a_traceback_and_starts_nothing(tmp_path: Path) -> None:
+    out = _llem("scenario=serving", "backend=vllm", "load.rate=-1", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "load.rate" in out.stderr + out.stdout and "Traceback" not in out.stderr + out.stdout
+    assert not (tmp_path / "run" / "server.log").exists() and not (tmp_path / "run" / "result.json").exists()
 
 
 @pytest.mark.slow
