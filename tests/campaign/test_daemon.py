@@ -79,7 +79,7 @@ def _check_repetitions(sweep: Path, interval: float) -> dict[int, list]:
 def test_daemon_repeats_until_the_deadline(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = subprocess.run(h.command(sweep, *DAEMON, "campaign.daemon.interval=2s",
-                                    "campaign.daemon.total_duration=18s", "campaign.health_check.enabled=true"),
+                                    "campaign.daemon.total_duration=16s", "campaign.health_check.enabled=true"),
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reps = _check_repetitions(sweep, 2.0)
@@ -103,7 +103,7 @@ def test_daemon_repeats_until_the_deadline(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_resumed_daemon_continues_its_schedule(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    args = [*DAEMON, "campaign.daemon.interval=4s", "campaign.daemon.total_duration=22s"]
+    args = [*DAEMON, "campaign.daemon.interval=4s", "campaign.daemon.total_duration=20s"]
     proc = h.start(sweep, *args)
     m = h.wait_for(proc, sweep, lambda m: m.schedule.get("repetitions_done", 0) >= 1)
     h.kill(proc)  # killed while waiting for the next repetition
