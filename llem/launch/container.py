@@ -212,7 +212,7 @@ class ContainerWorker(WorkerHandle):
             if state.oom_killed:
                 status += " (OOM-killed)"
         logs: Any = ""
-        for attempt in range(3):  # right after a kill the engine may not have flushed the log yet
+        for attempt in range(5):  # right after a kill (and on a busy host) the engine may not have flushed the log yet
             try:
                 logs = self.client.container.logs(self.container_id, tail=LOG_TAIL_LINES) if self.container_id else ""
             except Exception as error:  # noqa: BLE001

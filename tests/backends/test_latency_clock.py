@@ -104,7 +104,9 @@ def test_pytorch_and_vllm_ttft_agree_with_the_same_concurrency(tmp_path: Path) -
             vllm_seqs = _timed_sequences(vllm_session, _experiment(VLLM_CPU_BACKEND, model))  # max_num_seqs=4
             torch_p50.append(statistics.median(latency.ttft_ms(torch_seqs)))
             vllm_p50.append(statistics.median(latency.ttft_ms(vllm_seqs)))
-        torch_ttft, vllm_ttft = statistics.median(torch_p50), statistics.median(vllm_p50)
+        # the least disturbed round of each: a burst of other work on this shared machine only ever adds time
+        # (one round here once took 7.9 s against 0.28-0.78 s for the others), so the minimum is the engine's own
+        torch_ttft, vllm_ttft = min(torch_p50), min(vllm_p50)
         assert 0.5 < torch_ttft / vllm_ttft < 2.0, (torch_p50, vllm_p50)
         # vLLM says when its scheduler took each request up: the first four at once, the rest after a wait
         queue = sorted(latency.queue_ms(vllm_seqs))
