@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow, needs_vllm]
 NAME = "tiny"
 MAX_NUM_SEQS = 4
 OUTPUT_TOKENS = 16
+TTFT_FLOOR_MS = 1.5  # the smallest TTFT difference the client comparison can resolve here
 ENGINE_ARGS = ["--dtype", "float32", "--enforce-eager", "--max-num-seqs", str(MAX_NUM_SEQS), "--max-model-len", "256",
                "--seed", "0"]
 PROMPTS = [f"Request {i}: tell me about the weather in city number {i} and the roads there." for i in range(64)]
@@ -155,8 +156,13 @@ def test_llem_and_vllm_clients_agree_on_the_same_server(server: ServerProcess, m
         return {key: (median(r[key] for r in ours), median(r[key] for r in theirs))
                 for key in ("ttft", "tpot", "itl", "out_tps")}
 
+    def close(key: str, a: float, b: float) -> bool:
+        # 10 %; for TTFT (about 10 ms for the tiny model here) at least 1.5 ms: each client adds its own
+        # processing to its first-token stamp, and vLLM's heavier client adds about 1 ms on these two cores
+        return a == pytest.approx(b, rel=0.10, abs=TTFT_FLOOR_MS if key == "ttft" else 0.0)
+
     def agree(report: dict[str, tuple[float, float]]) -> bool:
-        return all(a == pytest.approx(b, rel=0.10) for a, b in report.values())
+        return all(close(key, a, b) for key, (a, b) in report.items())
 
     report = rounds(0, 4)
     if not agree(report):
@@ -165,4 +171,4 @@ def test_llem_and_vllm_clients_agree_on_the_same_server(server: ServerProcess, m
         report = rounds(4, 4)
     print("llem vs vllm medians:", report, "\nllem runs:", ours, "\nvllm runs:", theirs)
     for key, (a, b) in report.items():
-        assert a == pytest.approx(b, rel=0.10), f"{key}: llem {a:.3f} vs vllm {b:.3f} ({report})"
+        assert close(key, a, b), f"{key}: llem {a:.3f} vs vllm {b:.3f} ({report})"
