@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from llem.backends.base import Backend
+
+if TYPE_CHECKING:
+    from llem.config import ExperimentConfig
 
 _BACKENDS = {
     "pytorch": "llem.backends.pytorch.backend:PyTorchBackend",
@@ -51,6 +55,15 @@ def backend_class(name: str) -> type[Backend]:
             f"backend {name!r} needs the package {error.name!r}: pip install 'llem[{name}]'"
         ) from None
     return getattr(module, cls_name)
+
+
+def server_key(experiment: ExperimentConfig) -> str | None:
+    """The engine server a serving experiment runs against: equal keys, one server (the backend's load key: model,
+    precision and every engine argument, never the load sent to it). None: an offline experiment, or a server at
+    `serving.url` that llem does not start. The plan orders by it and a warm worker reuses a server by it."""
+    if experiment.scenario != "serving" or (experiment.serving is not None and experiment.serving.url):
+        return None
+    return "server|" + backend_class(experiment.backend.name).load_key(experiment)
 
 
 def create_backend(name: str) -> Backend:

@@ -33,10 +33,9 @@ def nvml_from_env() -> Any:
     factory = os.environ.get(NVML_FACTORY_ENV)
     if not factory:
         return None
-    import importlib
+    import pkgutil
 
-    module_name, _, attr = factory.partition(":")
-    return getattr(importlib.import_module(module_name), attr or "nvml")()
+    return pkgutil.resolve_name(factory if ":" in factory else factory + ":nvml")()
 
 
 def pack(obj: Any) -> bytes:

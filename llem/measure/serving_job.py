@@ -58,6 +58,7 @@ from llem.measure.result import (
 from llem.measure.session import BackendSession
 from llem.measure.verdict import Telemetry
 from llem.measure.window import Window
+from llem.backends.registry import server_key
 from llem.models.resolve import resolve_model_path
 from llem.prompts.load import Prompt, load_prompts
 from llem.serving.client import LENGTH_BY_GENERATION_CONFIG
@@ -143,15 +144,9 @@ def _factory_from_env() -> ServerFactory | None:
     spec = os.environ.get(SERVER_FACTORY_ENV)
     if not spec:
         return None
-    import importlib
+    import pkgutil
 
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
-
-
-def server_key(experiment: ExperimentConfig, session: BackendSession) -> str:
-    """Equal keys, same server: the backend's load key (model, precision, every engine argument)."""
-    return "server|" + session.key_for(experiment)
+    return pkgutil.resolve_name(spec)  # type: ignore[no-any-return]
 
 
 def _served_model(url: str, timeout_s: float = 10.0) -> str:
@@ -328,7 +323,8 @@ def run_serving(
             state = "a running server llem did not start, idle"
         else:
             assert factory is not None
-            key = server_key(experiment, session)
+            key = server_key(experiment)
+            assert key is not None
 
             def make() -> ServerProcess:
                 built = factory(experiment, output_dir / SERVER_LOG)

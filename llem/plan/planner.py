@@ -212,15 +212,9 @@ def servers_adjacent(valid: list[tuple[PlannedConfig, str]], experiments: dict[s
     adjacent, each group where its first member was, load points in the order given; offline configurations
     keep their places. A warm worker then starts each server once per cycle, not once per load point, as a grid
     like `load.rate=1,2,4 backend.max_num_seqs=4,8` would otherwise alternate the server settings."""
-    from llem.backends.registry import backend_class
+    from llem.backends.registry import server_key
 
-    def server(digest: str) -> str | None:
-        experiment = experiments[digest]
-        if experiment.scenario != "serving" or (experiment.serving is not None and experiment.serving.url):
-            return None
-        return backend_class(experiment.backend.name).load_key(experiment)
-
-    keys = [server(digest) for _, digest in valid]
+    keys = [server_key(experiments[digest]) for _, digest in valid]
     if all(k is None for k in keys):
         return valid
     first: dict[str, int] = {}
