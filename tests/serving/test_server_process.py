@@ -26,17 +26,22 @@ http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
 """
 
 
-def _group_alive(pid: int) -> list[psutil.Process]:
-    alive = []
-    for p in psutil.process_iter(["pid"]):
-        try:
-            import os
+def _group_alive(pid: int, settle_s: float = 5.0) -> list[psutil.Process]:
+    """Live members of process group `pid`; a SIGKILL lands asynchronously, so read again for up to `settle_s`."""
+    import os
 
-            if os.getpgid(p.pid) == pid and p.status() != psutil.STATUS_ZOMBIE:
-                alive.append(p)
-        except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
-            continue
-    return alive
+    deadline = time.monotonic() + settle_s
+    while True:
+        alive = []
+        for p in psutil.process_iter(["pid"]):
+            try:
+                if os.getpgid(p.pid) == pid and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+                continue
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.1)
 
 
 def test_start_waits_for_health_and_stop_ends_the_whole_group(tmp_path: Path) -> None:
